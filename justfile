@@ -1,0 +1,42 @@
+# p4d: offline teacher cache + student trainer for Perceptual 4D Distillation.
+# Every recipe creates the virtualenv first when it is missing or pyproject.toml changed.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+py := venv + "/bin/python"
+data := "data"
+
+default: demo
+
+# Create / refresh the virtualenv (torch pinned to the CPU build available on these machines).
+venv:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    stamp="{{venv}}/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        echo "setting up {{venv}} (first run: ~3 minutes)"
+        [ -x "{{py}}" ] || python3 -m venv {{venv}}
+        {{py}} -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+        {{py}} -m pip install -q -e '.[test]' 2>&1 | grep -v -e "is ignored" -e "^ *$" || true
+        {{py}} -c "import torch, zarr, webdataset, ray, decord, deepspeed" 2>/dev/null \
+            || { echo "virtualenv install failed: run {{py}} -m pip install -e '.[test]' to see why"; exit 1; }
+        rm -f {{venv}}/.installed-*; touch "$stamp"
+    fi
+
+# Generate the bundled synthetic data set, cache it with the oracle teacher on an in-process Ray,
+# print what the cache holds and render PNGs of a few clips.
+demo format="zarr": venv
+    {{py}} -m pipeline.synthetic.dataset --out {{data}}/sample --scenes 8 --seed 0
+    {{py}} pipeline/cache_teacher.py --config configs/demo.yaml --format {{format}} --out {{data}}/cache-{{format}}
+    {{py}} -m pipeline.inspect {{data}}/cache-{{format}} --pictures 3
+    @echo "cache: {{data}}/cache-{{format}} (summary.json, manifests/, shards/{{format}}/, pictures/)"
+
+# Run the whole test suite.
+test *args: venv
+    HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 {{py}} -m pytest {{args}}
+
+# Benchmarks (print figures; never part of the tests).
+bench: venv
+    {{py}} bench/storage.py
+    {{py}} bench/throughput.py

@@ -1,0 +1,29 @@
+"""Planning: of the clips a job wants, which are not cached yet."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+from manifests.schemas import CLIP_OK
+
+T = TypeVar("T")
+
+
+def plan_missing(
+    wanted: Iterable[T], key_of, current: Mapping[str, dict], retry_failed: bool = False
+) -> list[T]:
+    """Clips of `wanted` whose cache_key is not done, each key once, in input order.
+
+    Done = an ok row, or a failed row unless retry_failed: most failures are deterministic (a
+    corrupt file stays corrupt), and a repaired video has new bytes, hence a new key.
+    """
+    todo, seen = [], set()
+    for clip in wanted:
+        key = key_of(clip)
+        if key in seen:
+            continue
+        seen.add(key)
+        row = current.get(key)
+        if row is None or (retry_failed and row["status"] != CLIP_OK):
+            todo.append(clip)
+    return todo

@@ -1,0 +1,62 @@
+"""Arrow schemas of the two manifest tables, defined once.
+
+clips:   one row per clip (one video + one frame sampling), failures included.
+samples: one row per training example; points at a clip by cache_key, or at images only.
+Both are plain Parquet: any pyarrow / pandas / DuckDB reader opens them.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+CLIP_OK = "ok"
+CLIP_FAILED = "failed"
+
+CLIPS_SCHEMA = pa.schema(
+    [
+        pa.field("cache_key", pa.string(), nullable=False),
+        pa.field("clip_id", pa.string(), nullable=False),  # human-readable: video stem + key prefix
+        pa.field("video_uri", pa.string(), nullable=False),
+        pa.field("video_sha256", pa.string()),  # null when the file could not be read at all
+        pa.field("sampling", pa.string(), nullable=False),  # JSON of the sampling parameters
+        pa.field("frame_indices", pa.list_(pa.int32())),
+        pa.field("timestamps", pa.list_(pa.float64())),  # seconds, from the container
+        pa.field("teacher_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # CLIP_OK | CLIP_FAILED
+        pa.field("stage", pa.string()),  # where a failure happened: hash | decode | teacher | encode
+        pa.field("error", pa.string()),  # the readable reason of a failure
+        pa.field("format", pa.string()),  # zarr | wds
+        pa.field("shard", pa.string()),  # shard path relative to the cache root
+        pa.field("row", pa.int32()),  # position of the clip inside its shard
+        pa.field("nbytes", pa.int64()),  # stored bytes of the clip's arrays before compression
+        pa.field("checksums", pa.map_(pa.string(), pa.string())),  # field -> sha256 of stored bytes
+        pa.field("fields", pa.string()),  # JSON list of FieldSpec: dtype, shape, codec per field
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+CONVERSATION_TURN = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+# A region is one marked object: `<obj_k>` in a question refers to mark_id k. Boxes are per video
+# frame (native frame index), normalized [x0, y0, x1, y1] in [0, 1], so they survive any resize.
+REGION = pa.struct(
+    [
+        pa.field("mark_id", pa.int32()),
+        pa.field("label", pa.string()),
+        pa.field("frame_indices", pa.list_(pa.int32())),
+        pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4))),
+    ]
+)
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("video", pa.string()),  # media path relative to the dataset root (as annotated)
+        pa.field("cache_key", pa.string()),  # filled by the caching job; null for image-only samples
+        pa.field("images", pa.list_(pa.string())),  # image paths relative to the dataset root
+        pa.field("conversations", pa.list_(CONVERSATION_TURN), nullable=False),
+        pa.field("regions", pa.list_(REGION)),
+        pa.field("meta", pa.string()),  # JSON: question type, exact answer value, units, ...
+    ]
+)

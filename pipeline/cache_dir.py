@@ -1,0 +1,91 @@
+"""The cache directory: its layout, the single-job lock, and the clean-up that makes a rerun after
+a crash finish the job (temporaries and shards without a manifest part are garbage)."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from manifests.clips_table import CLIPS_DIR, read_clips_table
+from manifests.samples_table import SAMPLES_FILE
+from shards.atomic import remove_temporaries
+from shards.formats import FORMATS
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+TEACHER_DIR = "teacher"
+PICTURES_DIR = "pictures"
+
+
+class CacheLockedError(RuntimeError):
+    pass
+
+
+class CacheDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def shards_dir(self, fmt: str) -> Path:
+        return self.root / "shards" / fmt
+
+    @property
+    def clips_dir(self) -> Path:
+        return self.root / CLIPS_DIR
+
+    @property
+    def samples_path(self) -> Path:
+        return self.root / SAMPLES_FILE
+
+    def create(self) -> None:
+        for fmt in FORMATS:
+            self.shards_dir(fmt).mkdir(parents=True, exist_ok=True)
+        self.clips_dir.mkdir(parents=True, exist_ok=True)
+        (self.root / TEACHER_DIR).mkdir(exist_ok=True)
+
+    @contextmanager
+    def lock(self):
+        """One job per cache directory: a second one refuses instead of corrupting it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_FILE
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise CacheLockedError(
+                    f"another caching job (pid {holder}) is writing {self.root}; wait for it or use "
+                    "another --out"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def clean(self) -> list[Path]:
+        """Remove what a crashed job left: temporaries anywhere, and committed shards that no
+        manifest part references (a crash between the shard rename and its manifest part)."""
+        removed = remove_temporaries(self.root)
+        referenced = {s for s in read_clips_table(self.root)["shard"].to_pylist() if s}
+        for fmt in FORMATS:
+            directory = self.shards_dir(fmt)
+            if not directory.exists():
+                continue
+            for shard in directory.iterdir():
+                rel = shard.relative_to(self.root).as_posix()
+                if rel not in referenced:
+                    shutil.rmtree(shard) if shard.is_dir() else shard.unlink()
+                    removed.append(shard)
+        for path in removed:
+            log.info("removed leftover of an interrupted run: %s", path)
+        return removed

@@ -1,0 +1,59 @@
+"""Cache a frozen teacher's outputs for a folder of videos, once.
+
+  python pipeline/cache_teacher.py --videos DIR --teacher oracle|l4p-tiny --format zarr|wds --out CACHE
+
+Runs on an in-process Ray by default (--ray-address local); under `ray job submit` on a cluster,
+pass --ray-address auto. Exit code 0 when every clip ended ok or failed with its reason (see
+CACHE/summary.json); 1 when the job itself could not run (bad config, cache locked, ...).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (python pipeline/cache_teacher.py): import from the project root, and not
+    # from pipeline/ itself, whose module names (inspect) would shadow the standard library's.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from pipeline.cache_dir import CacheLockedError  # noqa: E402
+from pipeline.config import build_parser, load_config  # noqa: E402
+from pipeline.runner import run_job  # noqa: E402
+
+log = logging.getLogger("p4d.cache_teacher")
+
+
+def format_summary(summary: dict) -> str:
+    clips = summary["clips"]
+    lines = [
+        f"cache: {summary['cache']} ({summary['format']}, teacher {summary['teacher_id']})",
+        f"clips: {clips['wanted']} wanted, {clips['already_cached']} already cached, "
+        f"{clips['computed']} computed: {clips['ok']} ok, {clips['failed']} failed",
+        f"written: {len(summary['shards_written'])} shards, {summary['bytes_written'] / 1e6:.1f} MB "
+        "(before compression)",
+        "seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds"].items())
+        + f"; wall {summary['wall_seconds']:.1f} s, {summary['clips_per_second']:.2f} clips/s",
+    ]
+    for reason, count in summary["failures_by_reason"].items():
+        lines.append(f"failed ({count}): {reason}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser(__doc__.strip().splitlines()[0]).parse_args(argv)
+    try:
+        config = load_config(args)
+        summary = run_job(config)
+    except (ValueError, CacheLockedError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 1
+    print(format_summary(summary))
+    print(json.dumps({"summary": str(Path(summary["cache"]) / "summary.json")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

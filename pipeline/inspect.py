@@ -1,0 +1,69 @@
+"""Look at a cache: list its clips, or render a cached clip's frames, depth, flow, motion mask and
+camera-ray directions side by side into a PNG.
+
+  python -m pipeline.inspect CACHE                       # a table of clips
+  python -m pipeline.inspect CACHE --clip KEY --png out.png
+  python -m pipeline.inspect CACHE --pictures 4          # PNGs of the first 4 ok clips in CACHE/pictures/
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from manifests.clips_table import current_clips, read_clips_table
+from manifests.schemas import CLIP_OK
+from pipeline.cache_dir import PICTURES_DIR
+from pipeline.visualize import render_clip_png
+from shards.cache_reader import read_cached_clip
+from shards.schema import specs_from_json
+
+PICTURE_FIELDS = ["frames", "timestamps", "depth", "flow", "dyn_mask", "camray"]
+
+
+def find_clip(clips: dict[str, dict], wanted: str) -> dict:
+    """A clip by cache_key, clip_id, or a unique prefix of either."""
+    matches = [r for k, r in clips.items() if k.startswith(wanted) or r["clip_id"].startswith(wanted)]
+    exact = [r for r in matches if wanted in (r["cache_key"], r["clip_id"])]
+    if exact:
+        return exact[0]
+    if len(matches) != 1:
+        raise SystemExit(f"--clip {wanted!r}: {'no clip' if not matches else f'{len(matches)} clips'} match")
+    return matches[0]
+
+
+def render(cache_root: Path, row: dict, out: Path) -> Path:
+    stored = {spec.name for spec in specs_from_json(row["fields"])}
+    arrays = read_cached_clip(cache_root, row, [f for f in PICTURE_FIELDS if f in stored])
+    return render_clip_png(arrays, out, title=f"{row['clip_id']}  ({row['video_uri']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("cache", type=Path, help="cache directory")
+    p.add_argument("--clip", help="cache_key or clip_id (or a unique prefix) to render")
+    p.add_argument("--png", type=Path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
+    p.add_argument("--pictures", type=int, default=0, help="render this many ok clips into CACHE/pictures/")
+    args = p.parse_args(argv)
+    clips = current_clips(read_clips_table(args.cache))
+    if not clips:
+        raise SystemExit(f"{args.cache}: no clips in the manifest")
+    pictures = args.cache / PICTURES_DIR
+    if args.clip:
+        row = find_clip(clips, args.clip)
+        out = args.png or pictures / f"{row['clip_id'].replace('/', '__')}.png"
+        print(render(args.cache, row, out))
+        return 0
+    if args.pictures:
+        ok = [r for r in clips.values() if r["status"] == CLIP_OK][: args.pictures]
+        for row in ok:
+            print(render(args.cache, row, pictures / f"{row['clip_id'].replace('/', '__')}.png"))
+        return 0
+    for row in sorted(clips.values(), key=lambda r: r["clip_id"]):
+        where = f"{row['shard']}#{row['row']}" if row["status"] == CLIP_OK else f"{row['stage']}: {row['error']}"
+        print(f"{row['status']:6} {row['clip_id']:40} {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

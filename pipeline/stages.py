@@ -1,0 +1,170 @@
+"""The stages of the caching job as Ray tasks and actors: decode (CPU task), teacher (actor, one
+model per actor, built inside it), encode (CPU task) and write + commit (one actor per shard stream).
+
+Failures travel down the chain as values, never as exceptions, so one bad clip becomes one failed
+row and the job goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import ray
+
+from manifests.clips_table import utc_now, write_clips_part
+from manifests.schemas import CLIP_FAILED, CLIP_OK
+from pipeline.config import TeacherConfig
+from pipeline.sampling import SamplingConfig
+from pipeline.sources import ClipRequest
+from pipeline.teachers.base import TeacherError, TeacherInput
+from shards.codecs import encode_arrays
+from shards.formats import open_writer, shard_filename
+from shards.schema import FieldSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    stage: str
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    teacher_input: TeacherInput
+    frames: np.ndarray  # student frames [T, H, W, 3] uint8
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    arrays: dict[str, np.ndarray]
+    frame_indices: list[int]
+    timestamps: list[float]
+    seconds: dict[str, float]
+
+
+@ray.remote(num_returns=2)
+def decode_clip(request: ClipRequest, sampling: SamplingConfig, teacher_size, frame_size):
+    """-> (small status for the driver, payload for the teacher: frames at both sizes)."""
+    from pipeline.video_reader import VideoReadError, read_clip, resize_frames
+
+    start = time.perf_counter()
+    if request.read_error:
+        return {"failure": Failure("hash", request.read_error), "seconds": 0.0}, None
+    try:
+        clip = read_clip(request.video_uri, sampling)
+    except VideoReadError as e:
+        return {"failure": Failure("decode", str(e)), "seconds": time.perf_counter() - start}, None
+    teacher_frames = resize_frames(clip.frames, teacher_size)
+    frames = teacher_frames if tuple(frame_size) == tuple(teacher_size) else resize_frames(clip.frames, frame_size)
+    payload = Decoded(
+        TeacherInput(request.video_uri, clip.frame_indices, clip.timestamps, teacher_frames), frames
+    )
+    return {"failure": None, "seconds": time.perf_counter() - start}, payload
+
+
+@ray.remote
+class TeacherActor:
+    """One frozen teacher per actor. Built here, inside the worker, never in the driver."""
+
+    def __init__(self, config: TeacherConfig):
+        import torch
+
+        from pipeline.teachers.registry import build_teacher
+
+        torch.set_num_threads(max(1, int(config.num_cpus)))
+        self.teacher = build_teacher(config)
+
+    def predict(self, *payloads: Decoded):
+        start = time.perf_counter()
+        outputs = self.teacher.predict_each([p.teacher_input for p in payloads])
+        share = (time.perf_counter() - start) / len(payloads)
+        results = [(o if not isinstance(o, TeacherError) else Failure("teacher", str(o)), share) for o in outputs]
+        return results[0] if len(results) == 1 else tuple(results)
+
+
+@ray.remote
+def encode_clip(specs: list[FieldSpec], payload: Decoded, teacher_result, decode_seconds: float):
+    """Cast to the stored dtypes and validate shapes: a teacher output that does not fit the
+    schema fails its clip here, with the field named, instead of corrupting a shard."""
+    output, teacher_seconds = teacher_result
+    if isinstance(output, Failure):
+        return output
+    start = time.perf_counter()
+    tin = payload.teacher_input
+    arrays = {"frames": payload.frames, "timestamps": tin.timestamps, **output}
+    wanted = {s.name for s in specs}
+    try:
+        encoded = encode_arrays(specs, {k: v for k, v in arrays.items() if k in wanted})
+    except ValueError as e:
+        return Failure("encode", str(e))
+    seconds = {"decode": decode_seconds, "teacher": teacher_seconds, "encode": time.perf_counter() - start}
+    return Encoded(encoded, [int(i) for i in tin.frame_indices], [float(t) for t in tin.timestamps], seconds)
+
+
+@ray.remote(num_cpus=0)
+class ShardWriterActor:
+    """Owns one stream of shards: exactly one writer per shard file. A shard is committed (renamed)
+    when full or at finish, and only then is its manifest part written, last."""
+
+    def __init__(self, cache_root: str, fmt: str, specs: list[FieldSpec], clips_per_shard: int,
+                 shard_prefix: str, row_defaults: dict):
+        from pathlib import Path
+
+        self.root = Path(cache_root)
+        self.fmt, self.specs, self.capacity = fmt, specs, clips_per_shard
+        self.prefix, self.defaults = shard_prefix, row_defaults
+        self.sequence = 0
+        self.writer = None
+        self.shard_rows: list[dict] = []
+        self.failed_rows: list[dict] = []
+        self.stats = {"write_seconds": 0.0, "bytes": 0, "shards": []}
+
+    def _row(self, request: ClipRequest, **values) -> dict:
+        return {**self.defaults, "cache_key": request.cache_key, "clip_id": request.clip_id,
+                "video_uri": request.video_uri, "video_sha256": request.video_sha256,
+                "created_at": utc_now(), **values}
+
+    def add(self, request: ClipRequest, result) -> dict:
+        if isinstance(result, Failure):
+            return self.add_failed(request, result)
+        start = time.perf_counter()
+        if self.writer is None:
+            name = f"{self.prefix}-{self.sequence:05d}"
+            self.shard_name = name
+            self.shard_rel = f"shards/{self.fmt}/{shard_filename(self.fmt, name)}"
+            self.writer = open_writer(self.fmt, self.root / self.shard_rel, self.specs)
+        stored = self.writer.add(request.cache_key, result.arrays)
+        self.shard_rows.append(self._row(
+            request, status=CLIP_OK, format=self.fmt, shard=self.shard_rel, row=stored.row,
+            nbytes=stored.nbytes, checksums=stored.checksums, frame_indices=result.frame_indices,
+            timestamps=result.timestamps,
+        ))
+        if len(self.writer) >= self.capacity:
+            self._commit()
+        seconds = time.perf_counter() - start
+        self.stats["write_seconds"] += seconds
+        self.stats["bytes"] += stored.nbytes
+        return {"status": CLIP_OK, "seconds": result.seconds}
+
+    def add_failed(self, request: ClipRequest, failure: Failure) -> dict:
+        self.failed_rows.append(self._row(request, status=CLIP_FAILED, stage=failure.stage, error=failure.error))
+        return {"status": CLIP_FAILED, "stage": failure.stage, "error": failure.error}
+
+    def _commit(self) -> None:
+        # Order matters: the shard becomes visible first, the manifest part (the proof) last.
+        self.writer.commit()
+        write_clips_part(self.root, self.shard_name, self.shard_rows + self.failed_rows)
+        self.stats["shards"].append(self.shard_rel)
+        self.writer, self.shard_rows, self.failed_rows = None, [], []
+        self.sequence += 1
+
+    def finish(self) -> dict:
+        start = time.perf_counter()
+        if self.writer is not None:
+            self._commit()
+        if self.failed_rows:
+            write_clips_part(self.root, f"{self.prefix}-failed", self.failed_rows)
+            self.failed_rows = []
+        self.stats["write_seconds"] += time.perf_counter() - start
+        return self.stats

@@ -1,0 +1,161 @@
+"""The writer / reader interface every shard format implements, and the factory that picks a format.
+
+Both formats hold the same clips with the same fields (shards/schema.py), so the caching job and
+the student loader are written once against `ShardWriter` / `ShardReader`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from shards.integrity import array_checksum
+from shards.schema import FieldSpec
+
+FORMATS = ("zarr", "wds")
+_SUFFIXES = {"zarr": ".zarr", "wds": ".tar"}
+
+# A WebDataset key ends at the first dot of a member name and field names become member-name and
+# Zarr node-name parts, so both are restricted for both formats alike: a clip moves between formats
+# unchanged. "cache_key" names the WebDataset member that carries the key.
+_NAME = re.compile(r"[0-9A-Za-z_-]+")
+_RESERVED_FIELDS = ("cache_key",)
+
+
+@dataclass(frozen=True)
+class StoredClip:
+    """Where a clip went and what was stored: the clips manifest records it."""
+
+    row: int
+    nbytes: int  # stored bytes of the clip's arrays before compression
+    checksums: dict[str, str]  # field -> integrity.array_checksum of the stored array
+
+
+class ShardWriter(Protocol):
+    """Writes clips into one shard under a temporary name; `commit` makes the shard visible at once."""
+
+    path: Path  # the final path, which exists only after commit
+
+    def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
+        """Store one clip's arrays (already passed through codecs.encode_arrays) as the next row."""
+
+    def commit(self) -> Path:
+        """Rename the finished shard to `path`; refuses if `path` exists. Returns `path`."""
+
+    def abort(self) -> None:
+        """Remove the temporary shard; no-op after commit or abort."""
+
+    def __len__(self) -> int:
+        """Clips added so far."""
+
+
+class ShardReader(Protocol):
+    """Reads clips of one committed shard by row; only the asked fields are read from disk."""
+
+    path: Path
+
+    def cache_keys(self) -> list[str]:
+        """The clips' cache keys in row order."""
+
+    def read(
+        self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The clip's arrays (all fields, or `fields`), each verified when `checksums` is given.
+
+        Raises integrity.ShardCorruptError for bytes that do not decode or do not match.
+        """
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        """(cache_key, all arrays) in row order."""
+
+    def __len__(self) -> int:
+        """Clips in the shard."""
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"shard format {format!r} not in {FORMATS}")
+
+
+def shard_filename(format: str, name: str) -> str:
+    """`<name>.zarr` or `<name>.tar`."""
+    _check_format(format)
+    if not name or "/" in name:
+        raise ValueError(f"shard name {name!r}: expected a non-empty file name without a directory")
+    return f"{name}{_SUFFIXES[format]}"
+
+
+def open_writer(format: str, final_path: str | os.PathLike, specs: list[FieldSpec]) -> ShardWriter:
+    _check_format(format)
+    # Imported here: the format modules import this interface, and a reader of one format does not
+    # need the other format's library.
+    if format == "zarr":
+        from shards.zarr_shard import ZarrShardWriter
+
+        return ZarrShardWriter(final_path, specs)
+    from shards.wds_shard import WdsShardWriter
+
+    return WdsShardWriter(final_path, specs)
+
+
+def open_reader(format: str, path: str | os.PathLike, specs: list[FieldSpec]) -> ShardReader:
+    _check_format(format)
+    if format == "zarr":
+        from shards.zarr_shard import ZarrShardReader
+
+        return ZarrShardReader(path, specs)
+    from shards.wds_shard import WdsShardReader
+
+    return WdsShardReader(path, specs)
+
+
+def check_cache_key(cache_key: str) -> None:
+    if not isinstance(cache_key, str) or not _NAME.fullmatch(cache_key):
+        raise ValueError(f"cache_key {cache_key!r}: expected letters, digits, '_' or '-' (no dots)")
+
+
+def check_specs(specs: list[FieldSpec]) -> list[FieldSpec]:
+    """The specs as a list, after checking their names are unique and storable in both formats."""
+    specs = list(specs)
+    if not specs:
+        raise ValueError("a shard needs at least one field")
+    names = [s.name for s in specs]
+    for name in names:
+        if not _NAME.fullmatch(name) or name.startswith("__") or name in _RESERVED_FIELDS:
+            raise ValueError(
+                f"field {name!r}: expected letters, digits, '_' or '-', not starting with '__', "
+                f"not one of {_RESERVED_FIELDS}"
+            )
+        if names.count(name) > 1:
+            raise ValueError(f"field {name!r}: appears {names.count(name)} times in the specs")
+    return specs
+
+
+def stored_clip(row: int, arrays: Mapping[str, np.ndarray]) -> StoredClip:
+    return StoredClip(
+        row=row,
+        nbytes=sum(a.nbytes for a in arrays.values()),
+        checksums={name: array_checksum(a) for name, a in arrays.items()},
+    )
+
+
+def select_specs(specs: list[FieldSpec], fields: list[str] | None) -> list[FieldSpec]:
+    """The specs of the asked fields, in the asked order (all of them for None)."""
+    if fields is None:
+        return list(specs)
+    by_name = {s.name: s for s in specs}
+    unknown = [f for f in fields if f not in by_name]
+    if unknown:
+        raise ValueError(f"field {unknown[0]!r}: not in the shard's fields {list(by_name)}")
+    return [by_name[f] for f in fields]
+
+
+def check_row(row: int, n_rows: int) -> int:
+    if not 0 <= row < n_rows:
+        raise IndexError(f"row {row} out of range for a shard of {n_rows} clips")
+    return row

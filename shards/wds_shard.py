@@ -1,0 +1,191 @@
+"""A shard as one tar `<name>.tar` in WebDataset layout.
+
+One sample per clip, members in row order: `<key>.<field>.npy` (codec none) or `<key>.<field>.npy.gz`
+(any other codec), then `<key>.cache_key.txt`. Stock `webdataset.WebDataset(path,
+shardshuffle=False).decode()` gives the arrays with no custom code. Our reader does not use
+webdataset's decoders (their defaults unpickle .pkl/.pyd members): it indexes member offsets with
+tarfile on open and decodes .npy with allow_pickle=False.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import read_array, write_array
+
+from shards.atomic import commit_temporary, remove_temporary, temporary_path
+from shards.codecs import check_encoded, wds_gzip_level
+from shards.formats import StoredClip, check_cache_key, check_row, check_specs, select_specs, stored_clip
+from shards.integrity import ShardCorruptError, verify_checksum
+from shards.schema import FieldSpec
+
+_KEY_MEMBER = "cache_key.txt"
+# gzip.BadGzipFile is an OSError; a truncated stream raises EOFError; a damaged .npy header ValueError.
+_DECODE_ERRORS = (ValueError, OSError, EOFError, zlib.error)
+
+
+def _member_suffix(spec: FieldSpec) -> str:
+    return f"{spec.name}.npy" if wds_gzip_level(spec) is None else f"{spec.name}.npy.gz"
+
+
+class WdsShardWriter:
+    """Appends each clip's members to the temporary tar as it comes (nothing is buffered)."""
+
+    def __init__(self, final_path: str | os.PathLike, specs: list[FieldSpec]):
+        self.path = Path(final_path)
+        self._specs = check_specs(specs)
+        if os.path.lexists(self.path):
+            raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
+        self._temp = temporary_path(self.path)
+        self._tar = tarfile.open(self._temp, mode="x", format=tarfile.PAX_FORMAT)
+        self._keys: list[str] = []
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _add_member(self, name: str, payload: bytes) -> None:
+        # Fixed metadata: the same clips give the same tar bytes.
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        info.mode = 0o444
+        self._tar.addfile(info, io.BytesIO(payload))
+
+    def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
+        if self._closed:
+            raise RuntimeError(f"writer of {self.path} is already committed or aborted")
+        check_cache_key(cache_key)
+        if cache_key in self._keys:
+            raise ValueError(f"cache_key {cache_key!r}: already in shard {self.path}")
+        check_encoded(self._specs, arrays)
+        try:
+            for spec in self._specs:
+                buffer = io.BytesIO()
+                write_array(buffer, arrays[spec.name], allow_pickle=False)
+                payload = buffer.getvalue()
+                level = wds_gzip_level(spec)
+                if level is not None:
+                    payload = gzip.compress(payload, compresslevel=level, mtime=0)
+                self._add_member(f"{cache_key}.{_member_suffix(spec)}", payload)
+            self._add_member(f"{cache_key}.{_KEY_MEMBER}", cache_key.encode())
+        except BaseException:
+            # A tar holding part of a clip must never be committed.
+            self.abort()
+            raise
+        self._keys.append(cache_key)
+        return stored_clip(len(self._keys) - 1, arrays)
+
+    def commit(self) -> Path:
+        if self._closed:
+            raise RuntimeError(f"writer of {self.path} is already committed or aborted")
+        if not self._keys:
+            raise ValueError(f"shard {self.path} has no clips; abort() it instead")
+        try:
+            self._tar.close()
+            return commit_temporary(self._temp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._closed = True
+
+    def abort(self) -> None:
+        self._tar.close()
+        if self._temp.exists():
+            remove_temporary(self._temp)
+        self._closed = True
+
+
+class WdsShardReader:
+    def __init__(self, path: str | os.PathLike, specs: list[FieldSpec]):
+        self.path = Path(path)
+        self._specs = check_specs(specs)
+        self._keys: list[str] = []
+        self._members: list[dict[str, tuple[int, int]]] = []  # per row: field -> (data offset, size)
+        self._index()
+
+    def _index(self) -> None:
+        suffixes = {_member_suffix(s): s.name for s in self._specs}
+        try:
+            with tarfile.open(self.path, mode="r:") as tar:
+                for member in tar:
+                    key, _, suffix = member.name.partition(".")
+                    if not self._keys or key != self._keys[-1]:
+                        if key in self._keys:
+                            reason = "members of the clip are not contiguous"
+                            raise ShardCorruptError(self.path, key, None, reason)
+                        self._keys.append(key)
+                        self._members.append({})
+                    if suffix == _KEY_MEMBER:
+                        continue
+                    if suffix not in suffixes or not member.isfile():
+                        raise ShardCorruptError(self.path, key, None, f"unexpected member {member.name!r}")
+                    self._members[-1][suffixes[suffix]] = (member.offset_data, member.size)
+                end = tar.offset
+        except tarfile.TarError as e:
+            raise ShardCorruptError(self.path, None, None, f"tar does not parse: {e!r}") from e
+        # tarfile takes a damaged header after the first one, or a cut, for the end of the archive:
+        # only the end-of-archive zero blocks prove that no clip was lost.
+        with open(self.path, "rb") as f:
+            f.seek(end)
+            block = f.read(2 * tarfile.BLOCKSIZE)
+        if len(block) < 2 * tarfile.BLOCKSIZE or any(block):
+            raise ShardCorruptError(
+                self.path, None, None, f"neither a tar header nor the end of the archive at byte {end}"
+            )
+        for key, members in zip(self._keys, self._members):
+            for spec in self._specs:
+                if spec.name not in members:
+                    raise ShardCorruptError(
+                        self.path, key, spec.name, f"member {key}.{_member_suffix(spec)} missing"
+                    )
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def cache_keys(self) -> list[str]:
+        return list(self._keys)
+
+    def _decode(self, key: str, spec: FieldSpec, payload: bytes) -> np.ndarray:
+        try:
+            if wds_gzip_level(spec) is not None:
+                payload = gzip.decompress(payload)
+            array = read_array(io.BytesIO(payload), allow_pickle=False)
+        except _DECODE_ERRORS as e:
+            raise ShardCorruptError(self.path, key, spec.name, f"stored bytes do not decode: {e!r}") from e
+        if (str(array.dtype), array.shape) != (spec.dtype, spec.shape):
+            raise ShardCorruptError(
+                self.path, key, spec.name,
+                f"array expected {spec.dtype} {spec.shape}, got {array.dtype} {array.shape}",
+            )
+        return array
+
+    def read(
+        self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
+    ) -> dict[str, np.ndarray]:
+        key = self._keys[check_row(row, len(self._keys))]
+        out = {}
+        # Opened per read, not held: a handle shared by forked loader workers would share its offset.
+        with open(self.path, "rb") as f:
+            for spec in select_specs(self._specs, fields):
+                offset, size = self._members[row][spec.name]
+                f.seek(offset)
+                payload = f.read(size)
+                if len(payload) != size:
+                    reason = f"member expected {size} bytes, got {len(payload)} (truncated)"
+                    raise ShardCorruptError(self.path, key, spec.name, reason)
+                array = self._decode(key, spec, payload)
+                if checksums is not None:
+                    verify_checksum(self.path, key, spec.name, array, checksums)
+                out[spec.name] = array
+        return out
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        for row, key in enumerate(self._keys):
+            yield key, self.read(row)

@@ -1,0 +1,197 @@
+"""read_clip on generated videos (whose every frame we know) and on the shared real-world files."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.sampling import SamplingConfig
+from pipeline.video_reader import VideoReadError, read_clip, resize_frames
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+# Irregular presentation times (ms) of the variable-frame-rate fixture.
+VFR_PTS_MS = (0, 50, 80, 300, 310, 700, 1000, 1010, 1500, 2000)
+GREY_TOLERANCE = 4  # H.264 at crf 0 keeps flat grey within a level or two after YUV <-> RGB
+
+
+def _write_video(path: Path, greys: list[int], pts: list[int], time_base: Fraction, rate: int) -> Path:
+    """An H.264 file of flat grey 64x48 frames: frame k has grey level greys[k] and time pts[k] * time_base."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = time_base
+        stream.options = {"crf": "0"}
+        for grey, t in zip(greys, pts):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), grey, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def cfr_video(tmp_path_factory) -> Path:
+    """40 frames at 10 fps; frame k is grey 5 * k."""
+    path = tmp_path_factory.mktemp("videos") / "cfr.mp4"
+    return _write_video(path, [5 * k for k in range(40)], list(range(40)), Fraction(1, 10), rate=10)
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory) -> Path:
+    """10 frames at the irregular times VFR_PTS_MS; frame k is grey 20 * k."""
+    path = tmp_path_factory.mktemp("videos") / "vfr.mp4"
+    return _write_video(path, [20 * k for k in range(10)], list(VFR_PTS_MS), Fraction(1, 1000), rate=30)
+
+
+def _greys(clip) -> np.ndarray:
+    return clip.frames.reshape(len(clip.frames), -1).mean(axis=1)
+
+
+def _assert_cfr_frames(clip, expected_indices):
+    expected = np.asarray(expected_indices)
+    np.testing.assert_array_equal(clip.frame_indices, expected)
+    assert clip.frame_indices.dtype == np.int64 and clip.timestamps.dtype == np.float64
+    np.testing.assert_allclose(clip.timestamps, expected / 10, atol=1e-3)
+    np.testing.assert_allclose(_greys(clip), 5 * expected, atol=GREY_TOLERANCE)
+
+
+def test_uniform_sampling_returns_expected_frames_and_timestamps(cfr_video):
+    clip = read_clip(cfr_video, SamplingConfig(num_frames=5))
+    _assert_cfr_frames(clip, [0, 10, 20, 29, 39])
+    assert clip.frames.shape == (5, 48, 64, 3) and clip.frames.dtype == np.uint8
+    assert clip.num_video_frames == 40
+    assert clip.duration == pytest.approx(4.0, abs=1e-3)
+    assert clip.video_path == str(cfr_video)
+
+
+def test_span_limits_usable_frames(cfr_video):
+    _assert_cfr_frames(read_clip(cfr_video, SamplingConfig(num_frames=11, start=1.0, end=2.0)), range(10, 21))
+
+
+def test_fps_sampling_takes_nearest_frames(cfr_video):
+    _assert_cfr_frames(read_clip(cfr_video, SamplingConfig(num_frames=4, fps=2.5, start=1.0)), [10, 14, 18, 22])
+    # 3 fps on a 10 fps video: targets 0, 0.333, 0.667, 1.0 s fall between frames.
+    _assert_cfr_frames(read_clip(cfr_video, SamplingConfig(num_frames=4, fps=3)), [0, 3, 7, 10])
+
+
+def test_fps_sampling_too_short_raises_unless_padded(cfr_video):
+    # The last frame starts at 3.9 s: a target at 4.0 s is more than half a frame interval beyond it.
+    _assert_cfr_frames(read_clip(cfr_video, SamplingConfig(num_frames=10, fps=10, start=3.0)), range(30, 40))
+    with pytest.raises(VideoReadError) as error:
+        read_clip(cfr_video, SamplingConfig(num_frames=11, fps=10, start=3.0))
+    message = str(error.value)
+    assert "too short" in message and "10 usable frames" in message and "sampling.pad" in message
+    assert "cfr.mp4" in message
+
+    padded = read_clip(cfr_video, SamplingConfig(num_frames=6, fps=1, pad=True))
+    _assert_cfr_frames(padded, [0, 10, 20, 30, 39, 39])
+
+
+def test_uniform_sampling_too_short_raises_unless_padded(cfr_video):
+    three_frames = SamplingConfig(num_frames=5, start=0.0, end=0.25)
+    with pytest.raises(VideoReadError, match=r"too short: .*cfr\.mp4 has 3 usable frames .* 5 requested .*pad"):
+        read_clip(cfr_video, three_frames)
+    padded = read_clip(cfr_video, SamplingConfig(num_frames=5, start=0.0, end=0.25, pad=True))
+    _assert_cfr_frames(padded, [0, 0, 1, 2, 2])
+
+
+def test_span_without_frames_raises(cfr_video):
+    with pytest.raises(VideoReadError, match="no frames in the sampling span"):
+        read_clip(cfr_video, SamplingConfig(num_frames=2, start=10.0))
+
+
+def test_variable_frame_rate_gives_true_timestamps(vfr_video):
+    clip = read_clip(vfr_video, SamplingConfig(num_frames=10))
+    np.testing.assert_allclose(clip.timestamps, np.array(VFR_PTS_MS) / 1000, atol=1e-3)
+    np.testing.assert_allclose(_greys(clip), 20 * np.arange(10), atol=GREY_TOLERANCE)
+
+    # Nearest in time, not in index: 0.25 s -> 0.30 s (frame 3), 0.5 s -> 0.31 s (frame 4), ...
+    at_rate = read_clip(vfr_video, SamplingConfig(num_frames=7, fps=4))
+    np.testing.assert_array_equal(at_rate.frame_indices, [0, 3, 4, 5, 6, 7, 8])
+    np.testing.assert_allclose(at_rate.timestamps, np.array(VFR_PTS_MS)[at_rate.frame_indices] / 1000, atol=1e-3)
+
+
+def test_real_clip_whole_video():
+    clip = read_clip(SHARED_VIDEOS / "flipping_a_pancake.mkv", SamplingConfig(num_frames=16))
+    assert clip.num_video_frames == 310
+    assert clip.frames.shape == (16, 240, 426, 3)
+    assert clip.frame_indices[0] == 0 and clip.frame_indices[-1] == 309
+    assert np.all(np.diff(clip.timestamps) > 0)
+    assert clip.timestamps[0] == pytest.approx(0.0, abs=1e-3)
+    assert clip.timestamps[-1] == pytest.approx(10.3, abs=0.02)
+
+
+def test_corrupted_file_fails_naming_the_decode_error():
+    with pytest.raises(VideoReadError) as error:
+        read_clip(SHARED_VIDEOS / "corrupted.mp4", SamplingConfig(num_frames=16))
+    message = str(error.value)
+    assert message.startswith("decoding failed at frame ") and "corrupted.mp4" in message
+    assert "\n" not in message
+
+
+def test_short_real_video_needs_pad():
+    path = SHARED_VIDEOS / "unordered.mov"
+    with pytest.raises(VideoReadError, match="too short: .* has 4 usable frames"):
+        read_clip(path, SamplingConfig(num_frames=16))
+    clip = read_clip(path, SamplingConfig(num_frames=16, pad=True))
+    assert clip.frames.shape == (16, 50, 50, 3)
+    assert set(clip.frame_indices.tolist()) == {0, 1, 2, 3}
+    assert np.all(np.diff(clip.frame_indices) >= 0) and np.all(np.diff(clip.timestamps) >= 0)
+
+
+@pytest.mark.parametrize("degrees, shape", [(90, (568, 320)), (180, (320, 568)), (270, (568, 320))])
+def test_rotated_videos_come_upright(degrees, shape):
+    path = SHARED_VIDEOS / f"video_{degrees}.mov"
+    clip = read_clip(path, SamplingConfig(num_frames=3))
+    assert clip.frames.shape == (3, *shape, 3)
+    # PyAV decodes the stored (unrotated) picture and reports the display rotation counter-clockwise.
+    with av.open(str(path)) as container:
+        stored = next(container.decode(video=0))
+        upright = np.rot90(stored.to_ndarray(format="rgb24"), stored.rotation // 90)
+    assert np.abs(clip.frames[0].astype(int) - upright).mean() < 2
+
+
+def test_bad_files_raise_with_their_reason(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    audio = tmp_path / "audio.mp4"
+    with av.open(str(audio), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for k in range(5):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 16000, k * 1024
+            container.mux(stream.encode(samples))
+        container.mux(stream.encode())
+    cases = {
+        tmp_path / "missing.mp4": "file not found: ",
+        empty: "empty file (0 bytes): ",
+        text: "not a video or unreadable container: ",
+        audio: "no video stream (zero video frames): ",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(VideoReadError) as error:
+            read_clip(path, SamplingConfig(num_frames=2))
+        assert str(error.value).startswith(reason + str(path))
+        assert "\n" not in str(error.value)
+
+
+def test_resize_frames_shape_dtype_and_constant_frames():
+    frames = np.full((3, 48, 64, 3), 77, np.uint8)
+    out = resize_frames(frames, (24, 40))
+    assert out.shape == (3, 24, 40, 3) and out.dtype == np.uint8
+    assert np.all(out == 77)
+    assert resize_frames(frames, (100, 30)).shape == (3, 100, 30, 3)
+
+
+def test_resize_frames_matches_pil_antialiased_bilinear():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 90, 160, 3), dtype=np.uint8)
+    out = resize_frames(frames, (36, 50))
+    for frame, resized in zip(frames, out):
+        pil = np.asarray(Image.fromarray(frame).resize((50, 36), Image.BILINEAR))
+        assert np.abs(pil.astype(int) - resized).max() <= 1
