@@ -31,8 +31,8 @@ def format_summary(summary: dict) -> str:
         f"cache: {summary['cache']} ({summary['format']}, teacher {summary['teacher_id']})",
         f"clips: {clips['wanted']} wanted, {clips['already_cached']} already cached, "
         f"{clips['computed']} computed: {clips['ok']} ok, {clips['failed']} failed",
-        f"written: {len(summary['shards_written'])} shards, {summary['bytes_written'] / 1e6:.1f} MB "
-        "(before compression)",
+        f"written: {len(summary['shards_written'])} shards, {summary['bytes_on_disk'] / 1e6:.1f} MB on disk "
+        f"({summary['bytes_written'] / 1e6:.1f} MB before compression)",
         "seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds"].items())
         + f"; wall {summary['wall_seconds']:.1f} s, {summary['clips_per_second']:.2f} clips/s",
     ]

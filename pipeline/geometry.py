@@ -29,9 +29,10 @@ def intrinsics_from_fov(image_size: tuple[int, int], fov_x_deg: float) -> np.nda
     return np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+def look_at(eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
     """cam_to_world of a camera at `eye` looking at `target`, image "up" (-y) towards world `up`."""
     eye = np.asarray(eye, dtype=np.float64)
+    up = np.asarray(up, dtype=np.float64)
     forward = np.asarray(target, dtype=np.float64) - eye
     if np.linalg.norm(forward) == 0.0:
         raise ValueError("look_at: eye and target coincide")

@@ -99,6 +99,7 @@ def run_job(config: JobConfig) -> dict:
             "failures": stats.failures,
             "shards_written": [s for w in writer_stats for s in w["shards"]],
             "bytes_written": sum(w["bytes"] for w in writer_stats),
+            "bytes_on_disk": sum(w["bytes_on_disk"] for w in writer_stats),
             "seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},
             "wall_seconds": round(time.perf_counter() - wall, 3),
             "clips_per_second": round(stats.computed / max(stats.seconds["compute_wall"], 1e-9), 3),
@@ -120,13 +121,13 @@ def _init_ray(config: JobConfig) -> bool:
     if config.ray.address == "local":
         ray.init(address="local", include_dashboard=False, num_cpus=config.ray.num_cpus,
                  object_store_memory=config.ray.object_store_mb << 20, log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+                 runtime_env={"env_vars": {"PYTHONPATH": project_pythonpath()}})
     else:
         ray.init(address=config.ray.address)
     return True
 
 
-def _pythonpath() -> str:
+def project_pythonpath() -> str:
     """Workers import the project's packages from the same checkout as the driver."""
     project = str(Path(__file__).resolve().parents[1])
     rest = os.environ.get("PYTHONPATH")

@@ -66,6 +66,7 @@ def build_requests(
     videos: list[Path], root: Path, sampling: dict, teacher_id: str, output_spec: str
 ) -> list[ClipRequest]:
     requests = []
+    root = root.resolve()
     for path in tqdm(videos, desc="hash videos", unit="video", disable=not videos):
         sha, error = read_video_identity(path)
         identity = f"sha256:{sha}" if sha else f"unreadable:{path}"

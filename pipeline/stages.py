@@ -19,7 +19,7 @@ from pipeline.sampling import SamplingConfig
 from pipeline.sources import ClipRequest
 from pipeline.teachers.base import TeacherError, TeacherInput
 from shards.codecs import encode_arrays
-from shards.formats import open_writer, shard_filename
+from shards.formats import open_writer, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
 
 
@@ -118,7 +118,7 @@ class ShardWriterActor:
         self.writer = None
         self.shard_rows: list[dict] = []
         self.failed_rows: list[dict] = []
-        self.stats = {"write_seconds": 0.0, "bytes": 0, "shards": []}
+        self.stats = {"write_seconds": 0.0, "bytes": 0, "bytes_on_disk": 0, "shards": []}
 
     def _row(self, request: ClipRequest, **values) -> dict:
         return {**self.defaults, "cache_key": request.cache_key, "clip_id": request.clip_id,
@@ -153,7 +153,8 @@ class ShardWriterActor:
 
     def _commit(self) -> None:
         # Order matters: the shard becomes visible first, the manifest part (the proof) last.
-        self.writer.commit()
+        path = self.writer.commit()
+        self.stats["bytes_on_disk"] += shard_disk_bytes(path)
         write_clips_part(self.root, self.shard_name, self.shard_rows + self.failed_rows)
         self.stats["shards"].append(self.shard_rel)
         self.writer, self.shard_rows, self.failed_rows = None, [], []

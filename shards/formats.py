@@ -159,3 +159,11 @@ def check_row(row: int, n_rows: int) -> int:
     if not 0 <= row < n_rows:
         raise IndexError(f"row {row} out of range for a shard of {n_rows} clips")
     return row
+
+
+def shard_disk_bytes(path: str | os.PathLike) -> int:
+    """Bytes a committed shard takes on disk (a Zarr directory tree or a tar file)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size

@@ -53,15 +53,17 @@ def test_same_seed_same_data_another_seed_differs(tmp_path, generated):
     dataset.generate_dataset(tmp_path / "again", small, workers=2)
     again = pq.read_table(tmp_path / "again" / "samples.parquet")
     first = pq.read_table(root / "samples.parquet")
-    assert again.to_pylist() == [r for r in first.to_pylist() if r["video"] in {"videos/scene_0000.mp4", "videos/scene_0001.mp4"}]
-    for name in ("scene_0000", "scene_0001"):
+    names = ("scene_0000", "scene_0001")
+    assert again.to_pylist() == [r for r in first.to_pylist() if json.loads(r["meta"])["scene"] in names]
+    for name in names:
         a = load_ground_truth(root / "videos" / f"{name}.mp4")
         b = load_ground_truth(tmp_path / "again" / "videos" / f"{name}.mp4")
         assert a.fps == b.fps
         for field in GT_FIELDS:
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
         # x264 in one thread: the video bytes, hence the cache keys, are reproducible too.
-        assert (root / "videos" / f"{name}.mp4").read_bytes() == (tmp_path / "again" / "videos" / f"{name}.mp4").read_bytes()
+        video = f"videos/{name}.mp4"
+        assert (root / video).read_bytes() == (tmp_path / "again" / video).read_bytes()
 
     other = dataset.SyntheticConfig(**{**small.__dict__, "seed": CONFIG.seed + 1})
     dataset.generate_dataset(tmp_path / "other", other)
@@ -94,30 +96,32 @@ def test_backward_flow_is_photometrically_consistent():
     rgb, gt = render(scene)
     height, width = gt.image_size
     uv = geometry.pixel_centers(gt.image_size)
-    agree = total = 0
-    error_sum = zero_flow_error_sum = 0.0
+    errors, zero_flow_errors, on_moving = [], [], []
     for t in range(1, gt.num_frames):
         target = uv + np.moveaxis(gt.flow[t], 0, -1)
-        points = geometry.unproject_pixels(gt.K, gt.cam_to_world[t], uv, gt.depth[t])
-        ids = gt.object_ids[t]
-        points[ids >= 0] -= (gt.object_positions[t] - gt.object_positions[t - 1])[ids[ids >= 0]]
-        _, z = geometry.project_points(gt.K, gt.cam_to_world[t - 1], points)
-        col = np.clip(target[..., 0].astype(int), 0, width - 1)
-        row = np.clip(target[..., 1].astype(int), 0, height - 1)
-        inside = (target[..., 0] > 1) & (target[..., 0] < width - 1) & (target[..., 1] > 1) & (target[..., 1] < height - 1)
-        # Not occluded in t-1: the same surface is what t-1 sees there, at the depth it should have.
-        visible = inside & (gt.object_ids[t - 1][row, col] == ids) & (np.abs(gt.depth[t - 1][row, col] - z) < 0.02 * z)
-        warped = _bilinear(rgb[t - 1], target[..., 0], target[..., 1])
-        error = np.abs(warped - rgb[t]).max(axis=-1)[visible]
-        zero_flow_error = np.abs(rgb[t - 1].astype(float) - rgb[t]).max(axis=-1)[visible]
-        agree += int((error <= 12).sum())
-        error_sum += error.sum()
-        zero_flow_error_sum += zero_flow_error.sum()
-        total += int(visible.sum())
-    assert total > 0.7 * (gt.num_frames - 1) * height * width
-    assert agree > 0.95 * total
+        u, v = target[..., 0], target[..., 1]
+        inside = (u > 1) & (u < width - 1) & (v > 1) & (v < height - 1)
+        # Not occluded in t-1 (to first order): the four pixels interpolated in t-1 see the same object
+        # (or the background) as the pixel in t.
+        col = np.clip(np.floor(u - 0.5).astype(int), 0, width - 2)
+        row = np.clip(np.floor(v - 0.5).astype(int), 0, height - 2)
+        visible = inside.copy()
+        for dy in (0, 1):
+            for dx in (0, 1):
+                visible &= gt.object_ids[t - 1][row + dy, col + dx] == gt.object_ids[t]
+        warped = _bilinear(rgb[t - 1], u, v)
+        errors.append(np.abs(warped - rgb[t]).max(axis=-1)[visible])
+        zero_flow_errors.append(np.abs(rgb[t - 1].astype(float) - rgb[t]).max(axis=-1)[visible])
+        on_moving.append(gt.dyn_mask[t][visible] == 1)
+    errors, zero_flow_errors, on_moving = map(np.concatenate, (errors, zero_flow_errors, on_moving))
+    assert errors.size > 0.7 * (gt.num_frames - 1) * height * width
+    assert np.mean(errors <= 12) > 0.93
+    # Moving objects are small at this size and interpolating across their edges and box corners
+    # errs, so they are judged by their median; the background dominates the overall fraction.
+    assert on_moving.sum() > 100 and np.median(errors[on_moving]) <= 4
     # Not a vacuous match: without the flow, the same pixels disagree far more.
-    assert error_sum < 0.5 * zero_flow_error_sum
+    assert errors.mean() < 0.6 * zero_flow_errors.mean()
+    assert errors[on_moving].mean() < 0.4 * zero_flow_errors[on_moving].mean()
 
 
 def test_dyn_mask_is_the_moving_objects_pixels():
@@ -215,10 +219,9 @@ def test_question_answers_and_regions_match_ground_truth(generated):
                 x0, y0, x1, y1 = box
                 assert 0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0
                 rows_k, cols_k = np.nonzero(gt.object_ids[frame] == k)
-                np.testing.assert_allclose(
-                    box, [cols_k.min() / width, rows_k.min() / height, (cols_k.max() + 1) / width, (rows_k.max() + 1) / height],
-                    atol=1e-6,
-                )
+                tight = [cols_k.min() / width, rows_k.min() / height, (cols_k.max() + 1) / width,
+                         (rows_k.max() + 1) / height]
+                np.testing.assert_allclose(box, tight, atol=1e-6)
                 (u, v), _ = geometry.project_points(gt.K, gt.cam_to_world[frame], gt.object_positions[frame, k])
                 if 0 <= u < width and 0 <= v < height and gt.object_ids[frame, int(v), int(u)] == k:
                     assert x0 <= u / width <= x1 and y0 <= v / height <= y1

@@ -1,0 +1,6 @@
+"""The project's bundled sample data set: synthetic 4D scenes with exact ground truth.
+
+scene.py (what a seed describes) -> render.py (ray casting: frames + ground truth) ->
+ground_truth.py (the per-video sidecar) -> questions.py (region-level questions) ->
+dataset.py (videos, sidecars, samples.parquet, scenes.json; the CLI).
+"""

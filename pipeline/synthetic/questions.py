@@ -78,7 +78,9 @@ def _mark(mark_id: int) -> str:
     return f"<obj_{mark_id}>"
 
 
-def _choice(question_type: str, text: str, options: list[str], answer: int, objects: dict[int, int], values: dict) -> Question:
+def _choice(
+    question_type: str, text: str, options: list[str], answer: int, objects: dict[int, int], values: dict
+) -> Question:
     letters = _LETTERS[: len(options)]
     listed = "\n".join(f"{letter}. {option}" for letter, option in zip(letters, options))
     return Question(
@@ -98,9 +100,11 @@ def _numeric(question_type: str, text: str, value: float, unit: str, objects: di
     )
 
 
-def scene_questions(ground_truth: SceneGroundTruth, mark_ids: np.ndarray) -> list[Question]:
-    """Every clear question about the scene, in QUESTION_TYPES order; mark_ids[k] = mark of object k."""
-    visible = [set(frames) for frames, _ in object_regions(ground_truth)]
+def scene_questions(ground_truth: SceneGroundTruth, mark_ids: np.ndarray, visible: list[set[int]]) -> list[Question]:
+    """Every clear question about the scene, in QUESTION_TYPES order.
+
+    mark_ids[k]: the mark of object k; visible[k]: the frames where object k is visible.
+    """
     first, last = 0, ground_truth.num_frames - 1
     positions = ground_truth.object_positions
     distances = np.linalg.norm(positions[last] - ground_truth.cam_to_world[last, :3, 3], axis=1)
@@ -136,7 +140,7 @@ def scene_questions(ground_truth: SceneGroundTruth, mark_ids: np.ndarray) -> lis
         right, forward = shift_cam[k, 0], shift_cam[k, 2]
         major, minor = sorted((abs(right), abs(forward)), reverse=True)
         if np.hypot(right, forward) >= _DIRECTION_MIN_SHIFT and major >= _DIRECTION_MIN_DOMINANCE * minor:
-            answer = (int(right > 0)) if abs(right) > abs(forward) else 2 + int(forward > 0)
+            answer = int(right > 0) if abs(right) > abs(forward) else 2 + int(forward > 0)
             text = (f"In which direction does {_mark(mark_ids[k])} mostly move between the first and the last "
                     "frame, as seen by the camera in the first frame?")
             values = {int(mark_ids[k]): [float(right), float(forward)]}
@@ -158,7 +162,8 @@ def scene_samples(
     mark_ids = rng.permutation(ground_truth.num_objects)
     regions = object_regions(ground_truth)
     rows = []
-    for number, question in enumerate(scene_questions(ground_truth, mark_ids)):
+    visible = [set(frames) for frames, _ in regions]
+    for number, question in enumerate(scene_questions(ground_truth, mark_ids, visible)):
         meta = {"type": question.type, "scene": scene, "objects": {str(m): k for m, k in question.objects.items()},
                 **question.meta}
         rows.append({

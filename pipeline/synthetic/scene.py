@@ -37,6 +37,7 @@ _MAX_ATTEMPTS = 200
 _WALL_MARGIN = 0.3  # metres between any object / the camera and a wall
 _OBJECT_GAP = 0.15  # metres between the bounding spheres of two objects
 _CAMERA_CLEARANCE = 0.6  # metres between the camera and an object's bounding sphere
+_MAX_TRAVEL = 3.5  # metres an object may cover at top speed (or by top acceleration) in one clip
 _VIEW_FRACTION = 0.8  # object centres stay within this fraction of the half field of view
 
 
@@ -190,11 +191,10 @@ def _sample_room(rng: np.random.Generator) -> Room:
 
 
 def _sample_camera(rng: np.random.Generator) -> CameraPath:
-    angle0 = rng.uniform(0.0, 2.0 * np.pi)
     return CameraPath(
         radius=float(rng.uniform(3.5, 4.2)),
         radial_speed=float(rng.uniform(-0.1, 0.1)),
-        angle0=float(angle0),
+        angle0=float(rng.uniform(0.0, 2.0 * np.pi)),
         angular_speed=float(rng.choice([-1.0, 1.0]) * rng.uniform(0.04, 0.12)),
         height=float(rng.uniform(1.3, 1.9)),
         bob_amplitude=float(rng.uniform(0.0, 0.1)),
@@ -204,7 +204,9 @@ def _sample_camera(rng: np.random.Generator) -> CameraPath:
     )
 
 
-def _sample_object(rng: np.random.Generator, colour_name: str, moving: bool) -> SceneObject:
+def _sample_object(rng: np.random.Generator, colour_name: str, heading: float | None, duration: float) -> SceneObject:
+    """heading: the world azimuth the object starts moving towards (+- 35 degrees); None: static.
+    Long clips get slower objects, so that they can stay in the room and in view."""
     kind = OBJECT_KINDS[int(rng.integers(len(OBJECT_KINDS)))]
     if kind == "sphere":
         radius = rng.uniform(0.2, 0.45)
@@ -216,19 +218,21 @@ def _sample_object(rng: np.random.Generator, colour_name: str, moving: bool) -> 
     centre_distance = rng.uniform(0.0, 2.0)
     centre_angle = rng.uniform(0.0, 2.0 * np.pi)
     p0 = (centre_distance * np.cos(centre_angle), centre_distance * np.sin(centre_angle), 0.5 * size[2])
-    if moving:
-        speed, heading = rng.uniform(0.2, 1.2), rng.uniform(0.0, 2.0 * np.pi)
+    if heading is not None:
+        top_speed = min(1.2, _MAX_TRAVEL / duration)
+        speed, heading = rng.uniform(top_speed / 6.0, top_speed), heading + np.radians(rng.uniform(-35.0, 35.0))
         v0 = (speed * np.cos(heading), speed * np.sin(heading), 0.0)
         # Half the moving objects accelerate, so speed and displacement differ from v0 * duration.
         accelerating = rng.random() < 0.5
-        magnitude, direction = rng.uniform(0.1, 0.6), rng.uniform(0.0, 2.0 * np.pi)
+        top_accel = min(0.6, _MAX_TRAVEL / duration**2)
+        magnitude, direction = rng.uniform(top_accel / 6.0, top_accel), rng.uniform(0.0, 2.0 * np.pi)
         accel = (magnitude * np.cos(direction), magnitude * np.sin(direction), 0.0) if accelerating else (0.0,) * 3
     else:
         v0, accel = (0.0,) * 3, (0.0,) * 3
     base = np.asarray(OBJECT_PALETTE[colour_name])
     texture = Texture(
         colour_a=tuple(base), colour_b=tuple(base * rng.uniform(0.45, 0.7)),
-        frequencies=tuple(np.pi / rng.uniform(0.12, 0.25, 3)), phases=tuple(rng.uniform(0.0, 2.0 * np.pi, 3)),
+        frequencies=tuple(np.pi / rng.uniform(0.2, 0.35, 3)), phases=tuple(rng.uniform(0.0, 2.0 * np.pi, 3)),
         sharpness=float(rng.uniform(2.0, 4.0)),
     )
     return SceneObject(
@@ -291,10 +295,16 @@ def sample_scene(seed: int | np.random.SeedSequence, image_size: tuple[int, int]
     # A static object in some scenes gives the motion questions a true "it does not move" case.
     static_index = int(rng.integers(num_objects)) if num_objects >= 3 and rng.random() < 0.4 else -1
     colours = rng.permutation(list(OBJECT_PALETTE))[:num_objects]
+    # Each moving object first draws the way it goes as seen by the first camera (right, left, away,
+    # toward), uniformly: drawing the heading uniformly in the world instead, the objects that stay in
+    # view are mostly those moving away, and direction questions would be biased.
+    right, forward = poses[0, :2, 0], poses[0, :2, 2]
+    view_headings = [np.arctan2(v[1], v[0]) for v in (right, -right, forward, -forward)]
     objects: list[SceneObject] = []
     for index, colour in enumerate(colours):
+        heading = None if index == static_index else view_headings[int(rng.integers(4))]
         for _ in range(_MAX_ATTEMPTS):
-            candidate = _sample_object(rng, str(colour), moving=index != static_index)
+            candidate = _sample_object(rng, str(colour), heading, duration=times[-1])
             if _fits(candidate, objects, room, eyes, poses, times, half_tan):
                 objects.append(candidate)
                 break

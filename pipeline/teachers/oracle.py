@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import TeacherConfig
-from pipeline.geometry import plucker_rays
+from pipeline.geometry import pixel_centers, plucker_rays, project_points, unproject_pixels
 from pipeline.synthetic.ground_truth import SceneGroundTruth, load_ground_truth
 from pipeline.teachers.base import (
     INPUT_SIZE, L4P_DIM, L4P_HOOKS, PATCH, RAY_GRID, TUBELET, Teacher, TeacherError, TeacherIdentity,
@@ -35,20 +35,13 @@ def nearest_indices(src: int, dst: int) -> np.ndarray:
 def backward_flow(gt: SceneGroundTruth, t: int, s: int) -> np.ndarray:
     """[2, H, W] flow from frame t to an earlier frame s in native pixels: where each pixel's
     surface point of frame t was in frame s (moving objects carried back by their own motion)."""
-    depth = gt.depth[t].astype(np.float64)
-    h, w = depth.shape
-    v, u = np.mgrid[0:h, 0:w] + 0.5
-    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(gt.K).T
-    points = rays * depth[..., None]
-    world = points @ gt.cam_to_world[t][:3, :3].T + gt.cam_to_world[t][:3, 3]
+    uv = pixel_centers(gt.image_size)
+    world = unproject_pixels(gt.K, gt.cam_to_world[t], uv, gt.depth[t].astype(np.float64))
     ids = gt.object_ids[t]
     for k in np.unique(ids[ids >= 0]):
         world[ids == k] -= gt.object_positions[t, k] - gt.object_positions[s, k]
-    to_cam = np.linalg.inv(gt.cam_to_world[s])
-    cam = world @ to_cam[:3, :3].T + to_cam[:3, 3]
-    pix = cam @ gt.K.T
-    pix = pix[..., :2] / pix[..., 2:3]
-    return np.stack([pix[..., 0] - u, pix[..., 1] - v]).astype(np.float32)
+    previous, _ = project_points(gt.K, gt.cam_to_world[s], world)
+    return (previous - uv).transpose(2, 0, 1).astype(np.float32)
 
 
 class OracleTeacher(Teacher):
@@ -93,7 +86,7 @@ class OracleTeacher(Teacher):
         flow = np.stack(flows, 1)[:, :, rows][..., cols] * scale[:, None]
         depth = gt.depth[idx][:, rows][..., cols].astype(np.float32)
         mask = gt.dyn_mask[idx][:, rows][..., cols].astype(np.float32)
-        camray = plucker_rays(gt.K, gt.cam_to_world[idx], (width, height), grid=(RAY_GRID, RAY_GRID))
+        camray = plucker_rays(gt.K, gt.cam_to_world[idx], gt.image_size, grid=(RAY_GRID, RAY_GRID))
         return {
             "latents": self._latents(depth, flow, mask),
             "depth": depth,

@@ -1,0 +1,285 @@
+"""Bytes per clip on disk, per field and in total, per shard format; and write seconds per clip
+beside the raw write rate of the same bytes on the same disk.
+
+    .venv/bin/python bench/storage.py [--clips 3] [--repeats 3] [--workdir DIR]
+
+What is written: full L4P output shapes per 16-frame clip (latents 4 x 2048 x 1408; depth, dyn_mask
+16 x 224 x 224; flow 2 x 16 x 224 x 224; camray 6 x 16 x 16 x 16) plus the student frames
+(16 x 224 x 224 x 3 uint8) and timestamps, one shard of --clips clips per (storage variant, format,
+latent source), through shards.formats.open_writer exactly as the caching job's writer does.
+
+The data is not easier than real data: the maps are the oracle teacher's exact ground truth on
+synthetic scenes (320 x 240, 16 frames, decoded and resized by the job's own reader), and the
+latents come from two sources:
+  realistic  heavy-tailed tokens (Student-t, 5 dof, unit variance) with per-channel means and
+             scales and a few outlier channels 10-50x larger, as real ViT features have. QUOTE THESE.
+  oracle     the oracle teacher's latents: a random projection of ground-truth patches, smooth and
+             structured by construction. Shown only so nobody quotes their compression by mistake.
+
+Storage variants:
+  default         pipeline.config.default_storage() via pipeline.runner.field_specs (what the job writes)
+  all compressed  every field zstd-3 in Zarr; in WebDataset every compressing codec becomes gzip-3
+  all raw         every field uncompressed (same dtypes)
+
+How to read it: "bytes per clip" are measured from the files (Zarr: each field's array directory in
+the .zarr group; WebDataset: tar member sizes) divided by the clips in the shard; "overhead" is the
+rest of the shard (metadata, tar headers and padding). "x raw" is the raw fp16/uint8 size divided by
+the stored size. Write seconds per clip include compression and the writer's fsync at commit (the
+arrays are already in their storage dtype, i.e. the encode stage is not timed); the limit beside them
+is np.save + fsync of the same uncompressed arrays, measured alternately in the same run (zarr, wds,
+raw, zarr, wds, raw, ...); medians over --repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench.conditions import median, print_conditions  # noqa: E402
+from pipeline.config import JobConfig, TeacherConfig  # noqa: E402
+from pipeline.runner import field_specs  # noqa: E402
+from pipeline.sampling import SamplingConfig  # noqa: E402
+from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset, scene_name  # noqa: E402
+from pipeline.teachers.base import INPUT_SIZE, TeacherInput  # noqa: E402
+from pipeline.teachers.oracle import OracleTeacher  # noqa: E402
+from pipeline.video_reader import read_clip, resize_frames  # noqa: E402
+from shards.codecs import encode_arrays  # noqa: E402
+from shards.formats import FORMATS, open_writer, shard_filename  # noqa: E402
+from shards.schema import FieldSpec  # noqa: E402
+
+NUM_FRAMES = 16
+SCENE_SIZE = (320, 240)  # width, height
+TEACHER_FIELDS = ("latents", "depth", "flow", "dyn_mask", "camray")
+MAPS = ("depth", "flow", "dyn_mask")
+LATENT_SOURCES = ("realistic", "oracle")
+T_DOF = 5
+OUTLIER_CHANNELS = 6
+OUTLIER_SCALE = (10.0, 50.0)
+MB = 1e6
+
+
+def variants(specs: list[FieldSpec]) -> dict[str, list[FieldSpec]]:
+    return {
+        "default": specs,
+        "all compressed": [replace(s, codec="zstd", level=3) for s in specs],
+        "all raw": [replace(s, codec="none", level=0) for s in specs],
+    }
+
+
+def realistic_latents(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """[hooks, tokens, C] heavy-tailed tokens with a few large outlier channels (fixed across hooks,
+    as ViTs' massive-activation channels are)."""
+    hooks, tokens, dim = shape
+    unit_t = np.sqrt((T_DOF - 2) / T_DOF)
+    mean = rng.normal(0.0, 0.3, dim)
+    scale = rng.lognormal(0.0, 0.3, dim)
+    outliers = rng.choice(dim, OUTLIER_CHANNELS, replace=False)
+    scale[outliers] *= np.exp(rng.uniform(*np.log(OUTLIER_SCALE), OUTLIER_CHANNELS))
+    mean[outliers] *= scale[outliers]
+    out = np.empty(shape, np.float32)
+    for h in range(hooks):
+        out[h] = mean + scale * (rng.standard_t(T_DOF, (tokens, dim)) * unit_t)
+    return out
+
+
+def make_clips(data_dir: Path, num_clips: int, specs: list[FieldSpec]) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Encoded clips (storage dtypes) per latent source; the maps are the same in both."""
+    generate_dataset(data_dir, SyntheticConfig(num_scenes=num_clips, seed=0, num_frames=NUM_FRAMES,
+                                               width=SCENE_SIZE[0], height=SCENE_SIZE[1]),
+                     workers=min(num_clips, os.cpu_count() or 1))
+    teacher = OracleTeacher(TeacherConfig(name="oracle"))
+    latent_shape = next(s.shape for s in specs if s.name == "latents")
+    rng = np.random.default_rng(0)
+    clips: dict[str, list] = {source: [] for source in LATENT_SOURCES}
+    for i in range(num_clips):
+        clip = read_clip(data_dir / "videos" / f"{scene_name(i)}.mp4", SamplingConfig(num_frames=NUM_FRAMES))
+        frames = resize_frames(clip.frames, INPUT_SIZE)
+        out = teacher.predict([TeacherInput(clip.video_path, clip.frame_indices, clip.timestamps, frames)])[0]
+        arrays = {"frames": frames, "timestamps": clip.timestamps, **out}
+        clips["oracle"].append(encode_arrays(specs, arrays))
+        arrays["latents"] = realistic_latents(latent_shape, rng)
+        clips["realistic"].append(encode_arrays(specs, arrays))
+    return clips
+
+
+def write_shard(fmt: str, path: Path, specs: list[FieldSpec], clips: list[dict]) -> float:
+    start = time.perf_counter()
+    writer = open_writer(fmt, path, specs)
+    for i, arrays in enumerate(clips):
+        writer.add(f"clip{i:04d}", arrays)
+    writer.commit()
+    return time.perf_counter() - start
+
+
+def write_raw(directory: Path, clips: list[dict]) -> float:
+    """The physical limit: the same uncompressed arrays, np.save + fsync, one file per field."""
+    start = time.perf_counter()
+    directory.mkdir()
+    for i, arrays in enumerate(clips):
+        for name, array in arrays.items():
+            with open(directory / f"clip{i:04d}.{name}.npy", "wb") as f:
+                np.save(f, array, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def field_bytes(fmt: str, path: Path, fields: list[str]) -> dict[str, int]:
+    """Stored bytes per field read from the files, plus 'overhead' (everything else in the shard)."""
+    out = dict.fromkeys(fields, 0)
+    if fmt == "zarr":
+        total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        for name in fields:
+            out[name] = sum(f.stat().st_size for f in (path / name).rglob("*") if f.is_file())
+    else:
+        total = path.stat().st_size
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                name = member.name.split(".")[1]
+                if name in out:
+                    out[name] += member.size
+    out["overhead"] = total - sum(out[name] for name in fields)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--clips", type=int, default=3, help="synthetic scenes = clips per shard (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions of every write (default 3)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where scenes and shards go (default: a temporary dir on /tmp, removed at the end)")
+    args = parser.parse_args(argv)
+    if args.clips < 1 or args.repeats < 1:
+        parser.error("--clips and --repeats must be >= 1")
+
+    workdir = Path(tempfile.mkdtemp(prefix="p4d-bench-storage-", dir=args.workdir))
+    try:
+        run(workdir, args.clips, args.repeats)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(workdir: Path, num_clips: int, repeats: int) -> None:
+    print_conditions("bench/storage.py: bytes per clip on disk and write seconds per clip",
+                     ["numpy", "zarr", "numcodecs", "webdataset", "torch", "decord"], workdir)
+    job = JobConfig()
+    shapes = OracleTeacher.identity(TeacherConfig(name="oracle"), NUM_FRAMES).shapes
+    specs = field_specs(job, shapes, NUM_FRAMES)
+    fields = [s.name for s in specs]
+    print(f"sizes: {num_clips} clips per shard ({num_clips} synthetic scenes {SCENE_SIZE[0]}x{SCENE_SIZE[1]}, "
+          f"{NUM_FRAMES} frames, oracle maps), {repeats} timed repetitions of every write")
+    for s in specs:
+        print(f"  {s.name:<10} {'x'.join(map(str, s.shape)):<15} {s.dtype:<8} default codec {s.codec}"
+              + (f"-{s.level}" if s.codec != "none" else ""))
+    teacher_raw = sum(s.nbytes for s in specs if s.name in TEACHER_FIELDS)
+    clip_raw = sum(s.nbytes for s in specs)
+    print(f"raw reference: teacher fields {teacher_raw / MB:.2f} MB/clip in fp16 "
+          f"({teacher_raw / 2**20:.2f} MiB), all fields {clip_raw / MB:.2f} MB/clip; MB = 1e6 bytes")
+    print(f"latents: 'realistic' = Student-t ({T_DOF} dof) tokens, per-channel mean/scale, "
+          f"{OUTLIER_CHANNELS} outlier channels x{OUTLIER_SCALE[0]:g}-{OUTLIER_SCALE[1]:g}; "
+          "'oracle' = the oracle's random projection of smooth ground truth (easy, NOT realistic)")
+
+    t0 = time.perf_counter()
+    clips = make_clips(workdir / "scenes", num_clips, specs)
+    print(f"data prepared in {time.perf_counter() - t0:.1f} s")
+
+    by_variant = variants(specs)
+    sizes: dict[tuple, dict[str, int]] = {}
+    seconds: dict[tuple, list[float]] = {}
+    raw_seconds: dict[tuple, list[float]] = {}
+    shard_no = 0
+    for rep in range(repeats):
+        for variant, vspecs in by_variant.items():
+            for source in LATENT_SOURCES:
+                for fmt in (*FORMATS, "raw"):
+                    shard_no += 1
+                    if fmt == "raw":
+                        target = workdir / f"raw-{shard_no}"
+                        raw_seconds.setdefault((variant, source), []).append(write_raw(target, clips[source]))
+                    else:
+                        target = workdir / "shards" / shard_filename(fmt, f"s{shard_no}")
+                        target.parent.mkdir(exist_ok=True)
+                        took = write_shard(fmt, target, vspecs, clips[source])
+                        seconds.setdefault((variant, source, fmt), []).append(took)
+                        measured = field_bytes(fmt, target, fields)
+                        previous = sizes.setdefault((variant, source, fmt), measured)
+                        if previous != measured:
+                            raise RuntimeError(f"{fmt} {variant} {source}: sizes differ between repetitions")
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+    print_sizes(specs, sizes, num_clips, clip_raw)
+    print_seconds(seconds, raw_seconds, num_clips, clip_raw)
+    print(f"total bench time {time.perf_counter() - t0:.1f} s")
+
+
+def amount(nbytes: float) -> str:
+    return f"{nbytes:.0f} B" if nbytes < 10_000 else f"{nbytes / MB:.3f}"
+
+
+def cell(stored: float, raw: int) -> str:
+    return f"{amount(stored):>14} ({raw / max(stored, 1):>5.2f}x)"
+
+
+def print_sizes(specs: list[FieldSpec], sizes: dict, num_clips: int, clip_raw: int) -> None:
+    columns = [(v, f) for v in ("default", "all compressed", "all raw") for f in FORMATS]
+    print("\n-- stored MB per clip (from the files; B = bytes)  [x raw = raw size / stored size]")
+    print(f"{'field':<22}{'raw':>9} |" + "".join(f"{(v + ' ' + f):>23}" for v, f in columns))
+    raw = {s.name: s.nbytes for s in specs}
+    rows = [(s.name, "realistic") for s in specs]
+    rows.insert(rows.index(("latents", "realistic")) + 1, ("latents", "oracle"))
+    for name, source in rows:
+        label = f"{name} [{source}]" if name == "latents" else name
+        cells = "".join(cell(sizes[(v, source, f)][name] / num_clips, raw[name]) for v, f in columns)
+        print(f"{label:<22}{amount(raw[name]):>9} |{cells}")
+    print(f"{'overhead':<22}{'':>9} |" + "".join(
+        f"{amount(sizes[(v, 'realistic', f)]['overhead'] / num_clips):>23}" for v, f in columns))
+    for source in LATENT_SOURCES:
+        cells = "".join(cell(sum(sizes[(v, source, f)].values()) / num_clips, clip_raw) for v, f in columns)
+        print(f"{'TOTAL [' + source + ']':<22}{amount(clip_raw):>9} |{cells}")
+    # The maps are exact ground truth of simple scenes (dyn_mask exactly 0/1): their ratios are upper
+    # bounds, so bracket the realistic total with the maps counted at their raw size.
+    cells = "".join(cell(sum(sizes[(v, "realistic", f)].values()) / num_clips
+                         + sum(raw[m] - sizes[(v, "realistic", f)][m] / num_clips for m in MAPS), clip_raw)
+                    for v, f in columns)
+    print(f"{'TOTAL [realistic],':<22}{'':>9} |{cells}")
+    print(f"{'  maps at raw size':<22}")
+    print("(Zarr 'all compressed' = zstd-3; WebDataset stores every compressing codec as gzip, here gzip-3.\n"
+          " Quote the [realistic] latents rows. The maps are the oracle's exact ground truth of simple synthetic\n"
+          " scenes: dyn_mask is exactly 0/1, depth piecewise smooth, so their ratios are best cases; a network's\n"
+          " outputs (sigmoid probabilities, noisy low bits) compress less. The last row is the bound where the\n"
+          " maps do not compress at all.)")
+
+
+def print_seconds(seconds: dict, raw_seconds: dict, num_clips: int, clip_raw: int) -> None:
+    print("\n-- write seconds per clip (median; shard add + commit incl. fsync) vs the limit: "
+          "np.save + fsync of the same uncompressed bytes")
+    print(f"{'variant':<16}{'latents':<11}" + "".join(f"{f + ' s/clip':>14}" for f in FORMATS)
+          + f"{'raw s/clip':>12}{'raw MB/s':>10}" + "".join(f"{f + '/raw':>10}" for f in FORMATS))
+    for (variant, source), raws in raw_seconds.items():
+        raw = median(raws) / num_clips
+        per_fmt = [median(seconds[(variant, source, f)]) / num_clips for f in FORMATS]
+        print(f"{variant:<16}{source:<11}" + "".join(f"{s:>14.3f}" for s in per_fmt)
+              + f"{raw:>12.3f}{clip_raw / raw / MB:>10.0f}" + "".join(f"{s / raw:>10.1f}" for s in per_fmt))
+    print(f"(raw = {clip_raw / MB:.2f} MB/clip written as one .npy per field; every value is the median of "
+          "the repetitions, formats alternated with the raw write within each repetition.)")
+
+
+if __name__ == "__main__":
+    main()
