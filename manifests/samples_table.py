@@ -24,15 +24,16 @@ def read_samples(path: str | Path) -> pa.Table:
     missing = [f.name for f in SAMPLES_SCHEMA if f.name not in table.column_names]
     if missing:
         raise ValueError(f"{path}: samples table lacks column(s) {missing}")
-    try:
-        table = table.select(SAMPLES_SCHEMA.names).cast(SAMPLES_SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise ValueError(f"{path}: samples table does not match the schema: {e}") from e
+    table = table.select(SAMPLES_SCHEMA.names)
     nulls = [f.name for f in SAMPLES_SCHEMA if not f.nullable and table[f.name].null_count]
     if nulls:
         col = nulls[0]
         row = pc.index(pc.is_null(table[col]), True).as_py()
         raise ValueError(f"{path}: row {row}: required field {col!r} is null")
+    try:
+        table = table.cast(SAMPLES_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ValueError(f"{path}: samples table does not match the schema: {e}") from e
     return table
 
 

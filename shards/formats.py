@@ -119,6 +119,22 @@ def check_cache_key(cache_key: str) -> None:
         raise ValueError(f"cache_key {cache_key!r}: expected letters, digits, '_' or '-' (no dots)")
 
 
+def check_addable(path: Path, closed: bool, keys: list[str], cache_key: str) -> None:
+    """What every writer checks before storing a clip: still open, a valid and new key."""
+    if closed:
+        raise RuntimeError(f"writer of {path} is already committed or aborted")
+    check_cache_key(cache_key)
+    if cache_key in keys:
+        raise ValueError(f"cache_key {cache_key!r}: already in shard {path}")
+
+
+def check_committable(path: Path, closed: bool, keys: list[str]) -> None:
+    if closed:
+        raise RuntimeError(f"writer of {path} is already committed or aborted")
+    if not keys:
+        raise ValueError(f"shard {path} has no clips; abort() it instead")
+
+
 def check_specs(specs: list[FieldSpec]) -> list[FieldSpec]:
     """The specs as a list, after checking their names are unique and storable in both formats."""
     specs = list(specs)

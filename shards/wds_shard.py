@@ -21,7 +21,7 @@ from numpy.lib.format import read_array, write_array
 
 from shards.atomic import commit_temporary, remove_temporary, temporary_path
 from shards.codecs import check_encoded, wds_gzip_level
-from shards.formats import StoredClip, check_cache_key, check_row, check_specs, select_specs, stored_clip
+from shards.formats import StoredClip, check_addable, check_committable, check_row, check_specs, select_specs, stored_clip
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec
 
@@ -58,11 +58,7 @@ class WdsShardWriter:
         self._tar.addfile(info, io.BytesIO(payload))
 
     def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
-        if self._closed:
-            raise RuntimeError(f"writer of {self.path} is already committed or aborted")
-        check_cache_key(cache_key)
-        if cache_key in self._keys:
-            raise ValueError(f"cache_key {cache_key!r}: already in shard {self.path}")
+        check_addable(self.path, self._closed, self._keys, cache_key)
         check_encoded(self._specs, arrays)
         try:
             for spec in self._specs:
@@ -82,10 +78,7 @@ class WdsShardWriter:
         return stored_clip(len(self._keys) - 1, arrays)
 
     def commit(self) -> Path:
-        if self._closed:
-            raise RuntimeError(f"writer of {self.path} is already committed or aborted")
-        if not self._keys:
-            raise ValueError(f"shard {self.path} has no clips; abort() it instead")
+        check_committable(self.path, self._closed, self._keys)
         try:
             self._tar.close()
             return commit_temporary(self._temp, self.path)

@@ -17,7 +17,7 @@ import zarr
 
 from shards.atomic import commit_temporary, remove_temporary, temporary_path
 from shards.codecs import check_encoded, zarr_compressors
-from shards.formats import StoredClip, check_cache_key, check_row, check_specs, select_specs, stored_clip
+from shards.formats import StoredClip, check_addable, check_committable, check_row, check_specs, select_specs, stored_clip
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
 
@@ -50,11 +50,7 @@ class ZarrShardWriter:
         return len(self._keys)
 
     def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
-        if self._closed:
-            raise RuntimeError(f"writer of {self.path} is already committed or aborted")
-        check_cache_key(cache_key)
-        if cache_key in self._keys:
-            raise ValueError(f"cache_key {cache_key!r}: already in shard {self.path}")
+        check_addable(self.path, self._closed, self._keys, cache_key)
         check_encoded(self._specs, arrays)
         # Copied: the caller may reuse its buffers before commit, and the checksums are of these bytes.
         arrays = {s.name: arrays[s.name].copy() for s in self._specs}
@@ -64,10 +60,7 @@ class ZarrShardWriter:
         return stored_clip(len(self._keys) - 1, arrays)
 
     def commit(self) -> Path:
-        if self._closed:
-            raise RuntimeError(f"writer of {self.path} is already committed or aborted")
-        if not self._keys:
-            raise ValueError(f"shard {self.path} has no clips; abort() it instead")
+        check_committable(self.path, self._closed, self._keys)
         try:
             if os.path.lexists(self.path):
                 raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")

@@ -229,3 +229,22 @@ def test_sigkill_mid_job_then_rerun_finishes_exactly_once(synthetic_set, ray_ses
     assert referenced == on_disk, "no orphan shard, no missing shard"
     for row in ok_rows(cache).values():
         read_cached_clip(cache, row, ["depth"])  # verifies the checksum
+
+
+def test_inspect_lists_and_renders_a_cached_clip(both_caches, tmp_path, capsys):
+    from PIL import Image
+
+    from pipeline.inspect import main as inspect_main
+
+    cache = both_caches["wds"]
+    rows = ok_rows(cache)
+    assert inspect_main([str(cache)]) == 0
+    listing = capsys.readouterr().out
+    assert all(r["clip_id"] in listing for r in rows.values())
+    key = sorted(rows)[0]
+    out = tmp_path / "clip.png"
+    assert inspect_main([str(cache), "--clip", key[:12], "--png", str(out)]) == 0
+    picture = Image.open(out)
+    assert picture.width > 5 * 160 and picture.height > 4 * 160, "5 columns (frames, depth, flow, mask, rays) x 4 rows"
+    assert inspect_main([str(cache), "--pictures", "2"]) == 0
+    assert len(list((cache / "pictures").glob("*.png"))) == 2

@@ -1,0 +1,70 @@
+"""The job's configuration (YAML + flags), the per-clip field specs it implies, and the one-job lock."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cache_dir import CacheDir, CacheLockedError
+from pipeline.cache_teacher import main as cache_main
+from pipeline.config import FLAGS, build_parser, load_config
+from pipeline.runner import field_specs
+
+
+def parse(*argv):
+    return load_config(build_parser("test").parse_args(list(argv)))
+
+
+def test_yaml_then_flags_override(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "videos: /data/v\nsampling: {num_frames: 8, fps: 2.5}\nteacher: {name: l4p-tiny, batch_size: 4}\n"
+        "output: {format: wds, frame_size: [112, 160], storage: {depth: {dtype: float32, codec: none}}}\n"
+    )
+    config = parse("--config", str(path), "--batch-size", "2", "--pad", "true", "--fields", "depth,flow")
+    assert config.videos == "/data/v"
+    assert (config.sampling.num_frames, config.sampling.fps, config.sampling.pad) == (8, 2.5, True)
+    assert (config.teacher.name, config.teacher.batch_size) == ("l4p-tiny", 2)
+    assert config.output.format == "wds" and config.output.frame_size == (112, 160)
+    assert config.output.fields == ("depth", "flow")
+    assert config.output.storage["depth"].dtype == "float32"
+    assert config.output.storage["flow"].dtype == "float16", "unnamed fields keep their defaults"
+
+
+def test_bad_config_names_the_key(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("teacher: {nmae: oracle}\n")
+    with pytest.raises(ValueError, match=r"config\.teacher: unknown key\(s\) \['nmae'\]"):
+        parse("--config", str(path))
+    with pytest.raises(ValueError, match=r"config\.sampling\.num_frames: cannot read 'many'"):
+        parse("--num-frames", "many")
+    with pytest.raises(ValueError, match="teacher.name must be one of"):
+        parse("--teacher", "l5p")
+    with pytest.raises(ValueError, match="output.fields: unknown"):
+        parse("--fields", "depth,normals")
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser("test").parse_args(["--help"])
+    text = capsys.readouterr().out
+    for flag, path, _ in FLAGS:
+        assert flag in text and path in text
+
+
+def test_field_specs_follow_the_config():
+    config = parse("--fields", "depth,camray", "--frame-size", "112x160", "--num-frames", "8")
+    shapes = {"latents": (4, 1024, 1408), "depth": (8, 224, 224), "flow": (2, 8, 224, 224),
+              "dyn_mask": (8, 224, 224), "camray": (6, 8, 16, 16)}
+    specs = {s.name: s for s in field_specs(config, shapes, 8)}
+    assert list(specs) == ["frames", "timestamps", "depth", "camray"], "an ED-only cache stores no latents"
+    assert specs["frames"].shape == (8, 112, 160, 3) and specs["frames"].dtype == "uint8"
+    assert specs["depth"].shape == (8, 224, 224) and specs["depth"].dtype == "float16"
+
+
+def test_a_second_job_on_the_same_cache_refuses(tmp_path, capsys):
+    with CacheDir(tmp_path).lock():
+        with pytest.raises(CacheLockedError, match="another caching job"):
+            with CacheDir(tmp_path).lock():
+                pass
+        assert cache_main(["--videos", str(tmp_path), "--out", str(tmp_path)]) == 1
+    with CacheDir(tmp_path).lock():  # released: the next job may run
+        pass
