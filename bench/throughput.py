@@ -10,7 +10,8 @@ the teacher inside its actor, but NOT Ray's own start-up and shut-down (~8 s on 
 printed separately as "outside compute_wall").
 
 B (the limit): the same teacher built in this process with the thread count its actor uses
-(torch.set_num_threads(int(teacher.num_cpus))), predicting the same clips, pre-decoded into
+(torch.set_num_threads(int(teacher.num_cpus)), and OMP_NUM_THREADS for numpy's BLAS, as Ray sets
+it in the actor), predicting the same clips, pre-decoded into
 TeacherInputs exactly as the job's decode stage does, in the job's batch size; one untimed warm-up
 batch first. This is what the job would reach if decode, encode and write were free and fully hidden.
 
@@ -32,6 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray starts every worker with OMP_NUM_THREADS = its CPUs (1 for the default teacher actor), which is
+# also what numpy's OpenBLAS reads when it loads; torch.set_num_threads alone would leave this
+# process's BLAS (the oracle's matmuls) on all cores and flatter teacher-only ~2x. Set before numpy
+# loads. The job's workers inherit it, which changes nothing there: with the default config Ray sets
+# 1 for each of them anyway.
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("TQDM_DISABLE", "1")  # the job's progress bar would interleave with the tables
 
 from bench.conditions import median, print_conditions  # noqa: E402
@@ -77,6 +84,9 @@ class TeacherAlone:
 
         self.torch, self.config, self.inputs = torch, config, inputs
         self.threads = max(1, int(config.num_cpus))
+        if str(self.threads) != os.environ["OMP_NUM_THREADS"]:
+            raise ValueError(f"teacher num_cpus {config.num_cpus}: this bench pins BLAS to "
+                             f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} threads at start-up")
         torch.set_num_threads(self.threads)
         self.teacher = build_teacher(config)
         self.teacher.predict_each(inputs[: config.batch_size])  # warm-up, untimed
@@ -143,7 +153,8 @@ def run(workdir: Path, num_clips: int, repeats: int, teachers: list[str], fmt: s
               f"object store {ray_cfg.object_store_mb} MB, clips_per_shard {config.output.clips_per_shard}, "
               f"max_inflight {config.max_inflight or 'auto'}, {config.num_writers} writer(s)")
         alone[name] = TeacherAlone(t, decoded_inputs(videos, num_clips, config))
-        print(f"  {name}: teacher-only in this process with torch threads = int(num_cpus) = {alone[name].threads}")
+        print(f"  {name}: teacher-only in this process with torch threads = int(num_cpus) = {alone[name].threads}, "
+              f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} (BLAS), as in its actor")
 
     runs: dict[str, list[dict]] = {name: [] for name in teachers}
     run_no = 0

@@ -133,3 +133,92 @@ def plucker_rays(
         rays[:3, index] = np.moveaxis(directions_ref, -1, 0)
         rays[3:, index] = np.moveaxis(np.cross(origin_ref, directions_ref), -1, 0)
     return rays.astype(np.float32)
+
+
+def _grid_cell_directions(K: np.ndarray, image_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """Unit camera-frame directions [gh * gw, 3] through the grid cell centres of plucker_rays."""
+    height, width = image_size
+    grid_h, grid_w = grid
+    v, u = np.meshgrid(
+        (np.arange(grid_h) + 0.5) * height / grid_h, (np.arange(grid_w) + 0.5) * width / grid_w, indexing="ij"
+    )
+    homogeneous = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=-1)
+    directions = homogeneous @ np.linalg.inv(K).T
+    return directions / np.linalg.norm(directions, axis=-1, keepdims=True)
+
+
+def _check_rays(rays: np.ndarray) -> np.ndarray:
+    rays = np.asarray(rays, dtype=np.float64)
+    if rays.ndim != 4 or rays.shape[0] != 6:
+        raise ValueError(f"rays must be [6, T, gh, gw], got shape {rays.shape}")
+    return rays
+
+
+def camera_centers_from_rays(rays: np.ndarray) -> np.ndarray:
+    """Camera centres [T, 3] of Plucker ray maps [6, T, gh, gw], in the frame the rays are expressed in.
+
+    Each ray passes through p = d x m / |d|^2 (d need not be unit, m need not be exactly orthogonal to
+    d, as with predicted rays); the centre is the point with the least summed squared distance to the
+    frame's rays, sum_i (I - u_i u_i^T) c = sum_i p_i with u_i = d_i / |d_i| (p_i is orthogonal to d_i).
+    """
+    rays = _check_rays(rays)
+    d = rays[:3].reshape(3, rays.shape[1], -1).transpose(1, 2, 0)  # [T, N, 3]
+    m = rays[3:].reshape(3, rays.shape[1], -1).transpose(1, 2, 0)
+    squared_norm = np.sum(d * d, axis=-1, keepdims=True)
+    if np.any(squared_norm == 0.0):
+        raise ValueError("rays with a zero direction d have no line")
+    points = np.cross(d, m) / squared_norm
+    units = d / np.sqrt(squared_norm)
+    count = d.shape[1]
+    normal = count * np.eye(3) - np.einsum("tni,tnj->tij", units, units)
+    # All rays of a frame parallel: every point on their common direction fits equally well.
+    smallest = np.linalg.eigvalsh(normal)[:, 0]
+    if np.any(smallest <= 1e-9 * count):
+        raise ValueError(f"the rays of frame(s) {np.flatnonzero(smallest <= 1e-9 * count).tolist()} are "
+                         "parallel: their camera centre is undefined")
+    return np.linalg.solve(normal, points.sum(axis=1)[..., None])[..., 0]
+
+
+def rotations_from_rays(rays: np.ndarray, K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Camera rotations [T, 3, 3] (camera axes in the rays' frame) of Plucker ray maps [6, T, gh, gw].
+
+    The rotation maps the unit camera-frame directions K^-1 (u, v, 1) of the grid cell centres (same
+    cells as plucker_rays, for images of image_size = (H, W); K [3, 3] or [T, 3, 3]) onto the
+    normalised ray directions d, fitted by Kabsch and forced proper (det +1).
+    """
+    rays = _check_rays(rays)
+    num_frames, grid = rays.shape[1], rays.shape[2:]
+    intrinsics = np.asarray(K, dtype=np.float64)
+    if intrinsics.shape == (3, 3):
+        intrinsics = np.broadcast_to(intrinsics, (num_frames, 3, 3))
+    if intrinsics.shape != (num_frames, 3, 3):
+        raise ValueError(f"K must be [3, 3] or [{num_frames}, 3, 3], got shape {np.shape(K)}")
+    targets = rays[:3].reshape(3, num_frames, -1).transpose(1, 2, 0)
+    norms = np.linalg.norm(targets, axis=-1, keepdims=True)
+    if np.any(norms == 0.0):
+        raise ValueError("rays with a zero direction d have no orientation")
+    targets = targets / norms
+    rotations = np.empty((num_frames, 3, 3))
+    for index in range(num_frames):
+        sources = _grid_cell_directions(intrinsics[index], image_size, grid)
+        u, _, vt = np.linalg.svd(sources.T @ targets[index])
+        # Flipping the least significant axis turns a best reflection into the best proper rotation.
+        flip = np.diag([1.0, 1.0, 1.0 if np.linalg.det(vt.T @ u.T) > 0 else -1.0])
+        rotations[index] = vt.T @ flip @ u.T
+    return rotations
+
+
+def poses_from_rays(rays: np.ndarray, K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """cam_to_world poses [T, 4, 4] of Plucker ray maps [6, T, gh, gw], "world" being the rays' frame.
+
+    With the module's convention X_ref = R @ X_cam + c, the pose is [R | c]: rotation from
+    rotations_from_rays, translation the camera centre from camera_centers_from_rays. (The world_to_cam
+    translation is -R^T c; invert_pose gives that matrix.) For L4P's camray the rays' frame is the
+    window's first camera, so frame 0 comes out near the identity.
+    """
+    rotations = rotations_from_rays(rays, K, image_size)
+    poses = np.zeros((len(rotations), 4, 4))
+    poses[:, :3, :3] = rotations
+    poses[:, :3, 3] = camera_centers_from_rays(rays)
+    poses[:, 3, 3] = 1.0
+    return poses
