@@ -20,6 +20,9 @@ CLIPS_SCHEMA = pa.schema(
         pa.field("sampling", pa.string(), nullable=False),  # JSON of the sampling parameters
         pa.field("frame_indices", pa.list_(pa.int32())),
         pa.field("timestamps", pa.list_(pa.float64())),  # seconds, from the container
+        # Start (in clip frames, of the mirror-padded clip) of each 16-frame teacher window: per-window
+        # fields (camray; latents in window-major token order) follow this order.
+        pa.field("window_starts", pa.list_(pa.int32())),
         pa.field("teacher_id", pa.string(), nullable=False),
         pa.field("status", pa.string(), nullable=False),  # CLIP_OK | CLIP_FAILED
         pa.field("stage", pa.string()),  # where a failure happened: hash | decode | teacher | encode

@@ -15,7 +15,8 @@ from pipeline.sampling import SamplingConfig
 from shards.formats import FORMATS
 from shards.schema import CODECS, STORAGE_DTYPES
 
-TEACHERS = ("oracle", "l4p-tiny")
+TEACHERS = ("oracle", "l4p", "l4p-tiny")
+TEACHER_DTYPES = ("float32", "float16", "bfloat16")
 TEACHER_FIELDS = ("latents", "depth", "flow", "dyn_mask", "camray")
 
 
@@ -24,7 +25,8 @@ class TeacherConfig:
     """Which teacher, and how many of it. Resources are per actor (a GPU cluster: num_gpus=1)."""
 
     name: str = "oracle"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # l4p: required; l4p-tiny: optional (else seeded random weights)
+    dtype: str = "float32"  # inference precision of the l4p teachers
     seed: int = 0  # random weights (l4p-tiny) and random latent projections (oracle)
     latent_dim: int | None = None  # None: the teacher's own width (L4P: 1408)
     batch_size: int = 2
@@ -35,6 +37,10 @@ class TeacherConfig:
     def __post_init__(self):
         if self.name not in TEACHERS:
             raise ValueError(f"teacher.name must be one of {TEACHERS}, got {self.name!r}")
+        if self.dtype not in TEACHER_DTYPES:
+            raise ValueError(f"teacher.dtype must be one of {TEACHER_DTYPES}, got {self.dtype!r}")
+        if self.name == "l4p" and not self.checkpoint:
+            raise ValueError("teacher l4p needs its weights: --teacher-checkpoint PATH (.ckpt or .safetensors)")
         if self.batch_size < 1 or self.num_actors < 1:
             raise ValueError("teacher.batch_size and teacher.num_actors must be >= 1")
 
@@ -187,10 +193,11 @@ FLAGS: list[tuple[str, str, str]] = [
     ("--end", "sampling.end", "span end in seconds"),
     ("--pad", "sampling.pad", "repeat frames of too-short videos instead of failing (true/false)"),
     ("--teacher", "teacher.name", f"teacher: {' | '.join(TEACHERS)} (oracle: synthetic scenes only)"),
-    ("--teacher-checkpoint", "teacher.checkpoint", "teacher weights file"),
+    ("--teacher-checkpoint", "teacher.checkpoint", "teacher weights: a Lightning .ckpt or a .safetensors"),
+    ("--teacher-dtype", "teacher.dtype", f"teacher inference precision: {' | '.join(TEACHER_DTYPES)}"),
     ("--teacher-seed", "teacher.seed", "seed of random teacher weights / oracle projections"),
     ("--latent-dim", "teacher.latent_dim", "teacher latent width (default: the teacher's own)"),
-    ("--batch-size", "teacher.batch_size", "clips per teacher call"),
+    ("--batch-size", "teacher.batch_size", "clips per teacher call (l4p: 16-frame windows per forward)"),
     ("--num-teacher-actors", "teacher.num_actors", "teacher actors (one model each)"),
     ("--num-gpus", "teacher.num_gpus", "GPUs per teacher actor"),
     ("--teacher-cpus", "teacher.num_cpus", "CPUs per teacher actor"),

@@ -15,8 +15,9 @@ from torch import nn
 # module here has its weights and a strict load would otherwise reject them.
 IGNORED_PREFIXES = ("l4p_model.task_heads.track_2d.",)
 
-# The DPT registers its four layer-norm convs both as scratch.layer{1-4}_rn and in a list
-# scratch.layer_rn.{0-3}; layer{i+1}_rn is the canonical spelling.
+# The DPT registers its four 3x3 convs to the fusion width both as scratch.layer{1-4}_rn and in a
+# list scratch.layer_rn.{0-3}, so the checkpoint may hold either spelling or both; layer{i+1}_rn is
+# the canonical one.
 _LAYER_RN_ALIAS = re.compile(r"^(|.*\.)scratch\.layer_rn\.(\d+)\.(.+)$")
 
 _SHOWN = 5  # keys listed per kind in a mismatch error
@@ -25,7 +26,7 @@ _SHOWN = 5  # keys listed per kind in a mismatch error
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights of a Lightning checkpoint (under "state_dict"), a bare state dict, or a .safetensors file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -64,22 +65,22 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def normalize_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map scratch.layer_rn.{i} to scratch.layer{i+1}_rn (equal twins merged) and drop the track_2d head."""
     out: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}  # canonical key -> key as spelled in the checkpoint
     for key, value in state_dict.items():
         if key.startswith(IGNORED_PREFIXES):
             continue
         match = _LAYER_RN_ALIAS.match(key)
-        if match:
-            head, index, tail = match.groups()
-            key = f"{head}scratch.layer{int(index) + 1}_rn.{tail}"
-        if key in out:
-            other = out[key]
+        canonical = f"{match[1]}scratch.layer{int(match[2]) + 1}_rn.{match[3]}" if match else key
+        if canonical in out:
+            other = out[canonical]
             if other.shape != value.shape or other.dtype != value.dtype or not torch.equal(other, value):
                 raise ValueError(
-                    f"checkpoint key {key!r} and its alias (scratch.layer_rn.{{i}} / scratch.layer{{i+1}}_rn) "
-                    f"hold different tensors"
+                    f"checkpoint keys {source[canonical]!r} and {key!r} name the same DPT module but hold "
+                    f"different tensors"
                 )
             continue
-        out[key] = value
+        out[canonical] = value
+        source[canonical] = key
     return out
 
 

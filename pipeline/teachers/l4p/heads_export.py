@@ -1,0 +1,98 @@
+"""The frozen L4P DPT heads alone, for a student's explicit distillation: it pushes its own predicted
+latents (4 token tensors [B, N, C]) through the teacher's heads, so it needs the heads (~86 M params
+each) but never the 1 B-param encoder.
+
+directory/l4p_heads.safetensors  the heads' weights under their checkpoint names
+                                 (l4p_model.task_heads.<task>.task_head.dpt.*)
+directory/l4p_heads.json         {"config": L4PConfig fields, "tasks": [...], "weights_sha256": ...}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .checkpoint import state_dict_sha256
+from .config import L4PConfig
+from .dpt import DPTHead
+from .model import HEADS_PREFIX, L4PModel, heads_state_dict
+
+WEIGHTS_FILE = "l4p_heads.safetensors"
+META_FILE = "l4p_heads.json"
+_DPT_INFIX = ".task_head.dpt."
+
+
+def export_heads(model: L4PModel, config: L4PConfig, directory: str | Path) -> Path:
+    """Write the heads of `model` (built from `config`) to `directory`; returns the directory."""
+    if model.config != config:
+        raise ValueError("model was built from a different config than the one to export with it")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in heads_state_dict(model).items()}
+    meta = {
+        "config": dataclasses.asdict(config),
+        "tasks": list(model.l4p_model.task_heads),
+        "weights_sha256": state_dict_sha256(weights),
+    }
+    # Weights first and the JSON last, each by rename: a directory with a JSON is a complete export.
+    _replace(directory / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp)))
+    _replace(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    return directory
+
+
+def load_heads(directory: str | Path) -> tuple[L4PConfig, nn.ModuleDict]:
+    """-> (config, task -> DPTHead), frozen (no grad, eval), on the CPU; the encoder is never built."""
+    directory = Path(directory)
+    meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
+    for path in (meta_path, weights_path):
+        if not path.exists():
+            raise FileNotFoundError(f"not an L4P heads export (no {path.name}): {directory}")
+    meta = json.loads(meta_path.read_text())
+    config = _config_from_json(meta["config"])
+    weights = load_file(str(weights_path), device="cpu")
+    digest = state_dict_sha256(weights)
+    if digest != meta["weights_sha256"]:
+        raise ValueError(
+            f"{weights_path} does not hold the weights {meta_path.name} describes "
+            f"(sha256 {digest[:12]}... vs {meta['weights_sha256'][:12]}...)"
+        )
+    # Built on the meta device and then handed the file's tensors: no random init of ~86 M params a head.
+    with torch.device("meta"):
+        heads = nn.ModuleDict(
+            {t: DPTHead(config, config.task_channels[t], config.task_size[t]) for t in meta["tasks"]}
+        )
+    heads.load_state_dict(_strip_prefix(weights), strict=True, assign=True)
+    return config, heads.requires_grad_(False).eval()
+
+
+def _strip_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """l4p_model.task_heads.<task>.task_head.dpt.<name> -> <task>.<name>"""
+    out = {}
+    for key, value in weights.items():
+        task, sep, name = key.removeprefix(HEADS_PREFIX).partition(_DPT_INFIX)
+        if not key.startswith(HEADS_PREFIX) or not sep:
+            raise ValueError(f"{key!r} is not an L4P head weight ({HEADS_PREFIX}<task>{_DPT_INFIX}...)")
+        out[f"{task}.{name}"] = value
+    return out
+
+
+def _config_from_json(fields: dict) -> L4PConfig:
+    expected = {f.name for f in dataclasses.fields(L4PConfig)}
+    if set(fields) != expected:
+        raise ValueError(
+            f"heads config does not match L4PConfig: missing {sorted(expected - set(fields))}, "
+            f"unknown {sorted(set(fields) - expected)}"
+        )
+    # JSON has no tuples: lists left in would make the rebuilt config differ from the exported one.
+    return L4PConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
