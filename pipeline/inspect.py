@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from manifests.clips_table import current_clips, read_clips_table
 from manifests.schemas import CLIP_OK
 from pipeline.cache_dir import PICTURES_DIR
@@ -32,9 +34,21 @@ def find_clip(clips: dict[str, dict], wanted: str) -> dict:
     return matches[0]
 
 
+def camray_per_frame(camray: np.ndarray, starts: list[int], num_frames: int) -> np.ndarray:
+    """[W, 6, 16, gh, gw] rays per window -> [6, T, gh, gw] for display: each frame from the latest
+    window that holds it (each window's rays are relative to its own first camera)."""
+    out = np.empty((camray.shape[1], num_frames, *camray.shape[3:]), camray.dtype)
+    for window, start in zip(camray, starts):
+        span = min(window.shape[1], num_frames - start)
+        out[:, start:start + span] = window[:, :span]
+    return out
+
+
 def render(cache_root: Path, row: dict, out: Path) -> Path:
     stored = {spec.name for spec in specs_from_json(row["fields"])}
     arrays = read_cached_clip(cache_root, row, [f for f in PICTURE_FIELDS if f in stored])
+    if "camray" in arrays:
+        arrays["camray"] = camray_per_frame(arrays["camray"], row["window_starts"], len(row["timestamps"]))
     return render_clip_png(arrays, out, title=f"{row['clip_id']}  ({row['video_uri']})")
 
 

@@ -146,6 +146,8 @@ def _compute(config, cache, identity, specs, spec_json, todo, stats) -> list[dic
         teachers = [TeacherActor.options(num_cpus=tcfg.num_cpus, num_gpus=tcfg.num_gpus,
                                          max_restarts=1, max_task_retries=1).remote(tcfg)
                     for _ in range(tcfg.num_actors)]
+        # Exported once per run by the first actor: a student's explicit distillation may use them.
+        ray.get(teachers[0].export.remote(str(cache.root / TEACHER_DIR)))
         run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         defaults = {"teacher_id": identity.teacher_id, "sampling": json.dumps(asdict(config.sampling), sort_keys=True),
                     "fields": spec_json}

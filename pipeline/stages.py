@@ -17,7 +17,7 @@ from manifests.schemas import CLIP_FAILED, CLIP_OK
 from pipeline.config import TeacherConfig
 from pipeline.sampling import SamplingConfig
 from pipeline.sources import ClipRequest
-from pipeline.teachers.base import TeacherError, TeacherInput
+from pipeline.teachers.base import TeacherError, TeacherInput, clip_windows
 from shards.codecs import encode_arrays
 from shards.formats import open_writer, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
@@ -40,6 +40,7 @@ class Encoded:
     arrays: dict[str, np.ndarray]
     frame_indices: list[int]
     timestamps: list[float]
+    window_starts: list[int]
     seconds: dict[str, float]
 
 
@@ -75,6 +76,9 @@ class TeacherActor:
         torch.set_num_threads(max(1, int(config.num_cpus)))
         self.teacher = build_teacher(config)
 
+    def export(self, directory: str) -> None:
+        self.teacher.export(directory)
+
     def predict(self, *payloads: Decoded):
         start = time.perf_counter()
         outputs = self.teacher.predict_each([p.teacher_input for p in payloads])
@@ -99,7 +103,8 @@ def encode_clip(specs: list[FieldSpec], payload: Decoded, teacher_result, decode
     except ValueError as e:
         return Failure("encode", str(e))
     seconds = {"decode": decode_seconds, "teacher": teacher_seconds, "encode": time.perf_counter() - start}
-    return Encoded(encoded, [int(i) for i in tin.frame_indices], [float(t) for t in tin.timestamps], seconds)
+    return Encoded(encoded, [int(i) for i in tin.frame_indices], [float(t) for t in tin.timestamps],
+                   clip_windows(len(tin.timestamps)), seconds)
 
 
 @ray.remote(num_cpus=0)
@@ -138,7 +143,7 @@ class ShardWriterActor:
         self.shard_rows.append(self._row(
             request, status=CLIP_OK, format=self.fmt, shard=self.shard_rel, row=stored.row,
             nbytes=stored.nbytes, checksums=stored.checksums, frame_indices=result.frame_indices,
-            timestamps=result.timestamps,
+            timestamps=result.timestamps, window_starts=result.window_starts,
         ))
         if len(self.writer) >= self.capacity:
             self._commit()

@@ -1,11 +1,12 @@
 """The teacher interface: frames + timestamps in, latents per hooked layer and maps per task out.
 
-Every teacher returns, per clip of T frames (layouts follow L4P's heads, ../shared/reference/L4P.md):
-  latents  [hooks, T/2 * 16 * 16, C]  tokens flattened (t, h, w) row-major, tubelet of 2 frames
-  depth    [T, 224, 224]              metric depth (after the head's exp)
+A clip of T frames is seen as W windows of 16 frames (mirror-padded, stride 8: W = 1 for T <= 16,
+see l4p/windows.py). Every teacher returns, per clip (layouts follow L4P's heads, shared/reference/L4P.md):
+  latents  [hooks, W * 2048, C]       per window (window-major) 8 x 16 x 16 tokens, (t, h, w) row-major
+  depth    [T, 224, 224]              metric depth (after the head's exp), merged over windows
   flow     [2, T, 224, 224]           backward flow (u, v) to the previous clip frame, 224-px units
   dyn_mask [T, 224, 224]              probability that the pixel moves (sigmoid of the logit)
-  camray   [6, T, 16, 16]             Plucker rays (d, m = o x d) in the clip's first camera frame
+  camray   [W, 6, 16, 16, 16]         Plucker rays (d, m = o x d) in each window's first camera frame
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import numpy as np
 
 from manifests.cache_key import canonical_json
 from pipeline.config import TeacherConfig
+from pipeline.teachers.l4p.windows import padded_length, window_starts
 
 INPUT_SIZE = (224, 224)  # (height, width) the teacher sees
 PATCH = 14
 TUBELET = 2
+WINDOW = 16
 RAY_GRID = 16
 L4P_HOOKS = (14, 21, 28, 36)
 L4P_DIM = 1408
@@ -48,17 +51,21 @@ class TeacherError(Exception):
     """A clip the teacher cannot process; becomes a failed row with this reason."""
 
 
+def clip_windows(num_frames: int) -> list[int]:
+    """Start frame of each 16-frame teacher window of a clip (of its mirror-padded frames)."""
+    return window_starts(padded_length(num_frames, WINDOW), WINDOW)
+
+
 def output_shapes(num_frames: int, hooks: int, latent_dim: int) -> dict[str, tuple[int, ...]]:
-    if num_frames % TUBELET:
-        raise ValueError(f"the teacher's tubelet is {TUBELET} frames: num_frames must be even, got {num_frames}")
     h, w = INPUT_SIZE
-    tokens = num_frames // TUBELET * (h // PATCH) * (w // PATCH)
+    windows = len(clip_windows(num_frames))
+    tokens = WINDOW // TUBELET * (h // PATCH) * (w // PATCH)
     return {
-        "latents": (hooks, tokens, latent_dim),
+        "latents": (hooks, windows * tokens, latent_dim),
         "depth": (num_frames, h, w),
         "flow": (2, num_frames, h, w),
         "dyn_mask": (num_frames, h, w),
-        "camray": (6, num_frames, RAY_GRID, RAY_GRID),
+        "camray": (windows, 6, WINDOW, RAY_GRID, RAY_GRID),
     }
 
 
@@ -78,6 +85,9 @@ class Teacher(ABC):
     @classmethod
     @abstractmethod
     def identity(cls, config: TeacherConfig, num_frames: int) -> TeacherIdentity: ...
+
+    def export(self, directory) -> None:
+        """Write what a student may reuse without this teacher (L4P: its frozen DPT heads)."""
 
     @abstractmethod
     def predict(self, clips: list[TeacherInput]) -> list[dict[str, np.ndarray]]:

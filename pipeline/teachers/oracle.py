@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.config import TeacherConfig
 from pipeline.geometry import pixel_centers, plucker_rays, project_points, unproject_pixels
 from pipeline.synthetic.ground_truth import SceneGroundTruth, load_ground_truth
+from pipeline.teachers.l4p.windows import window_frame_indices
 from pipeline.teachers.base import (
     INPUT_SIZE, L4P_DIM, L4P_HOOKS, PATCH, RAY_GRID, TUBELET, Teacher, TeacherError, TeacherIdentity,
     TeacherInput, hash_id, output_shapes,
@@ -75,25 +76,31 @@ class OracleTeacher(Teacher):
         idx = np.asarray(clip.frame_indices)
         if idx.max() >= len(gt.depth):
             raise TeacherError(f"ground truth has {len(gt.depth)} frames, clip asks for frame {idx.max()}")
-        n_frames = len(idx)
-        if n_frames % TUBELET:
-            raise TeacherError(f"the teacher's tubelet is {TUBELET} frames: clip has {n_frames}")
-        height, width = gt.depth.shape[1:]
-        rows, cols = nearest_indices(height, INPUT_SIZE[0]), nearest_indices(width, INPUT_SIZE[1])
-        scale = np.array([INPUT_SIZE[1] / width, INPUT_SIZE[0] / height], np.float32)[:, None, None]
-        flows = [np.zeros((2, height, width), np.float32)]
-        flows += [backward_flow(gt, idx[k], idx[k - 1]) for k in range(1, n_frames)]
-        flow = np.stack(flows, 1)[:, :, rows][..., cols] * scale[:, None]
-        depth = gt.depth[idx][:, rows][..., cols].astype(np.float32)
-        mask = gt.dyn_mask[idx][:, rows][..., cols].astype(np.float32)
-        camray = plucker_rays(gt.K, gt.cam_to_world[idx], gt.image_size, grid=(RAY_GRID, RAY_GRID))
+        depth, flow, mask = self._maps(gt, idx)
+        # Like L4P, latents and rays per 16-frame window of the mirror-padded clip.
+        windows = [idx[w] for w in window_frame_indices(len(idx))]
+        window_maps = [(depth, flow, mask) if np.array_equal(w, idx) else self._maps(gt, w) for w in windows]
+        rays = [plucker_rays(gt.K, gt.cam_to_world[w], gt.image_size, grid=(RAY_GRID, RAY_GRID)) for w in windows]
         return {
-            "latents": self._latents(depth, flow, mask),
+            "latents": np.concatenate([self._latents(*m) for m in window_maps], axis=1),
             "depth": depth,
             "flow": flow,
             "dyn_mask": mask,
-            "camray": camray.astype(np.float32),
+            "camray": np.stack(rays).astype(np.float32),
         }
+
+    @staticmethod
+    def _maps(gt: SceneGroundTruth, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Depth, backward flow (to the previous entry of idx) and mask at 224 x 224 for frames idx."""
+        height, width = gt.depth.shape[1:]
+        rows, cols = nearest_indices(height, INPUT_SIZE[0]), nearest_indices(width, INPUT_SIZE[1])
+        scale = np.array([INPUT_SIZE[1] / width, INPUT_SIZE[0] / height], np.float32)[:, None, None, None]
+        flows = [np.zeros((2, height, width), np.float32)]
+        flows += [backward_flow(gt, idx[k], idx[k - 1]) for k in range(1, len(idx))]
+        flow = np.stack(flows, 1)[:, :, rows][..., cols] * scale
+        depth = gt.depth[idx][:, rows][..., cols].astype(np.float32)
+        mask = gt.dyn_mask[idx][:, rows][..., cols].astype(np.float32)
+        return depth, flow, mask
 
     def _latents(self, depth: np.ndarray, flow: np.ndarray, mask: np.ndarray) -> np.ndarray:
         t, h, w = depth.shape

@@ -11,8 +11,12 @@ def teacher_class(name: str) -> type[Teacher]:
         from pipeline.teachers.oracle import OracleTeacher
 
         return OracleTeacher
+    if name == "l4p":
+        from pipeline.teachers.l4p.teacher import L4PTeacher
+
+        return L4PTeacher
     if name == "l4p-tiny":
-        from pipeline.teachers.l4p_tiny import L4PTinyTeacher
+        from pipeline.teachers.l4p.teacher import L4PTinyTeacher
 
         return L4PTinyTeacher
     raise ValueError(f"unknown teacher {name!r}")
