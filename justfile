@@ -40,3 +40,4 @@ test *args: venv
 bench: venv
     {{py}} bench/storage.py
     {{py}} bench/throughput.py
+    {{py}} bench/l4p_teacher.py
