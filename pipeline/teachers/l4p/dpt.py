@@ -25,8 +25,8 @@ lifted to 3-D with time left at the token rate:
   pyramid, only by the final resize (8 -> 16 frames).
 - 3x3x3 kernels (padding 1) in the fusion units, head1 and head2, all with bias except layer*_rn.
 - fusion order out = resConfUnit2(x + resConfUnit1(skip)), then x2 in space, then out_conv 1x1x1;
-  refinenet4 has no skip, so it has no resConfUnit1 (2-D DPT registers one there anyway, unused: if the
-  checkpoint carries `refinenet4.resConfUnit1.*` this is the place to add it back).
+  refinenet4 has no skip, but like 2-D DPT (which L4P's heads derive from) it still registers a
+  resConfUnit1 that never runs, so the checkpoint's `refinenet4.resConfUnit1.*` keys have a home.
 - align_corners=True for every trilinear resize (2-D DPT's choice).
 With these choices a FULL head has 80.2 M parameters (L4P.md: ~86 M) and costs 1.84 TFLOP per window
 at 224 x 224 (1.13 TFLOP for camray at 16 x 16; L4P.md: ~2.8 TFLOP); see `dpt_flops`.
@@ -60,12 +60,13 @@ class FeatureFusionBlock(nn.Module):
 
     def __init__(self, features: int, has_skip: bool):
         super().__init__()
-        self.resConfUnit1 = ResidualConvUnit(features) if has_skip else None
+        self.has_skip = has_skip
+        self.resConfUnit1 = ResidualConvUnit(features)  # registered even when unused (see module doc)
         self.resConfUnit2 = ResidualConvUnit(features)
         self.out_conv = nn.Conv3d(features, features, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        if (skip is None) != (self.resConfUnit1 is None):
+        if (skip is not None) != self.has_skip:
             raise ValueError("a fusion block takes a skip input exactly when it was built with one")
         if skip is not None:
             x = x + self.resConfUnit1(skip)
@@ -186,7 +187,7 @@ def dpt_flops(config: L4PConfig, out_channels: int, out_size: int) -> float:
     macs += tokens * 16 * c0 * c0 + tokens * 4 * c1 * c1 + coarse * 27 * c3 * c3  # resamplers
     macs += sum(v * 27 * c * f for v, c in zip(levels, config.dpt_channels))  # layer*_rn
     unit = 2 * 27 * f * f  # one resConfUnit per voxel
-    macs += coarse * unit + sum(2 * v * unit for v in levels[:3])  # refinenet4 has no resConfUnit1
+    macs += coarse * unit + sum(2 * v * unit for v in levels[:3])  # refinenet4's resConfUnit1 never runs
     macs += sum(4 * v * f * f for v in levels)  # out_conv after the x2 upsample
     macs += 4 * levels[0] * 27 * f * hidden  # head1 at refinenet1's output
     macs += config.num_frames * out_size**2 * (27 * hidden * hidden + hidden * out_channels)  # head2
