@@ -185,3 +185,18 @@ def test_heads_export_rejects_a_mismatched_config_and_tampered_weights(tiny_mode
     (directory / META_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="not an L4P heads export"):
         load_heads(directory)
+
+
+def test_an_identical_export_is_not_rewritten_a_changed_one_is(tmp_path):
+    torch.manual_seed(0)
+    model = L4PModel(TINY)
+    export_heads(model, TINY, tmp_path)
+    first = (tmp_path / WEIGHTS_FILE).stat().st_mtime_ns
+    export_heads(model, TINY, tmp_path)
+    assert (tmp_path / WEIGHTS_FILE).stat().st_mtime_ns == first, "same heads: the file is left alone"
+    with torch.no_grad():
+        model.head("depth").head1.weight.add_(1.0)
+    export_heads(model, TINY, tmp_path)
+    _, heads = load_heads(tmp_path)
+    assert torch.equal(heads["depth"].head1.weight, model.head("depth").head1.weight), "new heads are written"
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
+
+from shards.atomic import atomic_write_bytes
 
 from .checkpoint import state_dict_sha256
 from .config import L4PConfig
@@ -39,9 +40,13 @@ def export_heads(model: L4PModel, config: L4PConfig, directory: str | Path) -> P
         "tasks": list(model.l4p_model.task_heads),
         "weights_sha256": state_dict_sha256(weights),
     }
-    # Weights first and the JSON last, each by rename: a directory with a JSON is a complete export.
-    _replace(directory / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp)))
-    _replace(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    meta_path = directory / META_FILE
+    if meta_path.exists() and (directory / WEIGHTS_FILE).exists() and meta_path.read_text() == text:
+        return directory  # every run's first actor exports: an identical export is not rewritten
+    # Weights first and the JSON last, each by atomic rename: a directory with a JSON is a complete export.
+    atomic_write_bytes(directory / WEIGHTS_FILE, save(weights), replace=True)
+    atomic_write_bytes(meta_path, text.encode(), replace=True)
     return directory
 
 
@@ -91,8 +96,3 @@ def _config_from_json(fields: dict) -> L4PConfig:
     # JSON has no tuples: lists left in would make the rebuilt config differ from the exported one.
     return L4PConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
-
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
