@@ -5,6 +5,11 @@ each) but never the 1 B-param encoder.
 directory/l4p_heads.safetensors  the heads' weights under their checkpoint names
                                  (l4p_model.task_heads.<task>.task_head.dpt.*)
 directory/l4p_heads.json         {"config": L4PConfig fields, "tasks": [...], "weights_sha256": ...}
+directory/l4p_head_<field>.pt2   (optional, `export_head_programs`) each head as a torch.export
+                                 program, in the student's prediction space: what student/ loads, since
+                                 it may not import this package (the heads reach it as data)
+
+    python -m pipeline.teachers.l4p.heads_export CACHE/teacher     # write the .pt2 programs
 """
 from __future__ import annotations
 
@@ -16,16 +21,19 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from shards.atomic import atomic_write_bytes
+from shards.atomic import atomic_write_bytes, commit_temporary, remove_temporary, temporary_path
 
 from .checkpoint import state_dict_sha256
 from .config import L4PConfig
-from .dpt import DPTHead
+from .dpt import DPTHead, apply_output_transform
 from .model import HEADS_PREFIX, L4PModel, heads_state_dict
 
 WEIGHTS_FILE = "l4p_heads.safetensors"
 META_FILE = "l4p_heads.json"
 _DPT_INFIX = ".task_head.dpt."
+PROGRAM_FILE = "l4p_head_{field}.pt2"
+# Cache field name of each L4P task (the cache says "flow" for L4P's flow_2d_backward).
+TASK_FIELDS = {"depth": "depth", "flow_2d_backward": "flow", "dyn_mask": "dyn_mask", "camray": "camray"}
 
 
 def export_heads(model: L4PModel, config: L4PConfig, directory: str | Path) -> Path:
@@ -96,3 +104,59 @@ def _config_from_json(fields: dict) -> L4PConfig:
     # JSON has no tuples: lists left in would make the rebuilt config differ from the exported one.
     return L4PConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
+
+
+class _PredictionSpaceHead(nn.Module):
+    """A head whose output is in the student's loss space (student/losses.py): raw log depth, raw flow,
+    raw motion logits, and camray after L4P's normalization (the cached rays are normalized)."""
+
+    def __init__(self, task: str, head: DPTHead):
+        super().__init__()
+        self.task, self.head = task, head
+
+    def forward(self, t0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor) -> torch.Tensor:
+        raw = self.head([t0, t1, t2, t3])
+        return apply_output_transform(self.task, raw) if self.task == "camray" else raw
+
+
+def export_head_programs(directory: str | Path, fields: tuple[str, ...] | None = None) -> list[Path]:
+    """Write each exported head (or those of `fields`) as a torch.export program with a dynamic
+    batch of windows; returns the paths.
+
+    Taps: four [B, 2048, C] tensors (one window each) -> [B, channels, 16, S, S]. A program is graph +
+    raw weights (no pickle to unpickle), loadable with torch.export.load and differentiable w.r.t. its
+    inputs, so a student can push its predicted latents through the frozen heads."""
+    directory = Path(directory)
+    config, heads = load_heads(directory)
+    batch = torch.export.Dim("windows", min=1, max=4096)
+    example = tuple(torch.zeros(2, config.num_tokens, config.embed_dim) for _ in range(4))
+    written = []
+    for task, head in heads.items():
+        if fields is not None and TASK_FIELDS[task] not in fields:
+            continue
+        program = torch.export.export(
+            _PredictionSpaceHead(task, head), example, dynamic_shapes=tuple({0: batch} for _ in range(4))
+        )
+        final = directory / PROGRAM_FILE.format(field=TASK_FIELDS[task])
+        temp = temporary_path(final)
+        try:
+            torch.export.save(program, temp)
+            if final.exists():
+                final.unlink()  # a program is derived from the weights beside it: rewriting it is safe
+            written.append(commit_temporary(temp, final))
+        finally:
+            remove_temporary(temp)
+    return written
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write the exported L4P heads as torch.export programs.")
+    p.add_argument("directory", help="CACHE/teacher (holds l4p_heads.safetensors and l4p_heads.json)")
+    for path in export_head_programs(p.parse_args().directory):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

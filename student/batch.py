@@ -1,0 +1,110 @@
+"""Samples -> one padded student batch: token ids, answer-only labels, visual inputs, teacher targets.
+
+A sample (what the loader yields, one per training example) is a dict:
+  sample_id      str
+  conversations  [{"role": "user"|"assistant", "content": str}, ...] (human/gpt accepted)
+  frames         uint8 [T, H, W, 3] or None (image-only samples)
+  timestamps     float [T] seconds, with frames
+  images         list of uint8 [H, W, 3] (may be empty)
+  window_starts  teacher window starts of the clip (the manifest's), with frames
+  targets        {field: array} cached teacher outputs; a field that is missing (not cached, or not
+                 needed by any enabled loss) is masked for this sample
+The batch's video samples must share their frame count (one cache = one sampling, in practice).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from student.adapters import VisualInput, VLMAdapter
+from student.p4d import window_frames
+from student.prompt import IGNORE, encode_conversation
+
+
+@dataclass
+class StudentBatch:
+    sample_ids: list[str]
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    labels: torch.Tensor  # [B, L], IGNORE except answer tokens
+    images: list[VisualInput]
+    videos: list[VisualInput]
+    video_rows: torch.Tensor  # [Bv] batch row of each video
+    num_frames: int = 0  # frames of every video in the batch
+    window_frames: torch.Tensor | None = None  # [W, 16] clip frame of each teacher window slot
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # field -> [Bv, ...]
+    target_valid: dict[str, torch.Tensor] = field(default_factory=dict)  # field -> bool [Bv]
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def collate(
+    samples: list[dict], adapter: VLMAdapter, tokenizer, fields: tuple[str, ...] = (), generation: bool = False
+) -> StudentBatch:
+    """`fields`: the teacher fields the enabled losses need. generation=True builds left-padded
+    prompts that end with the assistant header."""
+    images, videos, video_rows, encoded = [], [], [], []
+    video_samples = []
+    for row, s in enumerate(samples):
+        where = f"sample {s.get('sample_id', row)!r}"
+        media = []
+        for image in s.get("images") or []:
+            inp = adapter.prepare_image(image)
+            images.append(inp)
+            media.append(("image", adapter.placeholder_ids("image", inp.grid)))
+        if s.get("frames") is not None:
+            inp = adapter.prepare_video(s["frames"], s["timestamps"])
+            videos.append(inp)
+            video_rows.append(row)
+            video_samples.append(s)
+            media.insert(0, ("video", adapter.placeholder_ids("video", inp.grid)))
+        encoded.append(encode_conversation(tokenizer, s["conversations"], media, where, generation))
+
+    pad = tokenizer.pad_token_id
+    length = max(len(e.input_ids) for e in encoded)
+    ids = torch.full((len(samples), length), pad, dtype=torch.long)
+    labels = torch.full((len(samples), length), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(samples), length), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        n = len(e.input_ids)
+        span = slice(length - n, length) if generation else slice(0, n)
+        ids[i, span] = torch.tensor(e.input_ids)
+        labels[i, span] = torch.tensor(e.labels)
+        mask[i, span] = 1
+
+    batch = StudentBatch([s.get("sample_id", str(i)) for i, s in enumerate(samples)], ids, mask, labels,
+                         images, videos, torch.tensor(video_rows, dtype=torch.long))
+    if video_samples:
+        _add_targets(batch, video_samples, fields)
+    return batch
+
+
+def _add_targets(batch: StudentBatch, samples: list[dict], fields: tuple[str, ...]) -> None:
+    counts = {len(s["frames"]) for s in samples}
+    if len(counts) > 1:
+        raise ValueError(f"video samples of one batch must share their frame count, got {sorted(counts)}: "
+                         "cache the mixture with one sampling.num_frames")
+    batch.num_frames = counts.pop()
+    starts = {tuple(int(x) for x in s["window_starts"]) for s in samples}
+    if len(starts) > 1:
+        raise ValueError(f"video samples of one batch have different teacher windows {sorted(starts)}")
+    batch.window_frames = window_frames(batch.num_frames, list(starts.pop()))
+    for name in fields:
+        present = [name in (s.get("targets") or {}) for s in samples]
+        if not any(present):
+            continue
+        shape = next(np.shape(s["targets"][name]) for s, p in zip(samples, present) if p)
+        stacked = np.zeros((len(samples), *shape), dtype=np.float32)
+        for i, (s, p) in enumerate(zip(samples, present)):
+            if p:
+                value = np.asarray(s["targets"][name], dtype=np.float32)
+                if value.shape != shape:
+                    raise ValueError(f"sample {s.get('sample_id')!r}: {name} has shape {value.shape}, "
+                                     f"the batch's others {shape}")
+                stacked[i] = value
+        batch.targets[name] = torch.from_numpy(stacked)
+        batch.target_valid[name] = torch.tensor(present)

@@ -1,0 +1,48 @@
+"""D_m option "teacher": the frozen L4P DPT heads, loaded as torch.export programs from CACHE/teacher.
+
+The caching job exports the heads' weights; `python -m pipeline.teachers.l4p.heads_export CACHE/teacher`
+turns them into programs (graph + raw weights). student/ may not import pipeline/, so the heads reach it
+as these files, never as code. They are frozen and replicated on every rank: kept out of the student's
+module tree on purpose, so neither the optimizer nor ZeRO-3 partitioning ever sees them.
+
+Cost (L4P.md): ~86 M params and ~2.8 TFLOP per head per 16-frame window, every step: what the "light"
+decoders avoid. The released code does this; use it to reproduce it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+PROGRAM_FILE = "l4p_head_{field}.pt2"
+
+
+class FrozenTeacherHeads:
+    def __init__(self, directory: str | Path, tasks: tuple[str, ...]):
+        directory = Path(directory)
+        self.programs = {}
+        for task in tasks:
+            path = directory / PROGRAM_FILE.format(field=task)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"{path} is missing: run `python -m pipeline.teachers.l4p.heads_export {directory}` once "
+                    "(needs the heads the caching job exported with an l4p teacher)"
+                )
+            module = torch.export.load(str(path)).module()
+            for p in module.parameters():
+                p.requires_grad_(False)
+            self.programs[task] = module
+        self.device = torch.device("cpu")
+
+    def __call__(self, task: str, latents: torch.Tensor, windows: int) -> torch.Tensor:
+        """latents [B, 4, W * 2048, C] -> [B, W, channels, 16, S, S] (gradient flows to `latents`)."""
+        program = self.programs[task]
+        if latents.device != self.device:
+            program.to(latents.device)
+            self.device = latents.device
+        b, hooks, n, c = latents.shape
+        if hooks != 4:
+            raise ValueError(f"the teacher heads take 4 hooked taps, the branch predicts {hooks}")
+        taps = latents.reshape(b, hooks, windows, n // windows, c).transpose(0, 1).flatten(1, 2)
+        out = program(*taps.float())
+        return out.reshape(b, windows, *out.shape[1:])
