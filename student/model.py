@@ -13,13 +13,14 @@ checkpoint of the base architecture; TPE, having no parameters, is re-applied at
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
+from transformers.utils import ModelOutput
 
 from manifests.dataclass_io import from_dict, to_dict
 from student.adapters import VLMAdapter, build_adapter
@@ -33,11 +34,13 @@ STUDENT_META = "p4d_student.json"  # adapter, video size and TPE of an exported 
 
 
 @dataclass
-class StudentOutput:
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor]  # ce, ld, ed_<task>: the unweighted batch values (detached)
-    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # term -> [B], 0 where masked
-    valid: dict[str, torch.Tensor] = field(default_factory=dict)  # term -> bool [B]
+class StudentOutput(ModelOutput):
+    """A ModelOutput (a dict) so that ZeRO-3's hooks find the tensors in it."""
+
+    loss: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] | None = None  # ce, ld, ed_<task>: unweighted batch values (detached)
+    per_sample: dict[str, torch.Tensor] | None = None  # term -> [B], 0 where masked
+    valid: dict[str, torch.Tensor] | None = None  # term -> bool [B]
     logits: torch.Tensor | None = None
 
 
@@ -115,7 +118,7 @@ class StudentModel(nn.Module):
                              ignore_index=IGNORE)
         terms = {"ce": ce.detach()}
         total = self.config.loss.ce_weight * ce + zero.to(ce.device)
-        result = StudentOutput(total, terms, logits=logits)
+        result = StudentOutput(loss=total, terms=terms, per_sample={}, valid={}, logits=logits)
         if self.branch is not None:
             total = total + self._distillation(batch, out.hidden_states[self.config.branch.layer], result,
                                                denominators or {})

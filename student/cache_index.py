@@ -1,0 +1,156 @@
+"""What a training run can use from a cache: samples joined to their cached clips, checked first.
+
+Reads CACHE/manifests (the clips table and the samples table), refuses a cache that does not match
+what the config asks (teacher id; a stored field the losses need that is missing or has another
+shape / dtype than expected), and returns one record per usable sample. Image-only samples (no
+`video`) are records without a clip. A video sample whose clip failed or is missing is skipped and
+counted with its reason: nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from manifests.clips_table import current_clips, read_clips_table
+from manifests.samples_table import SAMPLES_FILE, read_samples
+from shards.schema import FieldSpec, specs_from_json
+
+
+class CacheMismatchError(ValueError):
+    """The cache was made for another teacher or stores fields differently than the config expects."""
+
+
+@dataclass(frozen=True)
+class Record:
+    sample_id: str
+    dataset: str
+    conversations: tuple  # ({"role", "content"}, ...)
+    regions: tuple  # REGION structs as dicts
+    images: tuple[str, ...]  # image paths relative to the cache's image root
+    clip: dict | None  # the clip's manifest row (shard, row, format, fields, checksums, window_starts)
+
+    @property
+    def shard(self) -> str | None:
+        return None if self.clip is None else self.clip["shard"]
+
+
+@dataclass
+class CacheIndex:
+    root: Path
+    records: list[Record]
+    teacher_id: str | None
+    specs: dict[str, FieldSpec]  # stored field -> spec (one spec per field across the cache)
+    skipped: Counter = field(default_factory=Counter)  # reason -> samples
+
+    def datasets(self) -> list[str]:
+        return sorted({r.dataset for r in self.records})
+
+
+def expected_shapes(hooks: int, latent_dim: int, num_frames: int, windows: int, map_size: int = 224) -> dict:
+    """Per-clip shape of each teacher field (pipeline/teachers/base.py documents the layout)."""
+    return {
+        "latents": (hooks, windows * 2048, latent_dim),
+        "depth": (num_frames, map_size, map_size),
+        "flow": (2, num_frames, map_size, map_size),
+        "dyn_mask": (num_frames, map_size, map_size),
+        "camray": (windows, 6, 16, 16, 16),
+    }
+
+
+def load_cache_index(
+    cache: str | Path,
+    split: str = "train",
+    datasets: tuple[str, ...] = (),
+    teacher_id: str | None = None,
+    needed: tuple[str, ...] = (),
+    field_dtypes: dict[str, str] | None = None,
+) -> CacheIndex:
+    """`needed`: teacher fields the enabled losses read; `field_dtypes`: the stored dtype the config
+    expects per field (a run tuned for fp16 latents must not silently train on int8 ones)."""
+    root = Path(cache)
+    samples_path = root / SAMPLES_FILE
+    if not samples_path.exists():
+        raise FileNotFoundError(f"{root} holds no samples table ({SAMPLES_FILE}): not a p4d cache, or nothing cached yet")
+    samples = read_samples(samples_path).to_pylist()
+    clips = {k: row for k, row in current_clips(read_clips_table(root)).items()}
+
+    wanted = [s for s in samples if s["split"] == split and (not datasets or s["dataset"] in datasets)]
+    unknown = set(datasets) - {s["dataset"] for s in samples}
+    if unknown:
+        raise ValueError(f"{root}: no samples of dataset(s) {sorted(unknown)} "
+                         f"(the cache has {sorted({s['dataset'] for s in samples})})")
+    records, skipped, specs, teacher_ids = [], Counter(), {}, set()
+    for s in wanted:
+        clip = None
+        if s["video"] is not None:
+            clip = clips.get(s["cache_key"]) if s["cache_key"] else None
+            if clip is None:
+                skipped["video not cached"] += 1
+                continue
+            if clip["status"] != "ok":
+                skipped[f"clip failed: {clip['stage']}"] += 1
+                continue
+            teacher_ids.add(clip["teacher_id"])
+            for spec in specs_from_json(clip["fields"]):
+                if specs.setdefault(spec.name, spec) != spec:
+                    raise CacheMismatchError(
+                        f"{root}: field {spec.name!r} is stored two ways ({specs[spec.name]} and {spec}, "
+                        f"clip {clip['clip_id']}); train on one storage config per cache"
+                    )
+        records.append(Record(
+            sample_id=s["sample_id"], dataset=s["dataset"], conversations=tuple(s["conversations"]),
+            regions=tuple(s["regions"] or ()), images=tuple(s["images"] or ()), clip=clip,
+        ))
+    if not records:
+        raise ValueError(f"{root}: no usable {split!r} samples (skipped: {dict(skipped) or 'none'})")
+
+    if len(teacher_ids) > 1:
+        raise CacheMismatchError(f"{root}: clips from several teachers {sorted(teacher_ids)}; select one")
+    found = next(iter(teacher_ids), None)
+    if teacher_id and found and found != teacher_id:
+        raise CacheMismatchError(f"{root}: cached by teacher {found!r}, the config asks for {teacher_id!r}")
+    if found is not None:
+        _check_fields(root, specs, needed, field_dtypes or {})
+    return CacheIndex(root, records, found, specs, skipped)
+
+
+def _check_fields(root: Path, specs: dict[str, FieldSpec], needed, field_dtypes: dict[str, str]) -> None:
+    missing = [f for f in ("frames", "timestamps", *needed) if f not in specs]
+    if missing:
+        raise CacheMismatchError(
+            f"{root}: the enabled losses need field(s) {missing} the cache does not store "
+            f"(it stores {sorted(specs)}); turn those losses off or recache with them"
+        )
+    for name, dtype in field_dtypes.items():
+        if name in specs and specs[name].dtype != dtype:
+            raise CacheMismatchError(
+                f"{root}: field {name!r} is stored as {specs[name].dtype} "
+                f"({specs[name].encoding}), the config expects {dtype}"
+            )
+
+
+def check_shapes(root: Path, specs: dict[str, FieldSpec], needed, hooks: int, latent_dim: int) -> None:
+    """The stored teacher shapes must be what the P4D branch predicts."""
+    frames = specs["frames"].shape[0]
+    # Windows follow from the frame count (the teacher's rule); the stored per-window fields say it.
+    windows = (specs["latents"].shape[1] // 2048 if "latents" in specs
+               else specs["camray"].shape[0] if "camray" in specs else 1)
+    expect = expected_shapes(hooks, latent_dim, frames, windows)
+    for name in needed:
+        if tuple(specs[name].shape) != expect[name]:
+            raise CacheMismatchError(
+                f"{root}: field {name!r} has shape {tuple(specs[name].shape)} per clip, the student's branch "
+                f"predicts {expect[name]} (branch.hooks / branch.latent_dim or the sampling differ)"
+            )
+
+
+def record_summary(index: CacheIndex) -> str:
+    per_dataset = Counter(r.dataset for r in index.records)
+    video = sum(r.clip is not None for r in index.records)
+    text = (f"{len(index.records)} samples ({video} video, {len(index.records) - video} image-only) from "
+            f"{json.dumps(dict(sorted(per_dataset.items())))}; teacher {index.teacher_id}")
+    if index.skipped:
+        text += f"; skipped {json.dumps(dict(index.skipped))}"
+    return text

@@ -1,0 +1,132 @@
+"""Streaming the cache into student batches, resumably.
+
+The pipeline, as explicit stages (each a function of the previous one's output):
+  order      stream.epoch_order / rank_batches: which samples, in which batches (manifests only)
+  read       ClipReader: this batch's clips from their shards, only the fields the losses need
+  images     image-only samples' pictures from the cache's image root
+  collate    student.batch.collate: tokens, answer-only labels, visual inputs, targets + masks
+
+Batches are taken round-robin by DataLoader workers (batch j of the epoch by worker (j - start) mod W,
+which is the order a DataLoader interleaves its workers in), so the stream a rank sees does not depend
+on the number of workers, and `state_dict()` (epoch, next batch) is all a checkpoint needs to resume.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shards.formats import open_reader
+from shards.integrity import ShardCorruptError
+from shards.schema import specs_from_json
+from student.batch import collate
+from student.cache_index import CacheIndex, Record
+from student.stream import epoch_order, rank_batches
+from student.train_config import DataConfig
+
+OPEN_SHARDS = 4  # readers kept open per worker: shard-grouped order revisits few shards at a time
+
+
+class ClipReader:
+    """Reads cached clips, keeping a few shard readers open (a WebDataset reader indexes its tar once)."""
+
+    def __init__(self, root: Path, fields: tuple[str, ...]):
+        self.root, self.fields = root, ("frames", "timestamps", *fields)
+        self._open: OrderedDict = OrderedDict()
+
+    def _reader(self, clip: dict):
+        key = clip["shard"]
+        if key not in self._open:
+            if len(self._open) >= OPEN_SHARDS:
+                self._open.popitem(last=False)
+            self._open[key] = open_reader(clip["format"], self.root / key, specs_from_json(clip["fields"]))
+        self._open.move_to_end(key)
+        return self._open[key]
+
+    def read(self, clip: dict) -> dict[str, np.ndarray]:
+        stored = {s.name for s in specs_from_json(clip["fields"])}
+        fields = [f for f in self.fields if f in stored]
+        try:
+            return self._reader(clip).read(clip["row"], fields=fields, checksums=dict(clip["checksums"]))
+        except ShardCorruptError as e:
+            raise e.with_clip_id(clip["clip_id"]) from e
+
+
+def _inside(root: Path, relative: str) -> Path:
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"image path {relative!r} escapes the image root {root}")
+    return path
+
+
+def build_sample(record: Record, reader: ClipReader, image_root: Path) -> dict:
+    sample = {"sample_id": record.sample_id, "conversations": list(record.conversations), "images": []}
+    if record.clip is not None:
+        arrays = reader.read(record.clip)
+        sample["frames"] = arrays.pop("frames")
+        sample["timestamps"] = arrays.pop("timestamps")
+        sample["window_starts"] = record.clip["window_starts"]
+        sample["targets"] = arrays
+    for rel in record.images:
+        with Image.open(_inside(image_root, rel)) as im:
+            sample["images"].append(np.asarray(im.convert("RGB")))
+    return sample
+
+
+class _EpochBatches(IterableDataset):
+    def __init__(self, index: CacheIndex, batches: list[list[int]], start: int, fields, adapter, tokenizer,
+                 image_root: Path):
+        self.index, self.batches, self.start = index, batches, start
+        self.fields, self.adapter, self.tokenizer, self.image_root = fields, adapter, tokenizer, image_root
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        reader = ClipReader(self.index.root, self.fields)
+        for j in range(self.start, len(self.batches)):
+            if (j - self.start) % workers != worker:
+                continue
+            samples = [build_sample(self.index.records[i], reader, self.image_root) for i in self.batches[j]]
+            yield collate(samples, self.adapter, self.tokenizer, self.fields)
+
+
+class StudentLoader:
+    """Infinite iterator over this rank's batches (epoch after epoch) with a resumable position."""
+
+    def __init__(self, index: CacheIndex, cfg: DataConfig, rank: int, world: int, adapter, tokenizer,
+                 fields: tuple[str, ...], image_root: str | Path | None = None):
+        self.index, self.cfg, self.rank, self.world = index, cfg, rank, world
+        self.adapter, self.tokenizer, self.fields = adapter, tokenizer, fields
+        self.image_root = Path(image_root) if image_root else index.root
+        self.epoch, self.batch = 0, 0  # position of the next batch to hand out
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = epoch_order(self.index.records, self.cfg.weights, self.cfg.seed, epoch, self.cfg.shuffle_buffer)
+        batches = rank_batches(order, self.rank, self.world, self.cfg.batch_size)
+        if not batches:
+            raise ValueError(f"{self.index.root}: {len(order)} samples make no full batch of "
+                             f"{self.cfg.batch_size} on each of {self.world} ranks")
+        return batches
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+    def __iter__(self):
+        while True:
+            batches = self.epoch_batches(self.epoch)
+            dataset = _EpochBatches(self.index, batches, self.batch, self.fields, self.adapter, self.tokenizer,
+                                    self.image_root)
+            workers = min(self.cfg.num_workers, len(batches) - self.batch)
+            loader = DataLoader(dataset, batch_size=None, num_workers=workers,
+                                collate_fn=lambda b: b, persistent_workers=False)
+            for batch in loader:
+                self.batch += 1
+                yield batch
+            self.epoch, self.batch = self.epoch + 1, 0
+

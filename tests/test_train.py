@@ -1,0 +1,260 @@
+"""The trainer: the cache checks, the streaming loader (rank / worker split, mixture, resumable
+position), the import wall between student/ and pipeline/, and real 2-rank DeepSpeed ZeRO-3 runs
+(gloo on CPU) that are killed and resumed."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from manifests.samples_table import SAMPLES_FILE, read_samples, write_samples
+from pipeline.config import JobConfig, OutputConfig, TeacherConfig
+from pipeline.runner import run_job
+from pipeline.sampling import SamplingConfig
+from student.cache_index import CacheMismatchError, load_cache_index
+from student.loader import StudentLoader
+from student.model import StudentModel, load_tokenizer
+from student.stream import epoch_order
+from student.tiny import make_tiny_vlm
+from student.train_config import DataConfig, load_train_config
+
+LATENT_DIM = 16
+IMAGE_SAMPLES = 6
+
+
+def add_image_samples(cache: Path, n: int) -> None:
+    """Image-only samples (SAT-like: no clip, SFT loss only) with their pictures under the cache."""
+    (cache / "images").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(cache / "images" / f"{i}.png")
+        rows.append({
+            "sample_id": f"sat/{i}", "dataset": "sat", "split": "train", "video": None, "cache_key": None,
+            "images": [f"images/{i}.png"], "regions": None, "meta": None,
+            "conversations": [{"role": "user", "content": "<image>\nWhich is closer, A or B?"},
+                              {"role": "assistant", "content": "A"}],
+        })
+    table = read_samples(cache / SAMPLES_FILE)
+    write_samples(cache / SAMPLES_FILE, pa.concat_tables([table, pa.Table.from_pylist(rows, schema=table.schema)]))
+
+
+@pytest.fixture(scope="module")
+def train_cache(synthetic_set, ray_session, tmp_path_factory):
+    """The 4 synthetic scenes cached by the oracle (WebDataset, 1 clip per shard) + image samples."""
+    out = tmp_path_factory.mktemp("train-cache")
+    summary = run_job(JobConfig(
+        videos=str(synthetic_set), out=str(out), sampling=SamplingConfig(num_frames=16),
+        teacher=TeacherConfig(name="oracle", latent_dim=LATENT_DIM),
+        output=OutputConfig(format="wds", clips_per_shard=1),
+    ))
+    assert summary["clips"]["ok"] == 4
+    add_image_samples(out, IMAGE_SAMPLES)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    return make_tiny_vlm("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "qwen")
+
+
+def loader_for(cache, model_dir, rank=0, world=1, fields=("latents", "depth"), **data):
+    from transformers import AutoConfig
+
+    from student.adapters import build_adapter
+
+    index = load_cache_index(cache, needed=fields)
+    cfg = DataConfig(cache=str(cache), **{"batch_size": 2, "num_workers": 0, "shuffle_buffer": 8, **data})
+    adapter = build_adapter("qwen2_5_vl", AutoConfig.from_pretrained(model_dir), model_dir, (56, 56))
+    return StudentLoader(index, cfg, rank, world, adapter, load_tokenizer(model_dir), fields)
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+# -- the wall between producing and consuming --------------------------------------------------
+def test_student_never_imports_pipeline():
+    for path in (ROOT / "student").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "pipeline" or n.startswith("pipeline.") for n in names), f"{path} imports {names}"
+    code = ("import sys, student.train, student.loader, student.model, student.teacher_heads; "
+            "student.train.main.__code__; "
+            "bad = [m for m in sys.modules if m == 'pipeline' or m.startswith('pipeline.')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# -- cache checks --------------------------------------------------------------------------------
+def test_a_cache_from_another_teacher_or_storage_is_refused(train_cache):
+    index = load_cache_index(train_cache, needed=("latents",))
+    assert index.teacher_id.startswith("oracle:")
+    with pytest.raises(CacheMismatchError, match="cached by teacher 'oracle:.*the config asks for 'l4p:abc'"):
+        load_cache_index(train_cache, teacher_id="l4p:abc")
+    with pytest.raises(CacheMismatchError, match="field 'latents' is stored as float16 .* expects int8"):
+        load_cache_index(train_cache, field_dtypes={"latents": "int8"})
+
+
+def test_a_field_the_losses_need_but_the_cache_lacks_is_refused(synthetic_set, ray_session, tmp_path):
+    run_job(JobConfig(videos=str(synthetic_set), out=str(tmp_path), sampling=SamplingConfig(num_frames=16),
+                      teacher=TeacherConfig(name="oracle", latent_dim=LATENT_DIM),
+                      output=OutputConfig(fields=("depth",))))
+    with pytest.raises(CacheMismatchError, match=r"need field\(s\) \['flow'\] the cache does not store"):
+        load_cache_index(tmp_path, needed=("depth", "flow"))
+
+
+# -- the loader ----------------------------------------------------------------------------------
+def test_ranks_get_disjoint_equal_slices_and_workers_do_not_change_the_stream(train_cache, tiny_qwen):
+    epoch = [loader_for(train_cache, tiny_qwen, rank, 2).epoch_batches(0) for rank in (0, 1)]
+    assert len(epoch[0]) == len(epoch[1]) > 0
+    flat = [i for rank in epoch for b in rank for i in b]
+    assert len(flat) == len(set(flat))  # nothing read twice in an epoch (all weights are 1)
+
+    def ids(loader, n):
+        return [b.sample_ids for b in take(iter(loader), n)]
+
+    serial = ids(loader_for(train_cache, tiny_qwen, 1, 2, num_workers=0), 5)
+    assert ids(loader_for(train_cache, tiny_qwen, 1, 2, num_workers=2), 5) == serial
+
+
+def test_loader_state_round_trip_gives_the_same_next_batches(train_cache, tiny_qwen):
+    """torchtitan's test: read N batches, save the state, rebuild, the next batches are identical
+    (across the epoch boundary too)."""
+    reference = loader_for(train_cache, tiny_qwen, num_workers=2)
+    per_epoch = len(reference.epoch_batches(0))
+    stream = iter(reference)
+    take(stream, per_epoch - 2)
+    state = reference.state_dict()
+    expected = [b.sample_ids for b in take(stream, 4)]
+    resumed = loader_for(train_cache, tiny_qwen, num_workers=2)
+    resumed.load_state_dict(state)
+    got = take(iter(resumed), 4)
+    assert [b.sample_ids for b in got] == expected
+    assert resumed.state_dict() == {"epoch": 1, "batch": 2}
+
+
+def test_mixture_weights_repeat_and_subsample(train_cache):
+    index = load_cache_index(train_cache)
+    datasets = [r.dataset for r in index.records]
+    n_video, n_image = datasets.count("synthetic"), datasets.count("sat")
+    order = epoch_order(index.records, {"sat": 2.0, "synthetic": 0.5}, seed=0, epoch=0, buffer=4)
+    picked = [index.records[i].dataset for i in order]
+    assert picked.count("sat") == 2 * n_image
+    assert picked.count("synthetic") == round(0.5 * n_video)
+    other_epoch = epoch_order(index.records, {"synthetic": 0.5}, seed=0, epoch=1, buffer=4)
+    assert sorted(order) != sorted(other_epoch)  # another half of the video samples
+
+
+def test_only_the_needed_fields_are_read(train_cache, tiny_qwen):
+    loader = loader_for(train_cache, tiny_qwen, fields=("depth",), weights={"sat": 0.0})
+    batch = next(iter(loader))
+    assert set(batch.targets) == {"depth"}
+    assert batch.targets["depth"].shape[1:] == (16, 224, 224)
+
+
+# -- DeepSpeed ZeRO-3, 2 CPU ranks ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, cache: Path, model_dir: Path, out: Path, steps: int, every: int) -> Path:
+    path.write_text(json.dumps({
+        "student": {"model": {"adapter": "qwen2_5_vl", "path": str(model_dir), "video_size": [56, 56]},
+                    "branch": {"latent_dim": LATENT_DIM, "light_hidden": 16}},
+        # Image-only samples weighted up so that ranks get different mixes (see the test).
+        "data": {"cache": str(cache), "batch_size": 2, "num_workers": 1, "shuffle_buffer": 8,
+                 "weights": {"sat": 3.0}},
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.0},
+        "run": {"out": str(out), "max_steps": steps, "checkpoint_every": every,
+                "deepspeed": str(ROOT / "configs/deepspeed/zero3_cpu.json")},
+    }))
+    return path
+
+
+def launch(config: Path) -> subprocess.Popen:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           "student/train.py", "--config", str(config)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def steps_logged(out: Path, rank: int) -> dict[int, dict]:
+    """step -> the LAST record of it (a killed attempt may have logged steps that were redone)."""
+    records = {}
+    for line in (out / f"batches-rank{rank}.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        records[r["step"]] = r
+    return records
+
+
+def test_zero3_training_killed_and_resumed_sees_the_same_batches(train_cache, tiny_qwen, tmp_path):
+    steps, every = 6, 2
+    straight = tmp_path / "straight"
+    finish(launch(write_config(tmp_path / "a.json", train_cache, tiny_qwen, straight, steps, every)))
+
+    killed = tmp_path / "killed"
+    proc = launch(write_config(tmp_path / "b.json", train_cache, tiny_qwen, killed, steps, every))
+    marker = killed / "checkpoints" / "step-00000004" / "complete"
+    deadline = time.time() + 400
+    while not marker.exists():
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() < deadline, "no complete checkpoint at step 4"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log = finish(launch(tmp_path / "b.json"))
+    assert "resumed from step-" in log
+
+    for rank in (0, 1):
+        a, b = steps_logged(straight, rank), steps_logged(killed, rank)
+        assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+        for step in range(1, steps + 1):
+            assert b[step]["samples"] == a[step]["samples"], (rank, step)
+            # Same weights, optimizer state and batch after the resume: the same loss (fp32 CPU).
+            assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), (rank, step)
+    # The case that deadlocks a stock HF forward under ZeRO-3 happened and passed: in some step one
+    # rank had an image-only sample and the other had none (different vision-tower call patterns).
+    def has_image(rank, step):
+        return any(s.startswith("sat/") for s in steps_logged(straight, rank)[step]["samples"])
+
+    assert any(has_image(0, s) != has_image(1, s) for s in range(1, steps + 1))
+
+    export = straight / "export"
+    base_class = StudentModel.from_export(export).adapter.model_class
+    plain, info = base_class.from_pretrained(export, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in base_class(plain.config).parameters())
+
+
+def test_train_config_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  max_steps: 3\n")
+    cfg = load_train_config(path, ["data.batch_size=4", "student.loss.ld_weight=0"])
+    assert (cfg.run.max_steps, cfg.data.batch_size, cfg.student.loss.ld_weight) == (3, 4, 0.0)
+    assert replace(cfg.run, max_steps=5).max_steps == 5
+    with pytest.raises(ValueError, match=r"c.yaml.data: unknown key\(s\) \['batchsize'\]"):
+        load_train_config(path, ["data.batchsize=4"])
