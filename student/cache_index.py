@@ -126,8 +126,7 @@ def _check_fields(root: Path, specs: dict[str, FieldSpec], needed, field_dtypes:
     for name, dtype in field_dtypes.items():
         if name in specs and specs[name].dtype != dtype:
             raise CacheMismatchError(
-                f"{root}: field {name!r} is stored as {specs[name].dtype} "
-                f"({specs[name].encoding}), the config expects {dtype}"
+                f"{root}: field {name!r} is stored as {specs[name].dtype}, the config expects {dtype}"
             )
 
 

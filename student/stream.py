@@ -2,9 +2,9 @@
 
 1. Mixture: dataset weight w repeats each of its samples floor(w) times plus a seeded subset of the
    fraction (w = 0.5: half of them, a different half each epoch).
-2. Shard streaming: samples are grouped by the shard of their clip (image-only samples in groups of
-   the same size), groups are shuffled, samples of a group stay in shard order: a worker reads shards
-   front to back instead of seeking across the whole cache.
+2. Shard streaming: samples are grouped by the shard of their clip, groups are shuffled, samples of a
+   group stay in shard order: a worker reads shards front to back instead of seeking across the whole
+   cache. Image-only samples have no shard to stream: each is a group of its own, spread evenly.
 3. A seeded shuffle buffer mixes neighbouring groups.
 4. Split by rank (every world-th sample), cut so every rank has the same number of full batches:
    under ZeRO-3 a rank that runs out while the others step would hang them.
@@ -40,7 +40,7 @@ def mixture(records: list[Record], weights: dict[str, float], rng: np.random.Gen
     return chosen
 
 
-def shard_groups(records: list[Record], chosen: list[int], group_size: int) -> list[list[int]]:
+def shard_groups(records: list[Record], chosen: list[int]) -> list[list[int]]:
     by_shard = defaultdict(list)
     images = []
     for i in chosen:
@@ -50,7 +50,7 @@ def shard_groups(records: list[Record], chosen: list[int], group_size: int) -> l
         else:
             by_shard[shard].append(i)
     groups = [sorted(by_shard[s], key=lambda i: records[i].clip["row"]) for s in sorted(by_shard)]
-    groups += [images[k:k + group_size] for k in range(0, len(images), group_size)]
+    groups += [[i] for i in images]
     return groups
 
 
@@ -71,10 +71,10 @@ def shuffle_buffer(items: list[int], size: int, rng: np.random.Generator) -> lis
 
 
 def epoch_order(records: list[Record], weights: dict[str, float], seed: int, epoch: int,
-                buffer: int, group_size: int = 8) -> list[int]:
+                buffer: int) -> list[int]:
     """Record indices of one epoch, in reading order (before the rank split)."""
     rng = np.random.default_rng([seed, epoch])
-    groups = shard_groups(records, mixture(records, weights, rng), group_size)
+    groups = shard_groups(records, mixture(records, weights, rng))
     order = [i for g in (groups[k] for k in rng.permutation(len(groups))) for i in g]
     return shuffle_buffer(order, buffer, rng)
 
