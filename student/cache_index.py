@@ -29,6 +29,7 @@ class Record:
     conversations: tuple  # ({"role", "content"}, ...)
     regions: tuple  # REGION structs as dicts
     images: tuple[str, ...]  # image paths relative to the cache's image root
+    meta: str | None  # JSON: answers, options, question type (what an evaluator scores against)
     clip: dict | None  # the clip's manifest row (shard, row, format, fields, checksums, window_starts)
 
     @property
@@ -61,7 +62,7 @@ def expected_shapes(hooks: int, latent_dim: int, num_frames: int, windows: int, 
 
 def load_cache_index(
     cache: str | Path,
-    split: str = "train",
+    split: str | None = "train",  # None: every split
     datasets: tuple[str, ...] = (),
     teacher_id: str | None = None,
     needed: tuple[str, ...] = (),
@@ -76,7 +77,7 @@ def load_cache_index(
     samples = read_samples(samples_path).to_pylist()
     clips = {k: row for k, row in current_clips(read_clips_table(root)).items()}
 
-    wanted = [s for s in samples if s["split"] == split and (not datasets or s["dataset"] in datasets)]
+    wanted = [s for s in samples if (split is None or s["split"] == split) and (not datasets or s["dataset"] in datasets)]
     unknown = set(datasets) - {s["dataset"] for s in samples}
     if unknown:
         raise ValueError(f"{root}: no samples of dataset(s) {sorted(unknown)} "
@@ -101,7 +102,7 @@ def load_cache_index(
                     )
         records.append(Record(
             sample_id=s["sample_id"], dataset=s["dataset"], conversations=tuple(s["conversations"]),
-            regions=tuple(s["regions"] or ()), images=tuple(s["images"] or ()), clip=clip,
+            regions=tuple(s["regions"] or ()), images=tuple(s["images"] or ()), meta=s["meta"], clip=clip,
         ))
     if not records:
         raise ValueError(f"{root}: no usable {split!r} samples (skipped: {dict(skipped) or 'none'})")

@@ -3,6 +3,7 @@
 The pipeline, as explicit stages (each a function of the previous one's output):
   order      stream.epoch_order / rank_batches: which samples, in which batches (manifests only)
   read       ClipReader: this batch's clips from their shards, only the fields the losses need
+  marks      the sample's regions drawn as Set-of-Marks labels on its frames (manifests/regions.py)
   images     image-only samples' pictures from the cache's image root
   collate    student.batch.collate: tokens, answer-only labels, visual inputs, targets + masks
 
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from manifests.regions import MarkStyle, draw_clip_marks, parse_regions
 from shards.formats import open_reader
 from shards.integrity import ShardCorruptError
 from shards.schema import specs_from_json
@@ -62,11 +64,17 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def build_sample(record: Record, reader: ClipReader, image_root: Path) -> dict:
+def build_sample(record: Record, reader: ClipReader, image_root: Path, marks: MarkStyle | None = None) -> dict:
+    """One sample dict for student.batch.collate. `marks`: draw the sample's regions as Set-of-Marks
+    labels on its frames (at load time: the cache holds unmarked frames; None: no marks)."""
     sample = {"sample_id": record.sample_id, "conversations": list(record.conversations), "images": []}
     if record.clip is not None:
         arrays = reader.read(record.clip)
-        sample["frames"] = arrays.pop("frames")
+        frames = arrays.pop("frames")
+        if marks is not None and record.regions:
+            where = f"sample {record.sample_id!r}"
+            frames = draw_clip_marks(frames, record.clip["frame_indices"], parse_regions(record.regions, where), marks)
+        sample["frames"] = frames
         sample["timestamps"] = arrays.pop("timestamps")
         sample["window_starts"] = record.clip["window_starts"]
         sample["targets"] = arrays
@@ -78,9 +86,10 @@ def build_sample(record: Record, reader: ClipReader, image_root: Path) -> dict:
 
 class _EpochBatches(IterableDataset):
     def __init__(self, index: CacheIndex, batches: list[list[int]], start: int, fields, adapter, tokenizer,
-                 image_root: Path):
+                 image_root: Path, marks: MarkStyle | None):
         self.index, self.batches, self.start = index, batches, start
         self.fields, self.adapter, self.tokenizer, self.image_root = fields, adapter, tokenizer, image_root
+        self.marks = marks
 
     def __iter__(self):
         info = get_worker_info()
@@ -89,7 +98,8 @@ class _EpochBatches(IterableDataset):
         for j in range(self.start, len(self.batches)):
             if (j - self.start) % workers != worker:
                 continue
-            samples = [build_sample(self.index.records[i], reader, self.image_root) for i in self.batches[j]]
+            samples = [build_sample(self.index.records[i], reader, self.image_root, self.marks)
+                       for i in self.batches[j]]
             yield collate(samples, self.adapter, self.tokenizer, self.fields)
 
 
@@ -121,7 +131,7 @@ class StudentLoader:
         while True:
             batches = self.epoch_batches(self.epoch)
             dataset = _EpochBatches(self.index, batches, self.batch, self.fields, self.adapter, self.tokenizer,
-                                    self.image_root)
+                                    self.image_root, self.cfg.marks if self.cfg.draw_marks else None)
             workers = min(self.cfg.num_workers, len(batches) - self.batch)
             loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                                 collate_fn=lambda b: b, persistent_workers=False)

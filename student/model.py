@@ -134,8 +134,7 @@ class StudentModel(nn.Module):
             grids.append(hidden[row, positions[: g.grid_tokens]].reshape(g.slots, g.rows, g.cols, -1))
         return torch.stack(grids)
 
-    def _distillation(self, batch, hidden, result: StudentOutput, denominators) -> torch.Tensor:
-        cfg, loss_cfg = self.config, self.config.loss
+    def _branch(self, batch: StudentBatch, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         if batch.videos:
             grid = self._visual_grid(batch, hidden)
             frames, num_frames, fps = batch.window_frames, batch.num_frames, batch.videos[0].grid.frames_per_slot
@@ -144,7 +143,22 @@ class StudentModel(nn.Module):
             g = dummy.grid
             grid = hidden.new_zeros(1, g.slots, g.rows, g.cols, hidden.shape[-1])
             frames, num_frames, fps = window_frames(2, [0]), 2, g.frames_per_slot
-        preds = self.branch(grid, frames, num_frames, fps)
+        return self.branch(grid, frames, num_frames, fps)
+
+    @torch.no_grad()
+    def predict_maps(self, batch: StudentBatch) -> dict[str, torch.Tensor]:
+        """The branch's predictions for the batch's videos (latents, log depth, flow, motion logits,
+        rays): what a depth probe or a visualization reads."""
+        if self.branch is None or not batch.videos:
+            raise ValueError("predict_maps needs the P4D branch and a batch with videos")
+        mm, kwargs, _ = self._visual_inputs(batch, uniform=False)
+        out = self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, mm_encoder_outputs=mm,
+                        output_hidden_states=True, use_cache=False, **kwargs)
+        return self._branch(batch, out.hidden_states[self.config.branch.layer])
+
+    def _distillation(self, batch, hidden, result: StudentOutput, denominators) -> torch.Tensor:
+        cfg, loss_cfg = self.config, self.config.loss
+        preds = self._branch(batch, hidden)
         total = 0.0 * sum(p.float().sum() for p in preds.values())
 
         terms = []

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from manifests.dataclass_io import from_dict, to_dict
+from manifests.regions import MarkStyle
 from student.config import StudentConfig
 
 
@@ -22,6 +23,8 @@ class DataConfig:
     num_workers: int = 1  # DataLoader workers per rank (0: read in the training process)
     shuffle_buffer: int = 64
     seed: int = 0
+    draw_marks: bool = True  # render region marks (<obj_k>) on the frames at load time
+    marks: MarkStyle = field(default_factory=MarkStyle)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
