@@ -3,6 +3,8 @@
 The pipeline, as explicit stages (each a function of the previous one's output):
   order      stream.epoch_order / rank_batches: which samples, in which batches (manifests only)
   read       ClipReader: this batch's clips from their shards, only the fields the losses need
+  augment    a seeded flip / crop of frames, regions and every target together (student/augment.py);
+             the draw is seeded by (seed, epoch, batch, position), so a resumed run draws the same views
   marks      the sample's regions drawn as Set-of-Marks labels on its frames (manifests/regions.py)
   images     image-only samples' pictures from the cache's image root
   collate    student.batch.collate: tokens, answer-only labels, visual inputs, targets + masks
@@ -13,7 +15,9 @@ on the number of workers, and `state_dict()` (epoch, next batch) is all a checkp
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +28,15 @@ from manifests.regions import MarkStyle, draw_clip_marks, parse_regions
 from shards.formats import open_reader
 from shards.integrity import ShardCorruptError
 from shards.schema import specs_from_json
+from student.augment import AugmentConfig, augment
 from student.batch import collate
 from student.cache_index import CacheIndex, Record
 from student.stream import epoch_order, rank_batches
 from student.train_config import DataConfig
 
 OPEN_SHARDS = 4  # readers kept open per worker: shard-grouped order revisits few shards at a time
+# A mirrored view would make an answer about left / right false: such samples are never flipped.
+SIDEDNESS = re.compile(r"\b(left|right)", re.IGNORECASE)
 
 
 class ClipReader:
@@ -64,16 +71,26 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def build_sample(record: Record, reader: ClipReader, image_root: Path, marks: MarkStyle | None = None) -> dict:
-    """One sample dict for student.batch.collate. `marks`: draw the sample's regions as Set-of-Marks
-    labels on its frames (at load time: the cache holds unmarked frames; None: no marks)."""
+def build_sample(record: Record, reader: ClipReader, image_root: Path, marks: MarkStyle | None = None,
+                 augmentation: AugmentConfig | None = None, rng: np.random.Generator | None = None) -> dict:
+    """One sample dict for student.batch.collate. `augmentation` (with `rng`): a random consistent view
+    of the clip; a target the view makes untrue (e.g. latents of a flipped clip) is dropped, which
+    masks its loss for this sample. `marks`: draw the sample's regions as Set-of-Marks labels on its
+    frames (at load time: the cache holds unmarked frames; None: no marks)."""
     sample = {"sample_id": record.sample_id, "conversations": list(record.conversations), "images": []}
     if record.clip is not None:
         arrays = reader.read(record.clip)
+        regions = parse_regions(record.regions, f"sample {record.sample_id!r}") if record.regions else []
+        if augmentation is not None:
+            text = " ".join(t.get("content") or t.get("value") or "" for t in record.conversations)
+            if SIDEDNESS.search(text):
+                augmentation = replace(augmentation, hflip_prob=0.0)
+            view = augment(arrays, regions, augmentation, rng)
+            arrays = {k: v for k, v in view.arrays.items() if view.valid.get(k, True)}
+            regions = view.regions
         frames = arrays.pop("frames")
-        if marks is not None and record.regions:
-            where = f"sample {record.sample_id!r}"
-            frames = draw_clip_marks(frames, record.clip["frame_indices"], parse_regions(record.regions, where), marks)
+        if marks is not None and regions:
+            frames = draw_clip_marks(frames, record.clip["frame_indices"], regions, marks)
         sample["frames"] = frames
         sample["timestamps"] = arrays.pop("timestamps")
         sample["window_starts"] = record.clip["window_starts"]
@@ -86,10 +103,12 @@ def build_sample(record: Record, reader: ClipReader, image_root: Path, marks: Ma
 
 class _EpochBatches(IterableDataset):
     def __init__(self, index: CacheIndex, batches: list[list[int]], start: int, fields, adapter, tokenizer,
-                 image_root: Path, marks: MarkStyle | None):
+                 image_root: Path, cfg: DataConfig, epoch: int):
         self.index, self.batches, self.start = index, batches, start
         self.fields, self.adapter, self.tokenizer, self.image_root = fields, adapter, tokenizer, image_root
-        self.marks = marks
+        self.marks = cfg.marks if cfg.draw_marks else None
+        self.augmentation = cfg.augment if cfg.augment.hflip_prob or cfg.augment.crop_prob else None
+        self.seed, self.epoch = cfg.seed, epoch
 
     def __iter__(self):
         info = get_worker_info()
@@ -98,8 +117,9 @@ class _EpochBatches(IterableDataset):
         for j in range(self.start, len(self.batches)):
             if (j - self.start) % workers != worker:
                 continue
-            samples = [build_sample(self.index.records[i], reader, self.image_root, self.marks)
-                       for i in self.batches[j]]
+            samples = [build_sample(self.index.records[i], reader, self.image_root, self.marks, self.augmentation,
+                                    np.random.default_rng([self.seed, self.epoch, j, k]))
+                       for k, i in enumerate(self.batches[j])]
             yield collate(samples, self.adapter, self.tokenizer, self.fields)
 
 
@@ -131,7 +151,7 @@ class StudentLoader:
         while True:
             batches = self.epoch_batches(self.epoch)
             dataset = _EpochBatches(self.index, batches, self.batch, self.fields, self.adapter, self.tokenizer,
-                                    self.image_root, self.cfg.marks if self.cfg.draw_marks else None)
+                                    self.image_root, self.cfg, self.epoch)
             workers = min(self.cfg.num_workers, len(batches) - self.batch)
             loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                                 collate_fn=lambda b: b, persistent_workers=False)

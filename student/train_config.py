@@ -9,6 +9,7 @@ import yaml
 
 from manifests.dataclass_io import from_dict, to_dict
 from manifests.regions import MarkStyle
+from student.augment import AugmentConfig
 from student.config import StudentConfig
 
 
@@ -25,6 +26,7 @@ class DataConfig:
     seed: int = 0
     draw_marks: bool = True  # render region marks (<obj_k>) on the frames at load time
     marks: MarkStyle = field(default_factory=MarkStyle)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # off by default (probabilities 0)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
