@@ -106,8 +106,8 @@ def test_a_cache_from_another_teacher_or_storage_is_refused(train_cache):
     assert index.teacher_id.startswith("oracle:")
     with pytest.raises(CacheMismatchError, match="cached by teacher 'oracle:.*the config asks for 'l4p:abc'"):
         load_cache_index(train_cache, teacher_id="l4p:abc")
-    with pytest.raises(CacheMismatchError, match="field 'latents' is stored as float16, the config expects int8"):
-        load_cache_index(train_cache, field_dtypes={"latents": "int8"})
+    with pytest.raises(CacheMismatchError, match="field 'latents' is stored as int8, the config expects float16"):
+        load_cache_index(train_cache, field_dtypes={"latents": "float16"})
 
 
 def test_a_field_the_losses_need_but_the_cache_lacks_is_refused(synthetic_set, ray_session, tmp_path):
@@ -256,3 +256,47 @@ def test_train_config_overrides_and_errors(tmp_path):
     assert replace(cfg.run, max_steps=5).max_steps == 5
     with pytest.raises(ValueError, match=r"c.yaml.data: unknown key\(s\) \['batchsize'\]"):
         load_train_config(path, ["data.batchsize=4"])
+
+
+def test_loader_draws_marks_and_augments_consistently(train_cache, tiny_qwen):
+    """Marks are drawn at load time (the cached frames stay clean); a flip mirrors frames and maps
+    together (flow u changes sign), masks the latents it makes untrue, is the same after a restart,
+    and is never applied to a sample whose text says left or right."""
+    from student.augment import AugmentConfig
+    from student.loader import SIDEDNESS, ClipReader, build_sample
+
+    index = load_cache_index(train_cache)
+    record = next(r for r in index.records if r.clip is not None and r.regions)
+    clean = ClipReader(index.root, ()).read(record.clip)["frames"]
+    marked = build_sample(record, ClipReader(index.root, ()), index.root, marks=DataConfig().marks)["frames"]
+    assert marked.shape == clean.shape and not np.array_equal(marked, clean)
+
+    fields = ("latents", "flow", "depth")
+    plain = loader_for(train_cache, tiny_qwen, fields=fields, weights={"sat": 0.0}, draw_marks=False)
+    flipping = dict(fields=fields, weights={"sat": 0.0}, draw_marks=False, augment=AugmentConfig(hflip_prob=1.0))
+    a, b = next(iter(plain)), next(iter(loader_for(train_cache, tiny_qwen, **flipping)))
+    again = next(iter(loader_for(train_cache, tiny_qwen, **flipping)))
+    assert a.sample_ids == b.sample_ids == again.sample_ids
+    assert torch_equal(b.targets["flow"], again.targets["flow"])  # seeded: a restart draws the same view
+    by_id = {r.sample_id: r for r in index.records}
+    for k, sid in enumerate(a.sample_ids):
+        text = " ".join(t["content"] for t in by_id[sid].conversations)
+        if SIDEDNESS.search(text):
+            assert torch_equal(b.targets["flow"][k], a.targets["flow"][k])
+            continue
+        assert torch_equal(b.targets["depth"][k], a.targets["depth"][k].flip(-1))
+        assert torch_equal(b.targets["flow"][k][0], -a.targets["flow"][k][0].flip(-1))
+        assert torch_equal(b.targets["flow"][k][1], a.targets["flow"][k][1].flip(-1))
+        assert not b.target_valid.get("latents", torch_false(len(a.sample_ids)))[k]
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.equal(x, y))
+
+
+def torch_false(n):
+    import torch
+
+    return torch.zeros(n, dtype=torch.bool)
