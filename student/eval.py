@@ -5,8 +5,8 @@
 The benchmark's samples (split "test") and their clips' frames come from the cache the caching job
 made of it (`--source r4d=ROOT`, or `python -m pipeline.synthetic.benchmark` + cache_teacher), so the
 frames the student sees are the ones training used: 16 sampled frames, their real timestamps for TPE,
-region marks drawn at load time. The question is prefixed with the video length in seconds, as R4D's
-prompt is; generation is greedy. Each answer is parsed (student/scoring.py), scored, and appended to
+region marks drawn at load time. R4D-style questions are prefixed with the video length in seconds,
+as R4D's prompt is; generation is greedy. Each answer is parsed (student/scoring.py), scored, and appended to
 DIR/predictions.jsonl at once: a rerun skips what is there (resume), a torn last line is redone.
 DIR/results.{json,md,png}: accuracy (multiple choice), mean relative accuracy (numeric), and for R4D-style
 benchmarks the 12-column table and its bar chart.
@@ -38,6 +38,7 @@ log = logging.getLogger("p4d.eval")
 
 BENCH_DATASETS = {"r4d": "r4d", "sti": "stibench", "vlm4d": "vlm4d", "vsti": "vsti", "synthetic": "synthetic4d"}
 PREDICTIONS = "predictions.jsonl"
+LENGTH_PREFIXED = ("r4d", "synthetic")  # benchmarks whose prompt starts with the video length in seconds
 
 
 def video_length(timestamps) -> float:
@@ -48,14 +49,14 @@ def video_length(timestamps) -> float:
     return t[-1] - t[0] + (t[-1] - t[0]) / (len(t) - 1)
 
 
-def question_turns(record: Record, sample: dict) -> list[dict]:
-    """The user turns only (the answer is what the model must produce), the first one prefixed with
-    the video's length for video samples."""
+def question_turns(record: Record, sample: dict, length_prefix: bool) -> list[dict]:
+    """The first user turn only (the answer is what the model must produce), prefixed with the video's
+    length in seconds where the benchmark's prompt is (R4D-Bench and its synthetic counterpart)."""
     turns = [dict(t) for t in record.conversations if (t.get("role") or t.get("from")) in ("user", "human")]
     if not turns:
         raise ValueError(f"sample {record.sample_id!r} has no user turn")
     turns = turns[:1]
-    if "timestamps" in sample:
+    if length_prefix and "timestamps" in sample:
         key = "content" if "content" in turns[0] else "value"
         turns[0][key] = f"The video is {video_length(sample['timestamps']):.1f} seconds long. " + turns[0][key]
     return turns
@@ -144,7 +145,8 @@ def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Pa
         for record in tqdm(todo, desc=f"eval {bench}", unit="q"):
             meta = json.loads(record.meta or "{}")
             sample = build_sample(record, reader, index.root, marks)
-            sample["conversations"] = question_turns(record, sample)
+            prefix = bench in LENGTH_PREFIXED or meta.get("prompt_prefix") == "video_length_seconds"
+            sample["conversations"] = question_turns(record, sample, prefix)
             batch = collate([sample], model.adapter, tokenizer, generation=True)
             tokens = model.generate(batch, max_new_tokens=max_new_tokens)
             text = tokenizer.decode(tokens[0], skip_special_tokens=True)
