@@ -25,6 +25,7 @@ if __name__ == "__main__":
 from tqdm import tqdm
 
 from manifests.regions import MarkStyle
+from shards.atomic import atomic_write_bytes
 from student.batch import collate
 from student.cache_index import Record, load_cache_index
 from student.charts import bar_chart
@@ -84,15 +85,21 @@ def column_of(meta: dict) -> str | None:
 
 
 def read_predictions(path: Path) -> dict[str, dict]:
-    """Finished predictions by sample id; a line torn by a crash (the last one) is ignored: redone."""
-    done = {}
+    """Finished predictions by sample id. A line torn by a crash (the last one) is cut from the file,
+    so that the next append starts on a line of its own, and its question is answered again."""
+    done, kept = {}, []
     if path.exists():
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        for line in text.splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
             done[row["sample_id"]] = row
+            kept.append(line)
+        repaired = "".join(line + "\n" for line in kept)
+        if repaired != text:
+            atomic_write_bytes(path, repaired.encode(), replace=True)
     return done
 
 
