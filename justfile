@@ -25,12 +25,17 @@ venv:
     fi
 
 # Generate the bundled synthetic data set, cache it with the oracle teacher on an in-process Ray,
-# print what the cache holds and render PNGs of a few clips.
+# print what the cache holds and render PNGs of a few clips; then train a tiny random student from
+# the cache with DeepSpeed ZeRO-3 on 2 CPU ranks and export it without the P4D branch.
 demo format="zarr": venv
     {{py}} -m pipeline.synthetic.dataset --out {{data}}/sample --scenes 8 --seed 0
     {{py}} pipeline/cache_teacher.py --config configs/demo.yaml --format {{format}} --out {{data}}/cache-{{format}}
     {{py}} -m pipeline.inspect {{data}}/cache-{{format}} --pictures 3
     @echo "cache: {{data}}/cache-{{format}} (summary.json, manifests/, shards/{{format}}/, pictures/)"
+    {{py}} -m student.tiny --adapter qwen2_5_vl --out {{data}}/tiny-qwen2_5_vl
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 {{venv}}/bin/deepspeed --num_gpus 2 student/train.py \
+        --config configs/train/demo.yaml --set data.cache={{data}}/cache-{{format}} --set run.out={{data}}/runs/demo-{{format}}
+    @echo "student: {{data}}/runs/demo-{{format}} (export/ = plain transformers checkpoint, tensorboard/, checkpoints/)"
 
 # Run the whole test suite.
 test *args: venv
@@ -39,5 +44,9 @@ test *args: venv
 # Benchmarks (print figures; never part of the tests).
 bench: venv
     {{py}} bench/storage.py
+    {{py}} bench/fidelity.py
+    {{py}} bench/planning.py
     {{py}} bench/throughput.py
     {{py}} bench/l4p_teacher.py
+    {{py}} bench/loader.py
+    {{py}} bench/train_step.py

@@ -23,7 +23,8 @@ Storage variants:
 
 How to read it: "bytes per clip" are measured from the files (Zarr: each field's array directory in
 the .zarr group; WebDataset: tar member sizes) divided by the clips in the shard; "overhead" is the
-rest of the shard (metadata, tar headers and padding). "x raw" is the raw fp16/uint8 size divided by
+rest of the shard (metadata, tar headers and padding). "x raw" is the raw fp16/uint8 size (fp16 for
+every teacher field, whatever its storage; side arrays of quantized fields counted with them) divided by
 the stored size. Write seconds per clip include compression and the writer's fsync at commit (the
 arrays are already in their storage dtype, i.e. the encode stage is not timed); the limit beside them
 is np.save + fsync of the same uncompressed arrays, measured alternately in the same run (zarr, wds,
@@ -53,7 +54,7 @@ from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset, scene_
 from pipeline.teachers.base import INPUT_SIZE, TeacherInput  # noqa: E402
 from pipeline.teachers.oracle import OracleTeacher  # noqa: E402
 from pipeline.video_reader import read_clip, resize_frames  # noqa: E402
-from shards.codecs import encode_arrays  # noqa: E402
+from shards.codecs import SIDE_SEPARATOR, encode_arrays  # noqa: E402
 from shards.formats import FORMATS, open_writer, shard_filename, stored_clip  # noqa: E402
 from shards.schema import FieldSpec  # noqa: E402
 
@@ -90,6 +91,47 @@ def realistic_latents(shape: tuple[int, int, int], rng: np.random.Generator) -> 
     for h in range(hooks):
         out[h] = mean + scale * (rng.standard_t(T_DOF, (tokens, dim)) * unit_t)
     return out
+
+
+def smooth_field(shape: tuple[int, int, int], cells: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """[T, H, W] unit-scale random field, smooth in time and space: a coarse random grid upsampled
+    trilinearly, as DPT heads upsample their coarse features."""
+    import torch
+
+    coarse = torch.from_numpy(rng.standard_normal(cells).astype(np.float32))[None, None]
+    return torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def realistic_maps(num_frames: int, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A network-like depth / flow / dyn_mask / camray of one clip (float32), not easier than real:
+    smooth backgrounds with moving objects (discontinuities), soft motion probabilities, and
+    per-pixel noise of 0.5 % (depth) / 0.02 px (flow) that leaves no low bit constant.
+    """
+    shape = (num_frames, size, size)
+    cells = (num_frames // 4 + 2, 9, 9)
+    log_depth = 1.5 + 0.8 * smooth_field(shape, cells, rng)  # ~1-20 m
+    flow = np.stack([3.0 * smooth_field(shape, cells, rng) for _ in range(2)])
+    logit = np.full(shape, -8.0, np.float32)
+    t = np.arange(num_frames, dtype=np.float32)[:, None, None]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for _ in range(3):  # moving discs: nearer, moving, soft-edged in the mask
+        cx, cy = rng.uniform(0.2, 0.8, 2) * size
+        vx, vy = rng.uniform(-3, 3, 2)
+        radius = rng.uniform(0.08, 0.2) * size
+        dist = np.sqrt((xx - cx - vx * t) ** 2 + (yy - cy - vy * t) ** 2) - radius
+        inside = dist < 0
+        log_depth = np.where(inside, log_depth - rng.uniform(0.3, 1.0), log_depth)
+        flow[0] = np.where(inside, -vx, flow[0])
+        flow[1] = np.where(inside, -vy, flow[1])
+        logit = np.maximum(logit, -dist / 1.5)
+    depth = np.exp(log_depth) * (1 + 0.005 * rng.standard_normal(shape))
+    flow = flow + 0.02 * rng.standard_normal(flow.shape)
+    dyn_mask = 1 / (1 + np.exp(-logit))
+    rays = rng.standard_normal((1, 3, 16, 16, 16))
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    moments = np.cross(rng.standard_normal((1, 16, 16, 16, 3)), rays.transpose(0, 2, 3, 4, 1)).transpose(0, 4, 1, 2, 3)
+    return {"depth": depth.astype(np.float32), "flow": flow.astype(np.float32),
+            "dyn_mask": dyn_mask.astype(np.float32), "camray": np.concatenate([rays, moments], 1).astype(np.float32)}
 
 
 def make_clips(data_dir: Path, num_clips: int, specs: list[FieldSpec]) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -148,17 +190,20 @@ def checksum_and_copy(clips: list[dict]) -> float:
 
 
 def field_bytes(fmt: str, path: Path, fields: list[str]) -> dict[str, int]:
-    """Stored bytes per field read from the files, plus 'overhead' (everything else in the shard)."""
+    """Stored bytes per field read from the files (a quantized field's side arrays `<field>__<part>`
+    counted with it), plus 'overhead' (everything else in the shard)."""
     out = dict.fromkeys(fields, 0)
     if fmt == "zarr":
         total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        for name in fields:
-            out[name] = sum(f.stat().st_size for f in (path / name).rglob("*") if f.is_file())
+        for entry in path.iterdir():
+            name = entry.name.split(SIDE_SEPARATOR)[0]
+            if entry.is_dir() and name in out:
+                out[name] += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
     else:
         total = path.stat().st_size
         with tarfile.open(path, mode="r:") as tar:
             for member in tar:
-                name = member.name.split(".")[1]
+                name = member.name.split(".")[1].split(SIDE_SEPARATOR)[0]
                 if name in out:
                     out[name] += member.size
     out["overhead"] = total - sum(out[name] for name in fields)
@@ -196,8 +241,8 @@ def run(workdir: Path, num_clips: int, repeats: int) -> None:
     for s in specs:
         print(f"  {s.name:<10} {'x'.join(map(str, s.shape)):<15} {s.dtype:<8} default codec {s.codec}"
               + (f"-{s.level}" if s.codec != "none" else ""))
-    teacher_raw = sum(s.nbytes for s in specs if s.name in TEACHER_FIELDS)
-    clip_raw = sum(s.nbytes for s in specs)
+    teacher_raw = sum(fp16_bytes(s) for s in specs if s.name in TEACHER_FIELDS)
+    clip_raw = sum(fp16_bytes(s) for s in specs)
     print(f"raw reference: teacher fields {teacher_raw / MB:.2f} MB/clip in fp16 "
           f"({teacher_raw / 2**20:.2f} MiB), all fields {clip_raw / MB:.2f} MB/clip; MB = 1e6 bytes")
     print(f"latents: 'realistic' = Student-t ({T_DOF} dof) tokens, per-channel mean/scale, "
@@ -237,8 +282,16 @@ def run(workdir: Path, num_clips: int, repeats: int) -> None:
                     shutil.rmtree(target) if target.is_dir() else target.unlink()
 
     print_sizes(specs, sizes, num_clips, clip_raw)
-    print_seconds(seconds, raw_seconds, memory_seconds, num_clips, clip_raw)
+    # The raw-write limit writes the encoded arrays (side arrays included): its rate is of those bytes.
+    encoded_bytes = sum(a.nbytes for a in clips["realistic"][0].values())
+    print_seconds(seconds, raw_seconds, memory_seconds, num_clips, encoded_bytes)
     print(f"total bench time {time.perf_counter() - t0:.1f} s")
+
+
+def fp16_bytes(spec: FieldSpec) -> int:
+    """The raw reference of a field: fp16 for the teacher's fields (whatever they are stored as),
+    the stored dtype for frames and timestamps."""
+    return spec.nbytes if spec.name not in TEACHER_FIELDS else int(np.prod(spec.shape)) * 2
 
 
 def amount(nbytes: float) -> str:
@@ -253,7 +306,7 @@ def print_sizes(specs: list[FieldSpec], sizes: dict, num_clips: int, clip_raw: i
     columns = [(v, f) for v in ("default", "all compressed", "all raw") for f in FORMATS]
     print("\n-- stored MB per clip (from the files; B = bytes)  [x raw = raw size / stored size]")
     print(f"{'field':<22}{'raw':>9} |" + "".join(f"{(v + ' ' + f):>23}" for v, f in columns))
-    raw = {s.name: s.nbytes for s in specs}
+    raw = {s.name: fp16_bytes(s) for s in specs}
     rows = [(s.name, "realistic") for s in specs]
     rows.insert(rows.index(("latents", "realistic")) + 1, ("latents", "oracle"))
     for name, source in rows:
@@ -289,7 +342,7 @@ def print_seconds(seconds: dict, raw_seconds: dict, memory_seconds: dict, num_cl
         memory = median(memory_seconds[(variant, source)]) / num_clips
         print(f"{variant:<16}{source:<11}" + "".join(f"{s:>13.3f}" for s in per_fmt)
               + f"{raw:>12.3f}{clip_raw / raw / MB:>10.0f}{memory:>13.3f}" + "".join(f"{s / raw:>10.1f}" for s in per_fmt))
-    print(f"(raw = {clip_raw / MB:.2f} MB/clip written as one .npy per field; every value is the median of the "
+    print(f"(raw = {clip_raw / MB:.2f} MB/clip of encoded arrays written as one .npy each; every value is the median of the "
           "repetitions;\n zarr, wds, raw, sha256+copy alternated within each repetition. s/raw = how far a format is "
           "from the disk.)")
 

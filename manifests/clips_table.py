@@ -3,8 +3,10 @@ rows), written atomically and LAST, so a part is the proof that its shard's clip
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -44,29 +46,58 @@ def clip_part_paths(cache_root: str | Path) -> list[Path]:
     return sorted((Path(cache_root) / CLIPS_DIR).glob("part-*.parquet"))
 
 
-def read_clips_table(cache_root: str | Path) -> pa.Table:
-    """Every row of every committed part (history included: a retried clip has several rows)."""
+# What planning needs of each row (current_status): reading only these keeps a rerun's plan of 100k
+# clips fast and small, where the full rows (field specs, checksums, timestamps) are ~2 KB each.
+PLAN_COLUMNS = ("cache_key", "status", "created_at")
+_READ_THREADS = 4  # parts are small files: pyarrow decodes them without the GIL, so threads overlap the I/O
+
+
+def _read_part(path: Path, columns: tuple[str, ...] | None) -> pa.Table:
+    # One open per part: the footer gives the schema, then only the asked columns are read.
+    with pq.ParquetFile(path) as f:
+        if not f.schema_arrow.equals(CLIPS_SCHEMA, check_metadata=False):
+            raise ValueError(f"{path}: schema differs from the clips schema; got {f.schema_arrow}")
+        return f.read(columns=None if columns is None else list(columns), use_threads=False)
+
+
+def read_clips_table(cache_root: str | Path, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """Every row of every committed part (history included: a retried clip has several rows), all
+    columns or only `columns`, parts in name order."""
     parts = clip_part_paths(cache_root)
+    schema = CLIPS_SCHEMA if columns is None else pa.schema([CLIPS_SCHEMA.field(c) for c in columns])
     if not parts:
-        return CLIPS_SCHEMA.empty_table()
-    tables = []
-    for p in parts:
-        t = pq.read_table(p)
-        if not t.schema.equals(CLIPS_SCHEMA, check_metadata=False):
-            raise ValueError(f"{p}: schema differs from the clips schema; got {t.schema}")
-        tables.append(t)
-    return pa.concat_tables(tables)
+        return schema.empty_table()
+    with ThreadPoolExecutor(min(_READ_THREADS, len(parts))) as pool:
+        return pa.concat_tables(list(pool.map(lambda p: _read_part(p, columns), parts)))
+
+
+def _current_rows(table: pa.Table) -> pa.Table:
+    """One row per cache_key, in table order: its first ok row if it has one, else its latest failed
+    row (the later one of equal times). Vectorized: 100k rows in a fraction of a second."""
+    n = table.num_rows
+    order = np.arange(n)
+    ok = pc.equal(table["status"], CLIP_OK).to_numpy(zero_copy_only=False)
+    created = table["created_at"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    ranked = table.select(["cache_key"]).append_column("ok", pa.array(ok)).append_column(
+        "preference", pa.array(np.where(ok, -order, created))).append_column("order", pa.array(order))
+    ranked = ranked.sort_by([("cache_key", "ascending"), ("ok", "descending"), ("preference", "descending"),
+                             ("order", "descending")])
+    keys = ranked["cache_key"].to_numpy(zero_copy_only=False)
+    first = np.ones(n, dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    chosen = np.sort(ranked["order"].to_numpy()[first])
+    return table.take(chosen)
 
 
 def current_clips(table: pa.Table) -> dict[str, dict]:
-    """The state of each cache_key: its ok row if it has one, else its latest failed row."""
-    state: dict[str, dict] = {}
-    for row in table.to_pylist():
-        key = row["cache_key"]
-        prev = state.get(key)
-        if prev is None or (prev["status"] != CLIP_OK and (row["status"] == CLIP_OK or row["created_at"] >= prev["created_at"])):
-            state[key] = row
-    return state
+    """The state of each cache_key as its full row: its ok row if it has one, else its latest failed row."""
+    return {row["cache_key"]: row for row in _current_rows(table).to_pylist()}
+
+
+def current_status(table: pa.Table) -> dict[str, str]:
+    """cache_key -> status of its current row (as current_clips), for planning: no row becomes a dict."""
+    rows = _current_rows(table.select(list(PLAN_COLUMNS)))
+    return dict(zip(rows["cache_key"].to_pylist(), rows["status"].to_pylist()))
 
 
 def duplicate_ok_keys(table: pa.Table) -> list[str]:

@@ -10,10 +10,11 @@ T = TypeVar("T")
 
 
 def plan_missing(
-    wanted: Iterable[T], key_of, current: Mapping[str, dict], retry_failed: bool = False
+    wanted: Iterable[T], key_of, status: Mapping[str, str], retry_failed: bool = False
 ) -> list[T]:
     """Clips of `wanted` whose cache_key is not done, each key once, in input order.
 
+    status: cache_key -> status of its current row (clips_table.current_status).
     Done = an ok row, or a failed row unless retry_failed: most failures are deterministic (a
     corrupt file stays corrupt), and a repaired video has new bytes, hence a new key.
     """
@@ -23,7 +24,7 @@ def plan_missing(
         if key in seen:
             continue
         seen.add(key)
-        row = current.get(key)
-        if row is None or (retry_failed and row["status"] != CLIP_OK):
+        state = status.get(key)
+        if state is None or (retry_failed and state != CLIP_OK):
             todo.append(clip)
     return todo

@@ -57,7 +57,8 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("split", pa.string(), nullable=False),
         pa.field("video", pa.string()),  # media path relative to the dataset root (as annotated)
         pa.field("cache_key", pa.string()),  # filled by the caching job; null for image-only samples
-        pa.field("images", pa.list_(pa.string())),  # image paths relative to the dataset root
+        # Image paths: relative to the dataset root, or to the cache root for --source rows (copied there).
+        pa.field("images", pa.list_(pa.string())),
         pa.field("conversations", pa.list_(CONVERSATION_TURN), nullable=False),
         pa.field("regions", pa.list_(REGION)),
         pa.field("meta", pa.string()),  # JSON: question type, exact answer value, units, ...

@@ -6,6 +6,8 @@ import fcntl
 import logging
 import os
 import shutil
+import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from shards.formats import FORMATS
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+# Held (shared) by every live shard writer: on a cluster a writer actor outlives its killed driver
+# until Ray reaps it, and a rerun must not start writing, nor clean, while it may still commit.
+WRITERS_LOCK_FILE = ".writers.lock"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 TEACHER_DIR = "teacher"
@@ -60,17 +65,46 @@ class CacheDir:
                 f.seek(0)
                 holder = f.read().strip() or "unknown"
                 raise CacheLockedError(
-                    f"another caching job (pid {holder}) is writing {self.root}; wait for it or use "
+                    f"another caching job ({holder}) is writing {self.root}; wait for it or use "
                     "another --out"
                 ) from None
             f.seek(0)
             f.truncate()
-            f.write(str(os.getpid()))
+            # The host too: on a shared filesystem the holder may run on another node.
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}")
             f.flush()
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def hold_as_writer(self):
+        """Called by each shard writer: an open file holding a shared lock until the writer's
+        process ends (the kernel drops it even on SIGKILL). Keep the returned file referenced."""
+        f = open(self.root / WRITERS_LOCK_FILE, "a+")
+        fcntl.flock(f, fcntl.LOCK_SH)
+        return f
+
+    def wait_for_writers(self, timeout: float) -> None:
+        """Wait until no shard writer of an earlier (killed) job is alive; raises after `timeout` s."""
+        with open(self.root / WRITERS_LOCK_FILE, "a+") as f:
+            deadline = time.monotonic() + timeout
+            waited = False
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise CacheLockedError(
+                            f"shard writers of an interrupted job still hold {f.name} after {timeout:.0f} s; "
+                            "stop that job's Ray workers, then rerun"
+                        ) from None
+                    if not waited:
+                        log.info("waiting for the shard writers of an interrupted job to exit (%s)", f.name)
+                        waited = True
+                    time.sleep(0.2)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
     def clean(self) -> list[Path]:
         """Remove what a crashed job left: temporaries anywhere, and committed shards that no

@@ -1,10 +1,12 @@
 """Cache a frozen teacher's outputs for a folder of videos, once.
 
   python pipeline/cache_teacher.py --videos DIR --teacher oracle|l4p-tiny --format zarr|wds --out CACHE
+  python pipeline/cache_teacher.py --source robofac=ROOT --source sat=ROOT ... --out CACHE   # native datasets
 
-Runs on an in-process Ray by default (--ray-address local); under `ray job submit` on a cluster,
-pass --ray-address auto. Exit code 0 when every clip ended ok or failed with its reason (see
-CACHE/summary.json); 1 when the job itself could not run (bad config, cache locked, ...).
+Runs on an in-process Ray, or under `ray job submit` on the cluster it was submitted to (the default
+--ray-address auto follows RAY_ADDRESS, which a submitted job has). Exit code 0 when every clip ended
+ok or failed with its reason (see CACHE/summary.json); 1 when the job itself could not run (bad
+config, cache locked, disk full, ...).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ if __package__ in (None, ""):
 
 from pipeline.cache_dir import CacheLockedError  # noqa: E402
 from pipeline.config import build_parser, load_config  # noqa: E402
-from pipeline.runner import run_job  # noqa: E402
+from pipeline.runner import CacheFullError, run_job  # noqa: E402
 
 log = logging.getLogger("p4d.cache_teacher")
 
@@ -38,7 +40,17 @@ def format_summary(summary: dict) -> str:
     ]
     for reason, count in summary["failures_by_reason"].items():
         lines.append(f"failed ({count}): {reason}")
+    for reason, count in summary["samples"]["skipped_by_reason"].items():
+        lines.append(f"skipped annotation rows ({count}): {reason} (listed in summary.json)")
     return "\n".join(lines)
+
+
+def final_line(summary: dict) -> str:
+    clips = summary["clips"]
+    reasons = "; ".join(f"{count} x {reason}" for reason, count in summary["failures_by_reason"].items())
+    failed = f"{clips['failed']} failed ({reasons})" if clips["failed"] else "0 failed"
+    return (f"done: {clips['wanted']} clips wanted, {clips['already_cached']} already cached, "
+            f"{clips['ok']} ok, {failed}; {Path(summary['cache']) / 'summary.json'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args)
         summary = run_job(config)
-    except (ValueError, CacheLockedError, FileNotFoundError) as e:
+    except (ValueError, CacheLockedError, CacheFullError, FileNotFoundError) as e:
         log.error("%s", e)
         return 1
     print(format_summary(summary))
     print(json.dumps({"summary": str(Path(summary["cache"]) / "summary.json")}))
+    log.info("%s", final_line(summary))
     return 0
 
 

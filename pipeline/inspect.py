@@ -4,6 +4,7 @@ camera-ray directions side by side into a PNG.
   python -m pipeline.inspect CACHE                       # a table of clips
   python -m pipeline.inspect CACHE --clip KEY --png out.png
   python -m pipeline.inspect CACHE --pictures 4          # PNGs of the first 4 ok clips in CACHE/pictures/
+  python -m pipeline.inspect CACHE --clip KEY --marks [--sample ID]   # a sample's region marks on the frames
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from manifests.clips_table import current_clips, read_clips_table
+from manifests.regions import MarkStyle, check_marks, draw_clip_marks, parse_regions
+from manifests.samples_table import SAMPLES_FILE, read_samples
 from manifests.schemas import CLIP_OK
 from pipeline.cache_dir import PICTURES_DIR
 from pipeline.visualize import render_clip_png
@@ -44,12 +47,35 @@ def camray_per_frame(camray: np.ndarray, starts: list[int], num_frames: int) -> 
     return out
 
 
-def render(cache_root: Path, row: dict, out: Path) -> Path:
+def find_marked_sample(cache_root: Path, row: dict, sample_id: str | None) -> dict:
+    """The sample whose marks to draw: the one named, else the clip's first sample with regions."""
+    path = cache_root / SAMPLES_FILE
+    if not path.exists():
+        raise SystemExit(f"{cache_root}: no samples table, hence no region marks")
+    samples = [s for s in read_samples(path).to_pylist() if s["cache_key"] == row["cache_key"]]
+    if sample_id is not None:
+        samples = [s for s in samples if s["sample_id"] == sample_id]
+    else:
+        samples = [s for s in samples if s["regions"]]
+    if not samples:
+        wanted = f"sample {sample_id!r}" if sample_id else "a sample with regions"
+        raise SystemExit(f"--marks: clip {row['clip_id']} has no {wanted}")
+    return samples[0]
+
+
+def render(cache_root: Path, row: dict, out: Path, marks: dict | None = None) -> Path:
+    """marks: a sample row whose regions are drawn onto the frames, as the student loader draws them."""
     stored = {spec.name for spec in specs_from_json(row["fields"])}
     arrays = read_cached_clip(cache_root, row, [f for f in PICTURE_FIELDS if f in stored])
     if "camray" in arrays:
         arrays["camray"] = camray_per_frame(arrays["camray"], row["window_starts"], len(row["timestamps"]))
-    return render_clip_png(arrays, out, title=f"{row['clip_id']}  ({row['video_uri']})")
+    title = f"{row['clip_id']}  ({row['video_uri']})"
+    if marks is not None:
+        regions = parse_regions(marks["regions"], where=marks["sample_id"])
+        check_marks(marks["conversations"], regions, where=marks["sample_id"])
+        arrays["frames"] = draw_clip_marks(arrays["frames"], row["frame_indices"], regions, MarkStyle())
+        title = f"{title}  marks of {marks['sample_id']}"
+    return render_clip_png(arrays, out, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip", help="cache_key or clip_id (or a unique prefix) to render")
     p.add_argument("--png", type=Path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
     p.add_argument("--pictures", type=int, default=0, help="render this many ok clips into CACHE/pictures/")
+    p.add_argument("--marks", action="store_true", help="with --clip: draw a sample's region marks on the frames")
+    p.add_argument("--sample", help="with --marks: the sample_id (default: the clip's first sample with regions)")
     args = p.parse_args(argv)
     clips = current_clips(read_clips_table(args.cache))
     if not clips:
@@ -65,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     pictures = args.cache / PICTURES_DIR
     if args.clip:
         row = find_clip(clips, args.clip)
-        out = args.png or pictures / f"{row['clip_id'].replace('/', '__')}.png"
-        print(render(args.cache, row, out))
+        marks = find_marked_sample(args.cache, row, args.sample) if args.marks else None
+        suffix = "-marks" if marks is not None else ""
+        out = args.png or pictures / f"{row['clip_id'].replace('/', '__')}{suffix}.png"
+        print(render(args.cache, row, out, marks))
         return 0
     if args.pictures:
         ok = [r for r in clips.values() if r["status"] == CLIP_OK][: args.pictures]

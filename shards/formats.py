@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from shards.codecs import decode_field, stored_specs
 from shards.integrity import array_checksum
 from shards.schema import FieldSpec
 
@@ -32,8 +33,8 @@ class StoredClip:
     """Where a clip went and what was stored: the clips manifest records it."""
 
     row: int
-    nbytes: int  # stored bytes of the clip's arrays before compression
-    checksums: dict[str, str]  # field -> integrity.array_checksum of the stored array
+    nbytes: int  # stored bytes of the clip's arrays (side arrays included) before compression
+    checksums: dict[str, str]  # stored array (field or side array) -> integrity.array_checksum of it
 
 
 class ShardWriter(Protocol):
@@ -65,7 +66,8 @@ class ShardReader(Protocol):
     def read(
         self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
     ) -> dict[str, np.ndarray]:
-        """The clip's arrays (all fields, or `fields`), each verified when `checksums` is given.
+        """The clip's DECODED arrays (all fields, or `fields`): a quantized field comes back as float32
+        values, never as its codes. Each stored array is verified when `checksums` is given.
 
         Raises integrity.ShardCorruptError for bytes that do not decode or do not match.
         """
@@ -147,8 +149,11 @@ def check_specs(specs: list[FieldSpec]) -> list[FieldSpec]:
                 f"field {name!r}: expected letters, digits, '_' or '-', not starting with '__', "
                 f"not one of {_RESERVED_FIELDS}"
             )
-        if names.count(name) > 1:
-            raise ValueError(f"field {name!r}: appears {names.count(name)} times in the specs")
+    # Side arrays (`<field>__<part>`) share the field names' namespace in both formats.
+    stored = [s.name for s in stored_specs(specs)]
+    for name in stored:
+        if stored.count(name) > 1:
+            raise ValueError(f"field {name!r}: appears {stored.count(name)} times in the specs (side arrays included)")
     return specs
 
 
@@ -169,6 +174,17 @@ def select_specs(specs: list[FieldSpec], fields: list[str] | None) -> list[Field
     if unknown:
         raise ValueError(f"field {unknown[0]!r}: not in the shard's fields {list(by_name)}")
     return [by_name[f] for f in fields]
+
+
+def read_decoded(
+    specs: list[FieldSpec], fields: list[str] | None, read_stored: Callable[[FieldSpec], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The decoded arrays of the asked fields; `read_stored(spec)` reads (and verifies) one stored array."""
+    out = {}
+    for spec in select_specs(specs, fields):
+        stored = {s.name: read_stored(s) for s in stored_specs([spec])}
+        out[spec.name] = decode_field(spec, stored)
+    return out
 
 
 def check_row(row: int, n_rows: int) -> int:

@@ -16,15 +16,26 @@ import numpy as np
 class ShardCorruptError(Exception):
     """Stored bytes of a shard fail to decode or do not match the recorded checksum.
 
-    cache_key / field are None when the damage is not inside one clip's field (e.g. a tar header).
+    cache_key / field are None when the damage is not inside one clip's field (e.g. a tar header);
+    clip_id is known to readers that start from a manifest row (shards.cache_reader).
     """
 
-    def __init__(self, path: str | os.PathLike, cache_key: str | None, field: str | None, reason: str):
+    def __init__(self, path: str | os.PathLike, cache_key: str | None, field: str | None, reason: str,
+                 clip_id: str | None = None):
         self.path = os.fspath(path)
         self.cache_key = cache_key
         self.field = field
         self.reason = reason
-        super().__init__(f"corrupt shard {self.path}: clip {cache_key}, field {field}: {reason}")
+        self.clip_id = clip_id
+        clip = f"clip {cache_key}" if clip_id is None else f"clip {clip_id} (cache_key {cache_key})"
+        super().__init__(f"corrupt shard {self.path}: {clip}, field {field}: {reason}")
+
+    def with_clip_id(self, clip_id: str) -> "ShardCorruptError":
+        return ShardCorruptError(self.path, self.cache_key, self.field, self.reason, clip_id)
+
+    def __reduce__(self):
+        # Crosses processes intact (loader workers, Ray tasks): the default would call __init__(message).
+        return ShardCorruptError, (self.path, self.cache_key, self.field, self.reason, self.clip_id)
 
 
 def array_checksum(array: np.ndarray) -> str:

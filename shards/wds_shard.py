@@ -1,7 +1,8 @@
 """A shard as one tar `<name>.tar` in WebDataset layout.
 
 One sample per clip, members in row order: `<key>.<field>.npy` (codec none) or `<key>.<field>.npy.gz`
-(any other codec), then `<key>.cache_key.txt`. Stock `webdataset.WebDataset(path,
+(any other codec), side arrays of quantized fields likewise (`<key>.<field>__<part>.npy`, see
+shards/codecs.py), then `<key>.cache_key.txt`. Stock `webdataset.WebDataset(path,
 shardshuffle=False).decode()` gives the arrays with no custom code. Our reader does not use
 webdataset's decoders (their defaults unpickle .pkl/.pyd members): it indexes member offsets with
 tarfile on open and decodes .npy with allow_pickle=False.
@@ -20,8 +21,8 @@ import numpy as np
 from numpy.lib.format import read_array, write_array
 
 from shards.atomic import commit_temporary, remove_temporary, temporary_path
-from shards.codecs import check_encoded, wds_gzip_level
-from shards.formats import StoredClip, check_addable, check_committable, check_row, check_specs, select_specs, stored_clip
+from shards.codecs import check_encoded, stored_specs, wds_gzip_level
+from shards.formats import StoredClip, check_addable, check_committable, check_row, check_specs, read_decoded, stored_clip
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec
 
@@ -40,6 +41,7 @@ class WdsShardWriter:
     def __init__(self, final_path: str | os.PathLike, specs: list[FieldSpec]):
         self.path = Path(final_path)
         self._specs = check_specs(specs)
+        self._stored = stored_specs(self._specs)
         if os.path.lexists(self.path):
             raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
         self._temp = temporary_path(self.path)
@@ -61,7 +63,7 @@ class WdsShardWriter:
         check_addable(self.path, self._closed, self._keys, cache_key)
         check_encoded(self._specs, arrays)
         try:
-            for spec in self._specs:
+            for spec in self._stored:
                 buffer = io.BytesIO()
                 write_array(buffer, arrays[spec.name], allow_pickle=False)
                 payload = buffer.getvalue()
@@ -99,12 +101,13 @@ class WdsShardReader:
     def __init__(self, path: str | os.PathLike, specs: list[FieldSpec]):
         self.path = Path(path)
         self._specs = check_specs(specs)
+        self._stored = stored_specs(self._specs)
         self._keys: list[str] = []
         self._members: list[dict[str, tuple[int, int]]] = []  # per row: field -> (data offset, size)
         self._index()
 
     def _index(self) -> None:
-        suffixes = {_member_suffix(s): s.name for s in self._specs}
+        suffixes = {_member_suffix(s): s.name for s in self._stored}
         try:
             with tarfile.open(self.path, mode="r:") as tar:
                 for member in tar:
@@ -133,7 +136,7 @@ class WdsShardReader:
                 self.path, None, None, f"neither a tar header nor the end of the archive at byte {end}"
             )
         for key, members in zip(self._keys, self._members):
-            for spec in self._specs:
+            for spec in self._stored:
                 if spec.name not in members:
                     raise ShardCorruptError(
                         self.path, key, spec.name, f"member {key}.{_member_suffix(spec)} missing"
@@ -163,10 +166,10 @@ class WdsShardReader:
         self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
     ) -> dict[str, np.ndarray]:
         key = self._keys[check_row(row, len(self._keys))]
-        out = {}
         # Opened per read, not held: a handle shared by forked loader workers would share its offset.
         with open(self.path, "rb") as f:
-            for spec in select_specs(self._specs, fields):
+
+            def read_stored(spec: FieldSpec) -> np.ndarray:
                 offset, size = self._members[row][spec.name]
                 f.seek(offset)
                 payload = f.read(size)
@@ -176,8 +179,9 @@ class WdsShardReader:
                 array = self._decode(key, spec, payload)
                 if checksums is not None:
                     verify_checksum(self.path, key, spec.name, array, checksums)
-                out[spec.name] = array
-        return out
+                return array
+
+            return read_decoded(self._specs, fields, read_stored)
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         for row, key in enumerate(self._keys):

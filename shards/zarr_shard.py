@@ -1,9 +1,11 @@
 """A shard as one Zarr v3 group directory `<name>.zarr`.
 
-Layout: one array per field, shape [n_clips, *field.shape], chunks (1, *field.shape) so a clip of a
+Layout: one array per stored array (each field, plus the side arrays of quantized fields, see
+shards/codecs.py), shape [n_clips, *shape], chunks (1, *field.shape) so a clip of a
 field is read alone, and the sharding codec groups all clips of a field into one file
 (`<field>/c/0/...`), compressed per spec. Group attributes: `cache_keys` (row order) and `fields`
-(schema.specs_to_json). Stock `zarr.open_group(path, mode="r")` reads it.
+(schema.specs_to_json). Stock `zarr.open_group(path, mode="r")` reads it (a quantized field as
+its codes and side arrays).
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import numpy as np
 import zarr
 
 from shards.atomic import commit_temporary, remove_temporary, temporary_path
-from shards.codecs import check_encoded, zarr_compressors
-from shards.formats import StoredClip, check_addable, check_committable, check_row, check_specs, select_specs, stored_clip
+from shards.codecs import check_encoded, stored_specs, zarr_compressors
+from shards.formats import StoredClip, check_addable, check_committable, check_row, check_specs, read_decoded, stored_clip
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
 
@@ -42,8 +44,9 @@ class ZarrShardWriter:
             raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
         self._temp = temporary_path(self.path)
         zarr.open_group(self._temp, mode="w-", zarr_format=3)
+        self._stored = stored_specs(self._specs)
         self._keys: list[str] = []
-        self._clips: dict[str, list[np.ndarray]] = {s.name: [] for s in self._specs}
+        self._clips: dict[str, list[np.ndarray]] = {s.name: [] for s in self._stored}
         self._closed = False
 
     def __len__(self) -> int:
@@ -53,7 +56,7 @@ class ZarrShardWriter:
         check_addable(self.path, self._closed, self._keys, cache_key)
         check_encoded(self._specs, arrays)
         # Copied: the caller may reuse its buffers before commit, and the checksums are of these bytes.
-        arrays = {s.name: arrays[s.name].copy() for s in self._specs}
+        arrays = {s.name: arrays[s.name].copy() for s in self._stored}
         for name, array in arrays.items():
             self._clips[name].append(array)
         self._keys.append(cache_key)
@@ -65,7 +68,7 @@ class ZarrShardWriter:
             if os.path.lexists(self.path):
                 raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
             group = zarr.open_group(self._temp, mode="r+", zarr_format=3)
-            for spec in self._specs:
+            for spec in self._stored:
                 # pop: each field's per-clip copies are freed once stacked, so the peak stays near one
                 # buffered shard plus one stacked field.
                 data = np.stack(self._clips.pop(spec.name))
@@ -101,8 +104,12 @@ class ZarrShardReader:
         if stored != expected:
             raise ValueError(f"shard {self.path}: stored fields {stored} differ from the expected {expected}")
         self._keys = list(group.attrs["cache_keys"])
-        self._arrays = {s.name: group[s.name] for s in self._specs}
-        for spec in self._specs:
+        stored_arrays = stored_specs(self._specs)
+        missing = [s.name for s in stored_arrays if s.name not in group]
+        if missing:
+            raise ShardCorruptError(self.path, None, missing[0], "array missing from the group")
+        self._arrays = {s.name: group[s.name] for s in stored_arrays}
+        for spec in stored_arrays:
             array, shape = self._arrays[spec.name], (len(self._keys), *spec.shape)
             if (str(array.dtype), array.shape) != (spec.dtype, shape):
                 raise ShardCorruptError(
@@ -119,8 +126,8 @@ class ZarrShardReader:
         self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
     ) -> dict[str, np.ndarray]:
         key = self._keys[check_row(row, len(self._keys))]
-        out = {}
-        for spec in select_specs(self._specs, fields):
+
+        def read_stored(spec: FieldSpec) -> np.ndarray:
             try:
                 # An integer index reads the shard index and this one chunk's byte range only.
                 array = self._arrays[spec.name][row]
@@ -129,8 +136,9 @@ class ZarrShardReader:
                 raise ShardCorruptError(self.path, key, spec.name, reason) from e
             if checksums is not None:
                 verify_checksum(self.path, key, spec.name, array, checksums)
-            out[spec.name] = array
-        return out
+            return array
+
+        return read_decoded(self._specs, fields, read_stored)
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         for row, key in enumerate(self._keys):

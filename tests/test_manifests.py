@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from manifests.cache_key import compute_cache_key, file_sha256
+from manifests.cache_key import cache_key_function, canonical_json, compute_cache_key, file_sha256
 from manifests.clips_table import current_clips, duplicate_ok_keys, read_clips_table, write_clips_part
 from manifests.planner import plan_missing
 from manifests.samples_table import merge_samples, read_samples
@@ -28,6 +28,18 @@ def test_cache_key_changes_with_each_component_and_only_then():
     ]
     keys = {compute_cache_key(**{**BASE, **c}) for c in changed}
     assert key not in keys and len(keys) == len(changed)
+
+
+def test_cache_key_is_the_sha256_of_the_canonical_payload_and_the_batch_form_agrees():
+    import hashlib
+
+    # The payload written out here, independently of the code that hashes the fixed part once.
+    payload = canonical_json({"video": "sha256:abc", "sampling": {"num_frames": 16}, "teacher": "oracle:1",
+                              "preprocess": 1, "output": "[]"})
+    assert compute_cache_key(**BASE) == hashlib.sha256(payload.encode()).hexdigest()
+    key_of = cache_key_function(BASE["sampling"], BASE["teacher_id"], BASE["output_spec"])
+    for video in ("sha256:abc", "unreadable:/v/a \"b\".mp4", "sha256:é"):
+        assert key_of(video) == compute_cache_key(**{**BASE, "video_identity": video})
 
 
 def test_file_sha256_hashes_content_not_name(tmp_path):
@@ -69,7 +81,7 @@ def test_parts_are_never_overwritten_and_bad_rows_name_the_field(tmp_path):
 
 
 def test_planner_returns_only_missing_each_once():
-    current = {"a": {"status": "ok"}, "b": {"status": "failed"}}
+    current = {"a": "ok", "b": "failed"}
     wanted = ["a", "b", "c", "c", "d"]
     assert plan_missing(wanted, lambda k: k, current) == ["c", "d"]
     assert plan_missing(wanted, lambda k: k, current, retry_failed=True) == ["b", "c", "d"]

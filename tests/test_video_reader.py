@@ -18,33 +18,60 @@ VFR_PTS_MS = (0, 50, 80, 300, 310, 700, 1000, 1010, 1500, 2000)
 GREY_TOLERANCE = 4  # H.264 at crf 0 keeps flat grey within a level or two after YUV <-> RGB
 
 
-def _write_video(path: Path, greys: list[int], pts: list[int], time_base: Fraction, rate: int) -> Path:
-    """An H.264 file of flat grey 64x48 frames: frame k has grey level greys[k] and time pts[k] * time_base."""
+def flat(grey: int, width: int = 64, height: int = 48) -> np.ndarray:
+    return np.full((height, width, 3), grey, np.uint8)
+
+
+def marked(grey: int, width: int = 64, height: int = 48) -> np.ndarray:
+    """Flat grey with a white top-left corner, so that a flip or a rotation shows."""
+    image = flat(grey, width, height)
+    image[: height // 4, : width // 4] = 255
+    return image
+
+
+def write_video(path: Path, pictures: list[np.ndarray], pts: list[int], time_base: Fraction, rate: int,
+                codec: str = "libx264", pix_fmt: str = "yuv420p", options: dict | None = None) -> Path:
+    """A video of `pictures` (RGB uint8), picture k at time pts[k] * time_base."""
+    height, width = pictures[0].shape[:2]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.codec_context.time_base = time_base
-        stream.options = {"crf": "0"}
-        for grey, t in zip(greys, pts):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), grey, np.uint8), format="rgb24")
+        stream.options = options or {}
+        for image, t in zip(pictures, pts):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = t, time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
 
 
+def write_audio_only(path: Path) -> Path:
+    """A file with one AAC stream and no video stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for k in range(5):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 16000, k * 1024
+            container.mux(stream.encode(samples))
+        container.mux(stream.encode())
+    return path
+
+
 @pytest.fixture(scope="module")
 def cfr_video(tmp_path_factory) -> Path:
-    """40 frames at 10 fps; frame k is grey 5 * k."""
+    """40 frames at 10 fps; frame k is grey 5 * k (lossless H.264)."""
     path = tmp_path_factory.mktemp("videos") / "cfr.mp4"
-    return _write_video(path, [5 * k for k in range(40)], list(range(40)), Fraction(1, 10), rate=10)
+    return write_video(path, [flat(5 * k) for k in range(40)], list(range(40)), Fraction(1, 10), rate=10,
+                       options={"crf": "0"})
 
 
 @pytest.fixture(scope="module")
 def vfr_video(tmp_path_factory) -> Path:
-    """10 frames at the irregular times VFR_PTS_MS; frame k is grey 20 * k."""
+    """10 frames at the irregular times VFR_PTS_MS; frame k is grey 20 * k (lossless H.264)."""
     path = tmp_path_factory.mktemp("videos") / "vfr.mp4"
-    return _write_video(path, [20 * k for k in range(10)], list(VFR_PTS_MS), Fraction(1, 1000), rate=30)
+    return write_video(path, [flat(20 * k) for k in range(10)], list(VFR_PTS_MS), Fraction(1, 1000), rate=30,
+                       options={"crf": "0"})
 
 
 def _greys(clip) -> np.ndarray:
@@ -115,6 +142,30 @@ def test_variable_frame_rate_gives_true_timestamps(vfr_video):
     np.testing.assert_allclose(at_rate.timestamps, np.array(VFR_PTS_MS)[at_rate.frame_indices] / 1000, atol=1e-3)
 
 
+# (file name, encoder, pixel format): every video encoder of the PyAV wheel, each in a usual container.
+CODECS = [
+    ("x264.mp4", "libx264", "yuv420p"),
+    ("mpeg4.avi", "mpeg4", "yuv420p"),
+    ("vp8.webm", "libvpx", "yuv420p"),
+    ("vp9.mkv", "libvpx-vp9", "yuv420p"),
+    ("ffv1.mkv", "ffv1", "yuv444p"),
+    ("mjpeg.avi", "mjpeg", "yuvj420p"),
+]
+LOSSY_TOLERANCE = 6  # mean grey-level error of lossy codecs on these flat pictures
+
+
+@pytest.mark.parametrize("name, codec, pix_fmt", CODECS)
+def test_every_codec_of_the_pyav_wheel_decodes_to_the_written_frames(tmp_path, name, codec, pix_fmt):
+    pictures = [marked(40 + 30 * k) for k in range(6)]
+    path = write_video(tmp_path / name, pictures, list(range(6)), Fraction(1, 10), rate=10, codec=codec,
+                       pix_fmt=pix_fmt)
+    clip = read_clip(path, SamplingConfig(num_frames=3))
+    np.testing.assert_array_equal(clip.frame_indices, [0, 2, 5])
+    np.testing.assert_allclose(clip.timestamps, [0.0, 0.2, 0.5], atol=1e-3)
+    expected = np.stack([pictures[k] for k in (0, 2, 5)]).astype(int)
+    assert np.abs(clip.frames.astype(int) - expected).mean() < LOSSY_TOLERANCE, "same pictures, same orientation"
+
+
 def test_real_clip_whole_video():
     clip = read_clip(SHARED_VIDEOS / "flipping_a_pancake.mkv", SamplingConfig(num_frames=16))
     assert clip.num_video_frames == 310
@@ -160,14 +211,7 @@ def test_bad_files_raise_with_their_reason(tmp_path):
     empty.touch()
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n")
-    audio = tmp_path / "audio.mp4"
-    with av.open(str(audio), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for k in range(5):
-            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            samples.sample_rate, samples.pts = 16000, k * 1024
-            container.mux(stream.encode(samples))
-        container.mux(stream.encode())
+    audio = write_audio_only(tmp_path / "audio.mp4")
     cases = {
         tmp_path / "missing.mp4": "file not found: ",
         empty: "empty file (0 bytes): ",

@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.schemas import SAMPLES_SCHEMA
-from pipeline.synthetic.ground_truth import save_ground_truth, sidecar_path
+from pipeline.synthetic.ground_truth import SceneGroundTruth, save_ground_truth, sidecar_path
 from pipeline.synthetic.questions import scene_samples
 from pipeline.synthetic.render import render
 from pipeline.synthetic.scene import Scene, sample_scene
@@ -98,15 +99,20 @@ def make_scene(config: SyntheticConfig, index: int) -> Scene:
     return sample_scene(_seeds(config, index)[0], (config.height, config.width), config.num_frames, config.fps)
 
 
-def generate_scene(out_dir: Path, config: SyntheticConfig, index: int) -> tuple[dict, list[dict]]:
-    """Render, encode and describe scene `index`: (its scenes.json entry, its sample rows)."""
-    rgb, ground_truth = render(make_scene(config, index))
+def write_scene(out_dir: Path, scene: Scene, index: int) -> tuple[str, str, SceneGroundTruth]:
+    """Render `scene` and write it as scene `index` (video + ground-truth sidecar):
+    (its name, its video path relative to out_dir, its ground truth)."""
+    rgb, ground_truth = render(scene)
     name = scene_name(index)
     video = f"{VIDEO_DIR}/{name}.mp4"
-    write_video(out_dir / video, rgb, config.fps)
+    write_video(out_dir / video, rgb, scene.fps)
     save_ground_truth(ground_truth, out_dir / video)
-    rows = scene_samples(ground_truth, name, video, config.split, np.random.default_rng(_seeds(config, index)[1]))
-    entry = {
+    return name, video, ground_truth
+
+
+def scene_entry(name: str, video: str, ground_truth: SceneGroundTruth, rows: list[dict]) -> dict:
+    """A scene's entry in the description file."""
+    return {
         "scene": name,
         "video": video,
         "ground_truth": sidecar_path(video).as_posix(),
@@ -114,43 +120,65 @@ def generate_scene(out_dir: Path, config: SyntheticConfig, index: int) -> tuple[
         "moving": [bool(m) for m in ground_truth.object_moving],
         "questions": len(rows),
     }
-    return entry, rows
+
+
+def generate_scene(out_dir: Path, config: SyntheticConfig, index: int) -> tuple[dict, list[dict]]:
+    """Render, encode and describe scene `index`: (its scenes.json entry, its sample rows)."""
+    name, video, ground_truth = write_scene(out_dir, make_scene(config, index), index)
+    rows = scene_samples(ground_truth, name, video, config.split, np.random.default_rng(_seeds(config, index)[1]))
+    return scene_entry(name, video, ground_truth, rows), rows
+
+
+SceneGenerator = Callable[[Path, SyntheticConfig, int], tuple[dict, list[dict]]]
+
+
+def generate_scenes(out_dir: Path, config: SyntheticConfig, generate: SceneGenerator,
+                    workers: int) -> tuple[list[dict], list[dict]]:
+    """generate(out_dir, config, i) for every scene i, in `workers` processes (generate must be a
+    module-level function), then out_dir/samples.parquet: (scene entries, sample rows)."""
+    (out_dir / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
+    indices = range(config.num_scenes)
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(generate, [out_dir] * len(indices), [config] * len(indices), indices))
+    else:
+        results = [generate(out_dir, config, index) for index in indices]
+    rows = [row for _, scene_rows in results for row in scene_rows]
+    pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), out_dir / "samples.parquet")
+    return [entry for entry, _ in results], rows
 
 
 def generate_dataset(out_dir: str | Path, config: SyntheticConfig, workers: int = 1) -> dict:
     """Write the whole data set under out_dir; returns the scenes.json content."""
     out_dir = Path(out_dir)
-    (out_dir / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
-    indices = range(config.num_scenes)
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(generate_scene, [out_dir] * len(indices), [config] * len(indices), indices))
-    else:
-        results = [generate_scene(out_dir, config, index) for index in indices]
-    rows = [row for _, scene_rows in results for row in scene_rows]
-    pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), out_dir / "samples.parquet")
+    entries, rows = generate_scenes(out_dir, config, generate_scene, workers)
     description = {
         "dataset": "synthetic",
         "config": asdict(config),
         "samples": "samples.parquet",
         "num_samples": len(rows),
-        "scenes": [entry for entry, _ in results],
+        "scenes": entries,
     }
     (out_dir / "scenes.json").write_text(json.dumps(description, indent=2) + "\n")
     return description
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_scene_arguments(parser: argparse.ArgumentParser, defaults: SyntheticConfig) -> None:
+    """The options the data set's and the benchmark's commands share, with their own defaults."""
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scenes", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--frames", type=int, default=defaults.num_frames)
+    parser.add_argument("--fps", type=float, default=defaults.fps)
+    parser.add_argument("--width", type=int, default=defaults.width)
+    parser.add_argument("--height", type=int, default=defaults.height)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scenes rendered in parallel")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_scene_arguments(parser, SyntheticConfig(num_scenes=1))
+    parser.add_argument("--split", default="train")
     args = parser.parse_args(argv)
     config = SyntheticConfig(
         num_scenes=args.scenes, seed=args.seed, num_frames=args.frames, fps=args.fps,

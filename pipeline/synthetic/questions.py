@@ -32,16 +32,16 @@ from pipeline.synthetic.ground_truth import SceneGroundTruth
 
 QUESTION_TYPES = ("closer", "faster", "direction", "speed", "displacement")
 DIRECTIONS = ("left", "right", "toward the camera", "away from the camera")
-_LETTERS = "ABCD"
+_LETTERS = "ABCDE"  # the benchmark lists up to 5 options; training questions use at most 4
 _ANSWER_FORMAT = "Answer with the option's letter."
 
 # Margins below which a comparison is not asked: the answer would hinge on a few centimetres.
-_CLOSER_MIN_GAP = 0.3  # metres, and
-_CLOSER_MIN_RATIO = 1.1
-_FASTER_MIN_GAP = 0.1  # m/s, and
-_FASTER_MIN_RATIO = 1.25
-_DIRECTION_MIN_SHIFT = 0.3  # metres in the camera's x-z plane
-_DIRECTION_MIN_DOMINANCE = 2.0  # the dominant component at least this many times the other
+CLOSER_MIN_GAP = 0.3  # metres, and
+CLOSER_MIN_RATIO = 1.1
+FASTER_MIN_GAP = 0.1  # m/s, and
+FASTER_MIN_RATIO = 1.25
+DIRECTION_MIN_SHIFT = 0.3  # metres in the camera's x-z plane
+DIRECTION_MIN_DOMINANCE = 2.0  # the dominant component at least this many times the other
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,11 @@ def object_regions(ground_truth: SceneGroundTruth) -> list[tuple[list[int], list
     return regions
 
 
-def _mark(mark_id: int) -> str:
+def mark_token(mark_id: int) -> str:
     return f"<obj_{mark_id}>"
 
 
-def _choice(
+def multiple_choice(
     question_type: str, text: str, options: list[str], answer: int, objects: dict[int, int], values: dict
 ) -> Question:
     letters = _LETTERS[: len(options)]
@@ -98,6 +98,26 @@ def _numeric(question_type: str, text: str, value: float, unit: str, objects: di
         type=question_type, text=text, answer_text=f"{value:.2f} {unit}", objects=objects,
         meta={"answer": float(value), "answer_text": f"{value:.2f}", "unit": unit},
     )
+
+
+def clearly_apart(a: float, b: float, min_gap: float, min_ratio: float) -> bool:
+    """Two non-negative quantities differ by at least min_gap AND the larger is min_ratio times the smaller."""
+    low, high = sorted((a, b))
+    return high - low >= min_gap and high >= min_ratio * low
+
+
+def direction_index(right: float, forward: float) -> int | None:
+    """The DIRECTIONS index of a displacement (its right and forward components in the first camera's
+    frame, metres), or None when it is too short or too diagonal to name one direction."""
+    major, minor = sorted((abs(right), abs(forward)), reverse=True)
+    if np.hypot(right, forward) < DIRECTION_MIN_SHIFT or major < DIRECTION_MIN_DOMINANCE * minor:
+        return None
+    return int(right > 0) if abs(right) > abs(forward) else 2 + int(forward > 0)
+
+
+def direction_text(mark_id: int) -> str:
+    return (f"In which direction does {mark_token(mark_id)} mostly move between the first and the last frame, "
+            "as seen by the camera in the first frame?")
 
 
 def scene_questions(ground_truth: SceneGroundTruth, mark_ids: np.ndarray, visible: list[set[int]]) -> list[Question]:
@@ -123,36 +143,58 @@ def scene_questions(ground_truth: SceneGroundTruth, mark_ids: np.ndarray, visibl
 
     questions: list[Question] = []
     for a, b in pairs(seen_at_last):
-        near, far = sorted((distances[a], distances[b]))
-        if far - near >= _CLOSER_MIN_GAP and far >= _CLOSER_MIN_RATIO * near:
-            options = [_mark(mark_ids[a]), _mark(mark_ids[b])]
+        if clearly_apart(distances[a], distances[b], CLOSER_MIN_GAP, CLOSER_MIN_RATIO):
+            options = [mark_token(mark_ids[a]), mark_token(mark_ids[b])]
             values = {int(mark_ids[k]): float(distances[k]) for k in (a, b)}
-            questions.append(_choice("closer", "In the last frame, which object is closer to the camera?",
-                                     options, int(distances[b] < distances[a]), marks(a, b), values))
+            questions.append(multiple_choice("closer", "In the last frame, which object is closer to the camera?",
+                                             options, int(distances[b] < distances[a]), marks(a, b), values))
     for a, b in pairs(seen_throughout):
-        slow, fast = sorted((speeds[a], speeds[b]))
-        if fast - slow >= _FASTER_MIN_GAP and fast >= _FASTER_MIN_RATIO * slow:
-            options = [_mark(mark_ids[a]), _mark(mark_ids[b])]
+        if clearly_apart(speeds[a], speeds[b], FASTER_MIN_GAP, FASTER_MIN_RATIO):
+            options = [mark_token(mark_ids[a]), mark_token(mark_ids[b])]
             values = {int(mark_ids[k]): float(speeds[k]) for k in (a, b)}
-            questions.append(_choice("faster", "Which object moves faster on average over the video?",
-                                     options, int(speeds[b] > speeds[a]), marks(a, b), values))
+            questions.append(multiple_choice("faster", "Which object moves faster on average over the video?",
+                                             options, int(speeds[b] > speeds[a]), marks(a, b), values))
     for k in seen_throughout:
         right, forward = shift_cam[k, 0], shift_cam[k, 2]
-        major, minor = sorted((abs(right), abs(forward)), reverse=True)
-        if np.hypot(right, forward) >= _DIRECTION_MIN_SHIFT and major >= _DIRECTION_MIN_DOMINANCE * minor:
-            answer = int(right > 0) if abs(right) > abs(forward) else 2 + int(forward > 0)
-            text = (f"In which direction does {_mark(mark_ids[k])} mostly move between the first and the last "
-                    "frame, as seen by the camera in the first frame?")
+        answer = direction_index(right, forward)
+        if answer is not None:
             values = {int(mark_ids[k]): [float(right), float(forward)]}
-            questions.append(_choice("direction", text, list(DIRECTIONS), answer, marks(k), values))
+            questions.append(multiple_choice("direction", direction_text(mark_ids[k]), list(DIRECTIONS), answer,
+                                             marks(k), values))
     for k in seen_throughout:
-        text = f"What is the average speed of {_mark(mark_ids[k])} over the video, in metres per second?"
+        text = f"What is the average speed of {mark_token(mark_ids[k])} over the video, in metres per second?"
         questions.append(_numeric("speed", text, speeds[k], "m/s", marks(k)))
     for k in seen_throughout:
-        text = (f"How far does {_mark(mark_ids[k])} move in a straight line between the first and the last "
+        text = (f"How far does {mark_token(mark_ids[k])} move in a straight line between the first and the last "
                 "frame, in metres?")
         questions.append(_numeric("displacement", text, np.linalg.norm(displacement[k]), "m", marks(k)))
     return questions
+
+
+def sample_row(
+    sample_id: str, dataset: str, split: str, video: str, question: Question, ground_truth: SceneGroundTruth,
+    regions: list[tuple[list[int], list[list[float]]]], meta: dict,
+) -> dict:
+    """One SAMPLES_SCHEMA row: the question's conversation and the regions of the objects it marks
+    (regions: object_regions of the scene)."""
+    return {
+        "sample_id": sample_id,
+        "dataset": dataset,
+        "split": split,
+        "video": video,
+        "cache_key": None,
+        "images": None,
+        "conversations": [
+            {"role": "user", "content": f"<video>\n{question.text}"},
+            {"role": "assistant", "content": question.answer_text},
+        ],
+        "regions": [
+            {"mark_id": mark_id, "label": str(ground_truth.object_labels[k]),
+             "frame_indices": regions[k][0], "boxes": regions[k][1]}
+            for mark_id, k in question.objects.items()
+        ],
+        "meta": json.dumps(meta, sort_keys=True),
+    }
 
 
 def scene_samples(
@@ -166,22 +208,6 @@ def scene_samples(
     for number, question in enumerate(scene_questions(ground_truth, mark_ids, visible)):
         meta = {"type": question.type, "scene": scene, "objects": {str(m): k for m, k in question.objects.items()},
                 **question.meta}
-        rows.append({
-            "sample_id": f"synthetic/{scene}/q{number:02d}",
-            "dataset": "synthetic",
-            "split": split,
-            "video": video,
-            "cache_key": None,
-            "images": None,
-            "conversations": [
-                {"role": "user", "content": f"<video>\n{question.text}"},
-                {"role": "assistant", "content": question.answer_text},
-            ],
-            "regions": [
-                {"mark_id": mark_id, "label": str(ground_truth.object_labels[k]),
-                 "frame_indices": regions[k][0], "boxes": regions[k][1]}
-                for mark_id, k in question.objects.items()
-            ],
-            "meta": json.dumps(meta, sort_keys=True),
-        })
+        rows.append(sample_row(f"synthetic/{scene}/q{number:02d}", "synthetic", split, video, question,
+                               ground_truth, regions, meta))
     return rows

@@ -268,12 +268,24 @@ def _fits(
     return True
 
 
-def sample_scene(seed: int | np.random.SeedSequence, image_size: tuple[int, int], num_frames: int, fps: float) -> Scene:
-    """A scene for a clip of num_frames at fps and image_size (H, W); the same seed gives the same scene."""
+def sample_scene(
+    seed: int | np.random.SeedSequence, image_size: tuple[int, int], num_frames: int, fps: float,
+    static_probability: float | None = None,
+) -> Scene:
+    """A scene for a clip of num_frames at fps and image_size (H, W); the same seed gives the same scene.
+
+    static_probability None: the training set's rule (one static object in some scenes of 3+ objects).
+    A number p: each object is static with probability p, and at least one object moves; the benchmark
+    asks this so that false-premise and counting questions have static objects often enough. Either
+    way the random draws of the None rule are left exactly as they were, so existing seeds keep
+    generating the same scenes.
+    """
     if num_frames < 2:
         raise ValueError(f"a scene needs at least 2 frames (flow, motion), got {num_frames}")
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if static_probability is not None and not 0.0 <= static_probability <= 1.0:
+        raise ValueError(f"static_probability must be in [0, 1], got {static_probability}")
     rng = np.random.default_rng(seed)
     room = _sample_room(rng)
     times = np.arange(num_frames, dtype=np.float64) / fps
@@ -292,8 +304,14 @@ def sample_scene(seed: int | np.random.SeedSequence, image_size: tuple[int, int]
     half_tan = np.array([half_tan_x, half_tan_x * height / width])
     poses = np.stack([camera.pose(t) for t in times])
     num_objects = int(rng.integers(2, 5))
-    # A static object in some scenes gives the motion questions a true "it does not move" case.
-    static_index = int(rng.integers(num_objects)) if num_objects >= 3 and rng.random() < 0.4 else -1
+    if static_probability is None:
+        # A static object in some scenes gives the motion questions a true "it does not move" case.
+        static_index = int(rng.integers(num_objects)) if num_objects >= 3 and rng.random() < 0.4 else -1
+        static = np.arange(num_objects) == static_index
+    else:
+        static = rng.random(num_objects) < static_probability
+        if static.all():
+            static[int(rng.integers(num_objects))] = False
     colours = rng.permutation(list(OBJECT_PALETTE))[:num_objects]
     # Each moving object first draws the way it goes as seen by the first camera (right, left, away,
     # toward), uniformly: drawing the heading uniformly in the world instead, the objects that stay in
@@ -302,7 +320,7 @@ def sample_scene(seed: int | np.random.SeedSequence, image_size: tuple[int, int]
     view_headings = [np.arctan2(v[1], v[0]) for v in (right, -right, forward, -forward)]
     objects: list[SceneObject] = []
     for index, colour in enumerate(colours):
-        heading = None if index == static_index else view_headings[int(rng.integers(4))]
+        heading = None if static[index] else view_headings[int(rng.integers(4))]
         for _ in range(_MAX_ATTEMPTS):
             candidate = _sample_object(rng, str(colour), heading, duration=times[-1])
             if _fits(candidate, objects, room, eyes, poses, times, half_tan):
