@@ -37,6 +37,16 @@ demo format="zarr": venv
         --config configs/train/demo.yaml --set data.cache={{data}}/cache-{{format}} --set run.out={{data}}/runs/demo-{{format}}
     @echo "student: {{data}}/runs/demo-{{format}} (export/ = plain transformers checkpoint, tensorboard/, checkpoints/)"
 
+# The paper's ablation on CPU with a tiny student: synthetic training scenes and held-out benchmark
+# scenes cached by the oracle, then baseline / +TPE / +LD / +ED / +LD+ED trained and evaluated per seed.
+ablation seeds="0 1 2": venv
+    {{py}} -m pipeline.synthetic.dataset --out {{data}}/ablation/train --scenes 24 --seed 0
+    {{py}} pipeline/cache_teacher.py --videos {{data}}/ablation/train --teacher oracle --latent-dim 64 --num-frames 16 --out {{data}}/ablation/train-cache
+    {{py}} -m pipeline.synthetic.benchmark --out {{data}}/ablation/bench --scenes 12
+    {{py}} pipeline/cache_teacher.py --videos {{data}}/ablation/bench --teacher oracle --latent-dim 64 --num-frames 16 --out {{data}}/ablation/bench-cache
+    {{py}} -m student.tiny --adapter qwen2_5_vl --out {{data}}/tiny-qwen2_5_vl
+    HF_HUB_OFFLINE=1 {{py}} student/ablation.py --config configs/train/ablation.yaml --bench-cache {{data}}/ablation/bench-cache --seeds {{seeds}} --ranks 1 --out {{data}}/ablation/results
+
 # Run the whole test suite.
 test *args: venv
     HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 {{py}} -m pytest {{args}}

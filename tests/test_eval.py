@@ -72,3 +72,32 @@ def test_eval_resumes_from_partial_predictions(bench_cache, exported, tmp_path):
         rows.setdefault(row["sample_id"], []).append(row)
     assert len(rows) == LIMIT and all(len(v) == 1 for v in rows.values())  # nothing answered twice
     assert rows[kept["sample_id"]][0]["output"] == kept["output"]
+
+
+def test_depth_probe_learns_depth_from_the_frozen_student(bench_cache, exported):
+    """The ablation's depth probe: a fresh depth decoder on the frozen exported student. Trained, its
+    error against the exact depth is lower than untrained (the oracle's cached depth is the truth)."""
+    from student.ablation import depth_probe
+
+    untrained = depth_probe(exported, bench_cache, bench_cache, steps=0, seed=0, latent_dim=16)
+    trained = depth_probe(exported, bench_cache, bench_cache, steps=25, seed=0, latent_dim=16, lr=3e-3)
+    assert 0 < trained < untrained
+
+
+def test_ablation_report_gives_mean_spread_and_noise_verdicts(tmp_path):
+    from student.ablation import summarize, write_report
+
+    per_seed = {
+        "baseline": [{"Avg": 40.0, "depth_absrel": 0.5}, {"Avg": 44.0, "depth_absrel": 0.4}],
+        "ld_ed": [{"Avg": 60.0, "depth_absrel": 0.2}, {"Avg": 62.0, "depth_absrel": 0.3}],
+        "tpe": [{"Avg": 43.0}, {"Avg": 45.0}],
+    }
+    summary = summarize(per_seed)
+    assert summary["baseline"]["Avg"] == (42.0, 2.0)  # mean, population std over seeds
+    assert summary["ld_ed"]["depth_absrel"] == pytest.approx((0.25, 0.05))
+    write_report(tmp_path, summary, seeds=[0, 1], steps=10)
+    text = (tmp_path / "ablation.md").read_text()
+    assert "| ld_ed | 61.0 ± 1.0 |" in text
+    assert "ld_ed no" in text and "tpe yes" in text  # 61 vs 42 is beyond the spread; 44 vs 42 is not
+    assert json.loads((tmp_path / "ablation.json").read_text())["tpe"]["Avg"] == [44.0, 1.0]
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
