@@ -5,8 +5,10 @@ teacher ran once for all five), with equal steps and seeds, then scored on the s
     python student/ablation.py --config configs/train/ablation.yaml --bench-cache data/bench-cache \\
         --seeds 0 1 2 --out data/ablation [--ranks 2]
 
-Per (row, seed): student/train.py (torchrun, the real trainer) with the row's switches
-(student.model.ablation), the exported student evaluated by student/eval.py, and a depth probe: the
+Per (row, seed): student/train.py (torchrun, the real trainer; a rerun resumes from its complete
+checkpoint) with the row's switches (student.model.ablation), the exported student evaluated by
+student/eval.py (by default answering by option likelihood: a tiny student trained for minutes does not
+emit "B. ..." yet, so free generation would score every row 0), and a depth probe: the
 exported student frozen, a fresh D_4DP + depth decoder trained for --probe-steps on the training
 cache's depth maps, then its error against the benchmark clips' depth (the oracle's cached depth IS
 the ground truth of the synthetic scenes). The probe asks the same question of every row (how much
@@ -145,7 +147,7 @@ def write_report(out: Path, summary: dict, seeds: list[int], steps: int) -> None
 
 
 def run(config_path: Path, bench_cache: Path, out: Path, seeds: list[int], rows: list[str], ranks: int,
-        probe_steps: int, eval_limit: int | None) -> dict:
+        probe_steps: int, eval_limit: int | None, answer_by: str = "likelihood") -> dict:
     base_cfg = load_train_config(config_path)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {row: [] for row in rows}
@@ -161,7 +163,8 @@ def run(config_path: Path, bench_cache: Path, out: Path, seeds: list[int], rows:
             log.info("row %s seed %d: training %d steps", row, seed, cfg.run.max_steps)
             train_row(cfg_path, [], ranks)
             export = run_dir / "train" / "export"
-            scores = evaluate(export, bench_cache, "synthetic", run_dir / "eval", limit=eval_limit)
+            scores = evaluate(export, bench_cache, "synthetic", run_dir / f"eval-{answer_by}", limit=eval_limit,
+                              answer_by=answer_by)
             result = {**scores.get("r4d", {}), "accuracy": scores.get("accuracy")}
             result["depth_absrel"] = depth_probe(export, Path(cfg.data.cache), bench_cache, probe_steps, seed,
                                                  base_cfg.student.branch.latent_dim)
@@ -182,9 +185,12 @@ def main(argv=None) -> None:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--probe-steps", type=int, default=30)
     p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--answer-by", choices=("generate", "likelihood"), default="likelihood",
+                   help="how eval answers (student/eval.py); tiny CPU students rarely emit the answer format")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run(Path(a.config), Path(a.bench_cache), Path(a.out), a.seeds, a.rows, a.ranks, a.probe_steps, a.eval_limit)
+    run(Path(a.config), Path(a.bench_cache), Path(a.out), a.seeds, a.rows, a.ranks, a.probe_steps, a.eval_limit,
+        a.answer_by)
     print((Path(a.out) / "ablation.md").read_text())
 
 

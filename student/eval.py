@@ -133,8 +133,21 @@ def write_results(out: Path, result: dict, name: str) -> None:
     (out / "results.md").write_text("".join(lines))
 
 
+def choose_by_likelihood(model: StudentModel, tokenizer, batch, options: dict[str, str]) -> str:
+    """The option letter whose token the model finds most likely to start its answer (the
+    log-likelihood protocol of multiple-choice harnesses): for students too small or too briefly
+    trained to emit the answer format, it still tells which option they prefer."""
+    logits = model.next_token_logits(batch)[0]
+    ids = {letter: tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in options}
+    return max(ids, key=lambda letter: logits[ids[letter]].item())
+
+
 def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Path, limit: int | None = None,
-             max_new_tokens: int = 16, marks: MarkStyle | None = MarkStyle()) -> dict:
+             max_new_tokens: int = 16, marks: MarkStyle | None = MarkStyle(), answer_by: str = "generate") -> dict:
+    """answer_by "generate": greedy generation, parsed (the benchmarks' protocol); "likelihood":
+    multiple-choice rows answered by the most likely option letter (numeric rows still generate)."""
+    if answer_by not in ("generate", "likelihood"):
+        raise ValueError(f"answer_by must be 'generate' or 'likelihood', got {answer_by!r}")
     if bench not in BENCH_DATASETS:
         raise ValueError(f"--bench must be one of {sorted(BENCH_DATASETS)}, got {bench!r}")
     out = Path(out)
@@ -155,9 +168,12 @@ def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Pa
             prefix = bench in LENGTH_PREFIXED or meta.get("prompt_prefix") == "video_length_seconds"
             sample["conversations"] = question_turns(record, sample, prefix)
             batch = collate([sample], model.adapter, tokenizer, generation=True)
-            tokens = model.generate(batch, max_new_tokens=max_new_tokens)
-            text = tokenizer.decode(tokens[0], skip_special_tokens=True)
-            row = {"sample_id": record.sample_id, "output": text, **score(text, meta),
+            if answer_by == "likelihood" and "options" in meta:
+                text = choose_by_likelihood(model, tokenizer, batch, meta["options"])
+            else:
+                tokens = model.generate(batch, max_new_tokens=max_new_tokens)
+                text = tokenizer.decode(tokens[0], skip_special_tokens=True)
+            row = {"sample_id": record.sample_id, "output": text, "answer_by": answer_by, **score(text, meta),
                    "metric": meta.get("metric", "accuracy"), "column": column_of(meta)}
             sink.write(json.dumps(row) + "\n")
             sink.flush()
@@ -176,9 +192,12 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--no-marks", action="store_true", help="do not draw region marks on the frames")
+    p.add_argument("--answer-by", choices=("generate", "likelihood"), default="generate",
+                   help="likelihood: the most likely option letter (tiny / briefly trained students)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    result = evaluate(a.model, a.cache, a.bench, a.out, a.limit, a.max_new_tokens, None if a.no_marks else MarkStyle())
+    result = evaluate(a.model, a.cache, a.bench, a.out, a.limit, a.max_new_tokens,
+                      None if a.no_marks else MarkStyle(), a.answer_by)
     print(json.dumps(result, indent=2))
 
 

@@ -194,6 +194,14 @@ class StudentModel(nn.Module):
         )
         return out[:, batch.input_ids.shape[1]:]
 
+    @torch.no_grad()
+    def next_token_logits(self, batch: StudentBatch) -> torch.Tensor:
+        """[B, vocab] logits of the token after each left-padded prompt: likelihood scoring of options."""
+        mm, kwargs, _ = self._visual_inputs(batch, uniform=False)
+        out = self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, mm_encoder_outputs=mm or None,
+                        use_cache=False, **kwargs)
+        return out.logits[:, -1]
+
     # -- export ---------------------------------------------------------------------------------
     def export_meta(self) -> dict:
         return {"adapter": self.adapter.name, "video_size": list(self.adapter.video_size),

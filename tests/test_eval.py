@@ -101,3 +101,13 @@ def test_ablation_report_gives_mean_spread_and_noise_verdicts(tmp_path):
     assert "ld_ed no" in text and "tpe yes" in text  # 61 vs 42 is beyond the spread; 44 vs 42 is not
     assert json.loads((tmp_path / "ablation.json").read_text())["tpe"]["Avg"] == [44.0, 1.0]
     assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def test_likelihood_answers_pick_an_option_letter(bench_cache, exported, tmp_path):
+    """The ablation's answer mode: every multiple-choice row gets one of its own option letters."""
+    evaluate(exported, bench_cache, "synthetic", tmp_path, limit=LIMIT, answer_by="likelihood")
+    samples = {r.sample_id: json.loads(r.meta) for r in load_cache_index(bench_cache, split="test").records}
+    for line in (tmp_path / PREDICTIONS).read_text().splitlines():
+        row = json.loads(line)
+        assert row["answer_by"] == "likelihood"
+        assert row["output"] in samples[row["sample_id"]]["options"] and row["parsed"] == row["output"]
