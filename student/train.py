@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     # Data first: a cache that does not fit the config is refused before any model is built.
     student_cfg = cfg.student
     fields = (("latents",) if student_cfg.uses_latents() else ()) + student_cfg.map_tasks()
-    index = load_cache_index(cfg.data.cache, cfg.data.split, tuple(cfg.data.weights), cfg.data.teacher_id,
+    index = load_cache_index(cfg.data.cache, cfg.data.split, cfg.data.datasets, cfg.data.teacher_id,
                              fields, cfg.data.field_dtypes)
     if index.teacher_id is not None:
         check_shapes(index.root, index.specs, fields, student_cfg.branch.hooks, student_cfg.branch.latent_dim)

@@ -17,6 +17,7 @@ from student.config import StudentConfig
 class DataConfig:
     cache: str = "data/cache-zarr"
     split: str = "train"
+    datasets: tuple[str, ...] = ()  # which datasets of the cache to train on (empty: all)
     weights: dict[str, float] = field(default_factory=dict)  # dataset -> repeat factor; absent = 1.0
     teacher_id: str | None = None  # refuse a cache made by another teacher (None: accept the cache's one)
     field_dtypes: dict[str, str] = field(default_factory=dict)  # refuse fields stored otherwise
