@@ -14,6 +14,7 @@ import ray
 
 from manifests.clips_table import utc_now, write_clips_part
 from manifests.schemas import CLIP_FAILED, CLIP_OK
+from pipeline.cache_dir import CacheDir
 from pipeline.config import TeacherConfig
 from pipeline.sampling import SamplingConfig
 from pipeline.sources import ClipRequest
@@ -66,15 +67,18 @@ def decode_clip(request: ClipRequest, sampling: SamplingConfig, teacher_size, fr
 
 @ray.remote
 class TeacherActor:
-    """One frozen teacher per actor. Built here, inside the worker, never in the driver."""
+    """One frozen teacher per actor. Built here, inside the worker, never in the driver.
 
-    def __init__(self, config: TeacherConfig):
+    Stateless between calls (the model is frozen), so the driver lets Ray restart a dead actor and
+    resubmit its pending calls: a retried batch gives each clip once."""
+
+    def __init__(self, config: TeacherConfig, teacher_class: type | None = None):
         import torch
 
-        from pipeline.teachers.registry import build_teacher
+        from pipeline.teachers.registry import teacher_class as registered
 
         torch.set_num_threads(max(1, int(config.num_cpus)))
-        self.teacher = build_teacher(config)
+        self.teacher = (teacher_class or registered(config.name))(config)
 
     def export(self, directory: str) -> None:
         self.teacher.export(directory)
@@ -117,6 +121,8 @@ class ShardWriterActor:
         from pathlib import Path
 
         self.root = Path(cache_root)
+        # Held until this process ends, however it ends: a rerun waits for it (CacheDir.wait_for_writers).
+        self.presence = CacheDir(self.root).hold_as_writer()
         self.fmt, self.specs, self.capacity = fmt, specs, clips_per_shard
         self.prefix, self.defaults = shard_prefix, row_defaults
         self.sequence = 0
