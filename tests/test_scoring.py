@@ -64,3 +64,20 @@ def test_r4d_task_names_map_to_columns(task, column):
 def test_an_unknown_task_is_an_error():
     with pytest.raises(ValueError, match="maps to no column"):
         r4d_column("colour naming")
+
+
+def test_eval_scores_rows_as_their_benchmark_does():
+    """student/eval.py's row scoring: VSTI numeric rows by MRA, choice rows by the parsed letter, the
+    R4D column from R4D's `task` or the synthetic benchmark's `category`."""
+    from student.eval import column_of, score
+
+    numeric = {"metric": "mean_relative_accuracy", "answer": 10.0}
+    assert score("about 11.2 m", numeric) == {"parsed": 11.2, "score": pytest.approx(0.8)}
+    choice = {"options": {"A": "left", "B": "right"}, "answer": "B"}
+    assert score("It is right.", choice) == {"parsed": "B", "score": 1.0}
+    assert score("A", choice)["score"] == 0.0
+    assert column_of({"task": "Speed & Acceleration", **choice}) == "SA"
+    assert column_of({"category": "FP", **choice}) == "FP"
+    assert column_of(choice) is None
+    with pytest.raises(ValueError, match="neither options nor a numeric metric"):
+        score("x", {"answer": "y"})
