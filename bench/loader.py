@@ -104,7 +104,7 @@ class Subject:
 
         self.fmt, self.cache = fmt, cache
         student = StudentConfig()
-        self.fields = (("latents",) if student.uses_latents() else ()) + student.map_tasks()
+        self.fields = student.needed_fields()
         self.index = load_cache_index(cache, needed=self.fields)
         self.data = DataConfig(cache=str(cache), batch_size=batch_size, num_workers=0)
         self.adapter = build_adapter("qwen2_5_vl", AutoConfig.from_pretrained(model_dir), model_dir, video_size)

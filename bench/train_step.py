@@ -93,7 +93,7 @@ def rank_main(args: argparse.Namespace) -> None:
     student_cfg = ablation(cfg.student, "tpe") if args.case == "no-branch" else cfg.student
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    fields = (("latents",) if student_cfg.uses_latents() else ()) + student_cfg.map_tasks()
+    fields = student_cfg.needed_fields()
     index = load_cache_index(cfg.data.cache, cfg.data.split, tuple(cfg.data.weights), cfg.data.teacher_id,
                              fields, cfg.data.field_dtypes)
     if fields:

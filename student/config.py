@@ -98,3 +98,14 @@ class StudentConfig:
         if not self.branch.enabled or self.loss.ed_weight <= 0:
             return ()
         return tuple(t for t in self.branch.tasks if self.loss.task_weights.get(t, 0.0) > 0)
+
+    def distilled_terms(self) -> tuple[tuple[str, str], ...]:
+        """(loss term, cache field) of every enabled distillation term: "ld" reads the latents,
+        "ed_<task>" its map. The model's losses, the loader's fields and the trainer's valid-sample
+        counts all follow this one list."""
+        ld = (("ld", "latents"),) if self.uses_latents() else ()
+        return ld + tuple((f"ed_{t}", t) for t in self.map_tasks())
+
+    def needed_fields(self) -> tuple[str, ...]:
+        """The teacher fields the enabled losses read from the cache (no other field is decoded)."""
+        return tuple(field for _, field in self.distilled_terms())

@@ -57,8 +57,8 @@ def map_loss_per_sample(task: str, pred: torch.Tensor, target: torch.Tensor) -> 
 def masked_mean(per_sample: torch.Tensor, valid: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the valid samples' losses; exactly 0 (with gradient) when none is valid.
 
-    `count` overrides the denominator: the trainer passes the number of valid samples summed over
-    all ranks (times the world size's averaging), so the global weighting is exact."""
+    `count` overrides the denominator: the trainer passes the valid samples summed over all ranks,
+    divided by the world size (DeepSpeed averages the ranks' losses), so the weighting is exact."""
     valid = valid.to(per_sample.dtype)
     total = (per_sample * valid).sum()
     denom = valid.sum() if count is None else count.to(per_sample.dtype)

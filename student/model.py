@@ -161,14 +161,13 @@ class StudentModel(nn.Module):
         preds = self._branch(batch, hidden)
         total = 0.0 * sum(p.float().sum() for p in preds.values())
 
-        terms = []
-        if cfg.uses_latents():
-            terms.append(("ld", "latents", loss_cfg.ld_weight,
-                          lambda p, t: latent_loss_per_sample(p, t, loss_cfg.ld_kind)))
-        for task in cfg.map_tasks():
-            weight = loss_cfg.ed_weight * loss_cfg.task_weights[task]
-            terms.append((f"ed_{task}", task, weight, lambda p, t, task=task: map_loss_per_sample(task, p, t)))
-        for name, fld, weight, loss_fn in terms:
+        for name, fld in cfg.distilled_terms():
+            if fld == "latents":
+                weight = loss_cfg.ld_weight
+                loss_fn = lambda p, t: latent_loss_per_sample(p, t, loss_cfg.ld_kind)  # noqa: E731
+            else:
+                weight = loss_cfg.ed_weight * loss_cfg.task_weights[fld]
+                loss_fn = lambda p, t, task=fld: map_loss_per_sample(task, p, t)  # noqa: E731
             per_sample = torch.zeros(batch.size, dtype=torch.float32, device=hidden.device)
             valid = torch.zeros(batch.size, dtype=torch.bool, device=hidden.device)
             if batch.videos and fld in batch.targets:

@@ -75,10 +75,7 @@ def global_denominators(batch, model, world: int) -> dict[str, torch.Tensor]:
     """Valid samples of each auxiliary term over all ranks, / world (DeepSpeed averages rank losses)."""
     import torch.distributed as dist
 
-    names = []
-    if model.config.uses_latents():
-        names.append(("ld", "latents"))
-    names += [(f"ed_{t}", t) for t in model.config.map_tasks()]
+    names = model.config.distilled_terms()
     if not names:
         return {}
     local = torch.tensor([float(batch.target_valid[f].sum()) if f in batch.target_valid else 0.0
@@ -115,7 +112,7 @@ def main(argv=None) -> None:
 
     # Data first: a cache that does not fit the config is refused before any model is built.
     student_cfg = cfg.student
-    fields = (("latents",) if student_cfg.uses_latents() else ()) + student_cfg.map_tasks()
+    fields = student_cfg.needed_fields()
     index = load_cache_index(cfg.data.cache, cfg.data.split, cfg.data.datasets, cfg.data.teacher_id,
                              fields, cfg.data.field_dtypes)
     if index.teacher_id is not None:

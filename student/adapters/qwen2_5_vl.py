@@ -62,8 +62,7 @@ class Qwen25VLAdapter(VLMAdapter):
 
     def prepare_image(self, image):
         # An image is a one-slot video of the same picture twice (the processor's tiling).
-        inp = self._prepare(np.repeat(np.asarray(image)[None], self.temporal, axis=0), np.zeros(self.temporal))
-        return inp
+        return self._prepare(np.repeat(np.asarray(image)[None], self.temporal, axis=0), np.zeros(self.temporal))
 
     def placeholder_ids(self, kind, grid):
         return [self.hf_config.vision_start_token_id, *super().placeholder_ids(kind, grid),
