@@ -1,6 +1,6 @@
 """End-to-end clips/s of the real caching job beside the teacher's forward alone on the same clips.
 
-    .venv/bin/python bench/throughput.py [--clips 8] [--repeats 3] [--teachers l4p-tiny,matched] \
+    .venv/bin/python bench/throughput.py [--clips 48] [--repeats 2] [--teachers l4p-tiny,matched] \
         [--matched-gflop 150] [--format zarr]
 
 Teachers: `l4p-tiny` (the tests' model: ~1 s per clip here, little compute per output byte) and
@@ -31,6 +31,10 @@ write) are the job's own timers summed over clips and divided by the clips: the 
 share the cores, so they do not add up to compute_wall, and a stage's time inside the job includes
 waiting for a core that another stage holds. "teacher busy" = the teacher's seconds in the job /
 the steady span: below 100 % the teacher waited for inputs or shared its core.
+
+Start-up is a fixed cost per job and the steady state a rate, so end-to-end grows with the job:
+rate(N) = N / (startup + N / steady rate). The last table derives from the measured medians the
+clips at which end-to-end reaches 90 % of teacher-only (none when the steady ratio is below 0.90).
 """
 from __future__ import annotations
 
@@ -109,6 +113,13 @@ def full_l4p_gflop_per_mb() -> float:
     return window_flops(FULL)["total"] / 1e9 / raw_fp16_mb(output_shapes(NUM_FRAMES, len(L4P_HOOKS), L4P_DIM))
 
 
+def clips_for_ratio(target: float, startup: float, alone_rate: float, steady_ratio: float) -> str:
+    """The job size N from which N / (startup + N / steady_rate) >= target x alone_rate."""
+    if steady_ratio <= target:
+        return "never (steady below)"
+    return f"{math.ceil(target * alone_rate * startup / (1 - target / steady_ratio))} clips"
+
+
 def job_config(videos: Path, out: Path, teacher: TeacherConfig, fmt: str) -> JobConfig:
     return JobConfig(out=str(out), videos=str(videos), sampling=SamplingConfig(num_frames=NUM_FRAMES),
                      teacher=teacher, output=OutputConfig(format=fmt))
@@ -158,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--clips", type=int, default=8, help="synthetic clips of 16 frames (default 8)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternated repetitions of A and B (default 3)")
+    parser.add_argument("--clips", type=int, default=48,
+                        help="synthetic clips of 16 frames (default 48: enough that the job's start-up, a few "
+                             "seconds, weighs on end-to-end as little as in a real job)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated repetitions of A and B (default 2)")
     known = ("l4p-tiny", "oracle", MATCHED)  # l4p needs its 5.7 GB checkpoint: bench/l4p_teacher.py
     parser.add_argument("--teachers", default=f"l4p-tiny,{MATCHED}",
                         help=f"comma-separated, from {', '.join(known)} (default l4p-tiny,{MATCHED})")
@@ -275,6 +288,12 @@ def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher
               f"{median([r['steady_rate'] for r in records]):>9.3f}{median(steady):>8.3f}"
               f"{' '.join(f'{x:.2f}' for x in steady):>17}"
               f"{median([r['wall_rate'] for r in records]):>17.3f}{median([r['outside'] for r in records]):>8.1f} s")
+    print(f"\n-- derived from the medians above: rate(N) = N / (start-up + N / steady rate)")
+    print(f"{'teacher':<10}{'start-up s':>12}{'steady ratio':>14}{'end-to-end >= 0.90 from':>26}")
+    for name, records in runs.items():
+        startup, steady = median([r["startup"] for r in records]), median([r["steady_ratio"] for r in records])
+        alone_rate = median([r["alone_rate"] for r in records])
+        print(f"{name:<10}{startup:>12.2f}{steady:>14.3f}{clips_for_ratio(0.9, startup, alone_rate, steady):>26}")
     print("(end-to-end = clips / seconds.compute_wall (start-up included, Ray's own start excluded); steady = "
           "clips / (compute_wall - seconds.startup),\n from the first teacher call to the last commit; "
           "'incl. Ray start' = clips / the job's whole wall time; 'outside' = Ray start-up and\n shut-down, "

@@ -288,7 +288,7 @@ def _compute(config, address, cache, identity, specs, spec_json, todo, stats, te
                 outs = teachers[actor].predict.options(num_returns=len(batch)).remote(*[b[1] for b in batch])
                 outs = [outs] if len(batch) == 1 else outs
                 for (request, payload, dsec), out in zip(batch, outs):
-                    encoded = encode_clip.remote(specs, payload, out, dsec)
+                    encoded = encode_clip.remote(specs, config.output.format, payload, out, dsec)
                     writing[to_writer(request, encoded)] = (request, actor)
             waiting = list(decoding) + list(writing) + ([exporting] if teacher_ready is None else [])
             if not waiting:

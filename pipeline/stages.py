@@ -1,5 +1,7 @@
 """The stages of the caching job as Ray tasks and actors: decode (CPU task), teacher (actor, one
-model per actor, built inside it), encode (CPU task) and write + commit (one actor per shard stream).
+model per actor, built inside it), encode (CPU task: cast, quantize, check, compress) and write +
+commit (one actor per shard stream, appending bytes only: compression scales with the CPU tasks,
+not with the writers).
 
 Failures travel down the chain as values, never as exceptions, so one bad clip becomes one failed
 row and the job goes on.
@@ -20,7 +22,7 @@ from pipeline.sampling import SamplingConfig
 from pipeline.sources import ClipRequest
 from pipeline.teachers.base import TeacherError, TeacherInput, clip_windows
 from shards.codecs import encode_arrays
-from shards.formats import open_writer, shard_disk_bytes, shard_filename
+from shards.formats import PackedClip, open_writer, pack_clip, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
 
 
@@ -38,7 +40,7 @@ class Decoded:
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-    arrays: dict[str, np.ndarray]
+    packed: PackedClip  # the clip's bytes for its shard format
     frame_indices: list[int]
     timestamps: list[float]
     window_starts: list[int]
@@ -92,9 +94,10 @@ class TeacherActor:
 
 
 @ray.remote
-def encode_clip(specs: list[FieldSpec], payload: Decoded, teacher_result, decode_seconds: float):
-    """Cast to the stored dtypes and validate shapes: a teacher output that does not fit the
-    schema fails its clip here, with the field named, instead of corrupting a shard."""
+def encode_clip(specs: list[FieldSpec], fmt: str, payload: Decoded, teacher_result, decode_seconds: float):
+    """Cast to the stored dtypes and validate shapes (a teacher output that does not fit the
+    schema fails its clip here, with the field named, instead of corrupting a shard), then pack the
+    clip as its shard format stores it (serialized, compressed, checksummed)."""
     output, teacher_seconds = teacher_result
     if isinstance(output, Failure):
         return output
@@ -106,8 +109,9 @@ def encode_clip(specs: list[FieldSpec], payload: Decoded, teacher_result, decode
         encoded = encode_arrays(specs, {k: v for k, v in arrays.items() if k in wanted})
     except ValueError as e:
         return Failure("encode", str(e))
+    packed = pack_clip(fmt, specs, encoded)
     seconds = {"decode": decode_seconds, "teacher": teacher_seconds, "encode": time.perf_counter() - start}
-    return Encoded(encoded, [int(i) for i in tin.frame_indices], [float(t) for t in tin.timestamps],
+    return Encoded(packed, [int(i) for i in tin.frame_indices], [float(t) for t in tin.timestamps],
                    clip_windows(len(tin.timestamps)), seconds)
 
 
@@ -145,7 +149,7 @@ class ShardWriterActor:
             self.shard_name = name
             self.shard_rel = f"shards/{self.fmt}/{shard_filename(self.fmt, name)}"
             self.writer = open_writer(self.fmt, self.root / self.shard_rel, self.specs)
-        stored = self.writer.add(request.cache_key, result.arrays)
+        stored = self.writer.add_packed(request.cache_key, result.packed)
         self.shard_rows.append(self._row(
             request, status=CLIP_OK, format=self.fmt, shard=self.shard_rel, row=stored.row,
             nbytes=stored.nbytes, checksums=stored.checksums, frame_indices=result.frame_indices,

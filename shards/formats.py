@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from shards.codecs import decode_field, stored_specs
+from shards.codecs import check_encoded, decode_field, stored_specs
 from shards.integrity import array_checksum
 from shards.schema import FieldSpec
 
@@ -37,13 +37,30 @@ class StoredClip:
     checksums: dict[str, str]  # stored array (field or side array) -> integrity.array_checksum of it
 
 
+@dataclass(frozen=True)
+class PackedClip:
+    """One clip as the bytes its shard format stores (serialized, compressed), made by `pack_clip`
+    wherever a CPU is free (the caching job's encode tasks, in parallel) so that the shard's writer,
+    one per shard, only appends bytes."""
+
+    format: str
+    stored: tuple[FieldSpec, ...]  # the stored arrays it was packed as (codecs.stored_specs of the specs)
+    payloads: dict[str, bytes]  # stored array (field or side array) -> its bytes in the shard
+    nbytes: int  # as StoredClip
+    checksums: dict[str, str]  # as StoredClip
+
+
 class ShardWriter(Protocol):
     """Writes clips into one shard under a temporary name; `commit` makes the shard visible at once."""
 
     path: Path  # the final path, which exists only after commit
 
     def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
-        """Store one clip's arrays (already passed through codecs.encode_arrays) as the next row."""
+        """Store one clip's arrays (already passed through codecs.encode_arrays) as the next row:
+        `add_packed(cache_key, pack_clip(format, specs, arrays))`."""
+
+    def add_packed(self, cache_key: str, packed: PackedClip) -> StoredClip:
+        """Store one clip packed for this format and these specs as the next row."""
 
     def commit(self) -> Path:
         """Rename the finished shard to `path`; refuses if `path` exists. Returns `path`."""
@@ -105,6 +122,32 @@ def open_writer(format: str, final_path: str | os.PathLike, specs: list[FieldSpe
     return WdsShardWriter(final_path, specs)
 
 
+def pack_clip(format: str, specs: list[FieldSpec], arrays: Mapping[str, np.ndarray]) -> PackedClip:
+    """One clip's arrays (out of codecs.encode_arrays) as the bytes a `format` shard of `specs` stores;
+    the checksums are of the arrays as they are now, so a caller may reuse its buffers afterwards."""
+    _check_format(format)
+    check_encoded(check_specs(specs), arrays)
+    physical = stored_specs(specs)
+    stored = {s.name: arrays[s.name] for s in physical}
+    if format == "zarr":
+        from shards.zarr_shard import pack_arrays
+    else:
+        from shards.wds_shard import pack_arrays
+    return PackedClip(format, tuple(physical), pack_arrays(physical, stored), sum(a.nbytes for a in stored.values()),
+                      {name: array_checksum(a) for name, a in stored.items()})
+
+
+def check_packed(path: Path, format: str, stored: list[FieldSpec], packed: PackedClip) -> None:
+    """What a writer checks of a packed clip: packed for its format and its stored arrays (names,
+    dtypes, shapes, compression), else its bytes would be read back as something else."""
+    if packed.format != format:
+        raise ValueError(f"shard {path}: a clip packed for {packed.format!r}, not {format!r}")
+    if packed.stored != tuple(stored):
+        differ = [s.name for s in stored if s not in packed.stored] + [s.name for s in packed.stored if s not in stored]
+        raise ValueError(f"shard {path}: a clip packed with other stored arrays than the shard's (differing: "
+                         f"{sorted(set(differ))})")
+
+
 def open_reader(format: str, path: str | os.PathLike, specs: list[FieldSpec]) -> ShardReader:
     _check_format(format)
     if format == "zarr":
@@ -157,12 +200,8 @@ def check_specs(specs: list[FieldSpec]) -> list[FieldSpec]:
     return specs
 
 
-def stored_clip(row: int, arrays: Mapping[str, np.ndarray]) -> StoredClip:
-    return StoredClip(
-        row=row,
-        nbytes=sum(a.nbytes for a in arrays.values()),
-        checksums={name: array_checksum(a) for name, a in arrays.items()},
-    )
+def stored_clip(row: int, packed: PackedClip) -> StoredClip:
+    return StoredClip(row=row, nbytes=packed.nbytes, checksums=packed.checksums)
 
 
 def select_specs(specs: list[FieldSpec], fields: list[str] | None) -> list[FieldSpec]:

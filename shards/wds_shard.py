@@ -21,8 +21,9 @@ import numpy as np
 from numpy.lib.format import read_array, write_array
 
 from shards.atomic import commit_temporary, remove_temporary, temporary_path
-from shards.codecs import check_encoded, stored_specs, wds_gzip_level
-from shards.formats import StoredClip, check_addable, check_committable, check_row, check_specs, read_decoded, stored_clip
+from shards.codecs import stored_specs, wds_gzip_level
+from shards.formats import (PackedClip, StoredClip, check_addable, check_committable, check_packed, check_row,
+                            check_specs, pack_clip, read_decoded, stored_clip)
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec
 
@@ -35,8 +36,21 @@ def _member_suffix(spec: FieldSpec) -> str:
     return f"{spec.name}.npy" if wds_gzip_level(spec) is None else f"{spec.name}.npy.gz"
 
 
+def pack_arrays(stored: list[FieldSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+    """Each stored array of one clip as its member's bytes: .npy, gzipped when the codec compresses."""
+    packed = {}
+    for spec in stored:
+        buffer = io.BytesIO()
+        write_array(buffer, arrays[spec.name], allow_pickle=False)
+        level = wds_gzip_level(spec)
+        packed[spec.name] = buffer.getvalue() if level is None else gzip.compress(buffer.getvalue(), compresslevel=level,
+                                                                                  mtime=0)
+    return packed
+
+
 class WdsShardWriter:
-    """Appends each clip's members to the temporary tar as it comes (nothing is buffered)."""
+    """Appends each clip's members (shards.formats.pack_clip) to the temporary tar as it comes
+    (nothing is buffered)."""
 
     def __init__(self, final_path: str | os.PathLike, specs: list[FieldSpec]):
         self.path = Path(final_path)
@@ -60,24 +74,21 @@ class WdsShardWriter:
         self._tar.addfile(info, io.BytesIO(payload))
 
     def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
+        return self.add_packed(cache_key, pack_clip("wds", self._specs, arrays))
+
+    def add_packed(self, cache_key: str, packed: PackedClip) -> StoredClip:
         check_addable(self.path, self._closed, self._keys, cache_key)
-        check_encoded(self._specs, arrays)
+        check_packed(self.path, "wds", self._stored, packed)
         try:
             for spec in self._stored:
-                buffer = io.BytesIO()
-                write_array(buffer, arrays[spec.name], allow_pickle=False)
-                payload = buffer.getvalue()
-                level = wds_gzip_level(spec)
-                if level is not None:
-                    payload = gzip.compress(payload, compresslevel=level, mtime=0)
-                self._add_member(f"{cache_key}.{_member_suffix(spec)}", payload)
+                self._add_member(f"{cache_key}.{_member_suffix(spec)}", packed.payloads[spec.name])
             self._add_member(f"{cache_key}.{_KEY_MEMBER}", cache_key.encode())
         except BaseException:
             # A tar holding part of a clip must never be committed.
             self.abort()
             raise
         self._keys.append(cache_key)
-        return stored_clip(len(self._keys) - 1, arrays)
+        return stored_clip(len(self._keys) - 1, packed)
 
     def commit(self) -> Path:
         check_committable(self.path, self._closed, self._keys)

@@ -14,26 +14,72 @@ import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import google_crc32c  # zarr's own crc32c implementation (a dependency of zarr)
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodecIndexLocation
+from zarr.storage import MemoryStore
 
 from shards.atomic import commit_temporary, remove_temporary, temporary_path
-from shards.codecs import check_encoded, stored_specs, zarr_compressors
-from shards.formats import StoredClip, check_addable, check_committable, check_row, check_specs, read_decoded, stored_clip
+from shards.codecs import stored_specs, zarr_compressors
+from shards.formats import (PackedClip, StoredClip, check_addable, check_committable, check_packed, check_row,
+                            check_specs, pack_clip, read_decoded, stored_clip)
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
 
 # What zarr's codecs raise on damaged bytes: zstd/blosc RuntimeError, gzip BadGzipFile (an OSError),
 # a shard index failing its crc32c or a chunk of the wrong size ValueError.
 _DECODE_ERRORS = (ValueError, RuntimeError, OSError, EOFError, zlib.error)
+_EMPTY_CHUNK = 2**64 - 1  # the sharding index's (offset, length) of a chunk that is not stored
+
+
+def _one_chunk_array(spec: FieldSpec, chunks: dict) -> zarr.Array:
+    """A one-clip array of `spec` on an in-memory store (`chunks`), with the field's compressors."""
+    return zarr.create_array(MemoryStore(chunks), shape=(1, *spec.shape), chunks=(1, *spec.shape), dtype=spec.dtype,
+                             fill_value=0, compressors=zarr_compressors(spec))
+
+
+def pack_arrays(stored: list[FieldSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+    """Each stored array of one clip as the bytes zarr stores for it inside a shard (an inner chunk).
+
+    Zarr itself encodes: each array is written into a one-clip array with the field's codecs (the
+    sharding codec's inner `codecs`) on an in-memory store, whose chunk bytes are taken. A clip equal
+    to the fill value everywhere gives b"": zarr stores no chunk for it either."""
+    packed = {}
+    for spec in stored:
+        chunks: dict = {}
+        array = _one_chunk_array(spec, chunks)
+        array[0] = arrays[spec.name]
+        chunk = chunks.get(array.metadata.encode_chunk_key((0,) * array.ndim))
+        packed[spec.name] = b"" if chunk is None else chunk.to_bytes()
+    return packed
+
+
+def _shard_bytes(chunks: list[bytes]) -> bytes:
+    """A shard file of the Zarr v3 sharding codec (index at the end, index codecs bytes + crc32c),
+    the inner chunks along the first axis: the chunks back to back, then (offset, length) per chunk as
+    little-endian uint64, 2**64 - 1 twice for an empty chunk, then the crc32c of that index."""
+    index = np.full((len(chunks), 2), _EMPTY_CHUNK, dtype="<u8")
+    offset = 0
+    for row, chunk in enumerate(chunks):
+        if chunk:
+            index[row] = (offset, len(chunk))
+            offset += len(chunk)
+    index_bytes = index.tobytes()
+    return b"".join([*chunks, index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")])
 
 
 class ZarrShardWriter:
-    """Buffers the shard's clips in memory and writes each field once, at commit.
+    """Holds each clip's compressed chunks (shards.formats.pack_clip) and writes each field's shard
+    file once, at commit.
 
     With the sharding codec all clips of a field live in one file, and zarr rewrites that whole file
-    on every partial write: writing clip by clip would write O(n_clips^2) bytes. A shard holds a
-    bounded number of clips, so the buffer is bounded too (n_clips x ~29.5 MB at full L4P shapes).
+    on every partial write: writing clip by clip would write O(n_clips^2) bytes. Handing zarr the
+    stacked raw clips at commit would do all the compression there, in one process, after the shard's
+    last clip (in the caching job: one writer compressing while the teacher idles). So clips arrive
+    compressed (packed in parallel by the job's encode tasks, by zarr's codecs), and the commit creates
+    each array (its metadata, by zarr) and writes its shard file (_shard_bytes): byte-identical to zarr
+    writing the stacked clips itself, which a test checks.
     One writer per shard: concurrent writers into one shard file lose data.
     """
 
@@ -46,21 +92,22 @@ class ZarrShardWriter:
         zarr.open_group(self._temp, mode="w-", zarr_format=3)
         self._stored = stored_specs(self._specs)
         self._keys: list[str] = []
-        self._clips: dict[str, list[np.ndarray]] = {s.name: [] for s in self._stored}
+        self._chunks: dict[str, list[bytes]] = {s.name: [] for s in self._stored}
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
+        return self.add_packed(cache_key, pack_clip("zarr", self._specs, arrays))
+
+    def add_packed(self, cache_key: str, packed: PackedClip) -> StoredClip:
         check_addable(self.path, self._closed, self._keys, cache_key)
-        check_encoded(self._specs, arrays)
-        # Copied: the caller may reuse its buffers before commit, and the checksums are of these bytes.
-        arrays = {s.name: arrays[s.name].copy() for s in self._stored}
-        for name, array in arrays.items():
-            self._clips[name].append(array)
+        check_packed(self.path, "zarr", self._stored, packed)
+        for name, chunks in self._chunks.items():
+            chunks.append(packed.payloads[name])
         self._keys.append(cache_key)
-        return stored_clip(len(self._keys) - 1, arrays)
+        return stored_clip(len(self._keys) - 1, packed)
 
     def commit(self) -> Path:
         check_committable(self.path, self._closed, self._keys)
@@ -69,16 +116,15 @@ class ZarrShardWriter:
                 raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
             group = zarr.open_group(self._temp, mode="r+", zarr_format=3)
             for spec in self._stored:
-                # pop: each field's per-clip copies are freed once stacked, so the peak stays near one
-                # buffered shard plus one stacked field.
-                data = np.stack(self._clips.pop(spec.name))
-                group.create_array(
-                    spec.name,
-                    data=data,
-                    chunks=(1, *spec.shape),
-                    shards=data.shape,
-                    compressors=zarr_compressors(spec),
-                )
+                shape = (len(self._keys), *spec.shape)
+                array = group.create_array(spec.name, shape=shape, dtype=spec.dtype, chunks=(1, *spec.shape),
+                                           shards=shape, fill_value=0, compressors=zarr_compressors(spec))
+                self._check_layout(spec, array)
+                chunks = self._chunks.pop(spec.name)
+                if any(chunks):  # as zarr: no shard file when every chunk equals the fill value
+                    path = self._temp / spec.name / array.metadata.encode_chunk_key((0,) * array.ndim)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(_shard_bytes(chunks))
             group.update_attributes({"cache_keys": self._keys, "fields": specs_to_json(self._specs)})
             return commit_temporary(self._temp, self.path)
         except BaseException:
@@ -87,10 +133,21 @@ class ZarrShardWriter:
         finally:
             self._closed = True
 
+    def _check_layout(self, spec: FieldSpec, array: zarr.Array) -> None:
+        """The shard layout _shard_bytes writes is the one zarr made this array with (a zarr whose
+        defaults changed fails here, loudly, instead of writing shards it cannot read)."""
+        (sharding,) = array.metadata.codecs
+        expected = (sharding.index_location == ShardingCodecIndexLocation.end
+                    and tuple(sharding.index_codecs) == (BytesCodec(endian="little"), Crc32cCodec())
+                    and tuple(sharding.codecs) == tuple(_one_chunk_array(spec, {}).metadata.codecs))
+        if not expected:
+            raise RuntimeError(f"{self.path}: zarr {zarr.__version__} made {spec.name!r} with {sharding}, not the "
+                               "shard layout this writer writes (index at the end, bytes + crc32c)")
+
     def abort(self) -> None:
         if self._temp.exists():
             remove_temporary(self._temp)
-        self._clips = {}
+        self._chunks = {}
         self._closed = True
 
 

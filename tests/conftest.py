@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# PyAV before decord in every test process: decord bundles its own FFmpeg, and when it is loaded
+# first PyAV's libvpx encoders fail to open ("avcodec_open2('libvpx', {}) returned 22"), whatever
+# test module imported decord earlier. The tests write VP8 / VP9 files; the pipeline never encodes.
+import av  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = ROOT.parent / "shared" / "videos"
 

@@ -12,7 +12,7 @@ from zarr.codecs import ShardingCodec
 
 from shards.atomic import atomic_write_bytes, is_temporary, remove_temporaries, temporary_path
 from shards.codecs import encode_arrays
-from shards.formats import FORMATS, open_reader, open_writer, shard_filename
+from shards.formats import FORMATS, open_reader, open_writer, pack_clip, shard_filename
 from shards.integrity import ShardCorruptError, array_checksum
 from shards.schema import FieldSpec
 
@@ -322,3 +322,66 @@ def test_writer_rejects_arrays_that_were_not_encoded(tmp_path, clips, fmt):
     with pytest.raises(ValueError, match="cache_key"):
         writer.add("a.b", clips[0][1])
     writer.abort()
+
+
+def comparable_bytes(path, rows: int) -> bytes:
+    """A file's bytes, the compression time in the header of each gzip chunk of a Zarr shard file of
+    `rows` clips zeroed: numcodecs' GZip writes time.time() there, so two writes a second apart differ
+    in it alone. The shard file ends with its index, (offset, length) per clip, then a 4-byte crc32c."""
+    data = bytearray(path.read_bytes())
+    if path.name == "zarr.json" or path.suffix == ".tar":
+        return bytes(data)
+    index = np.frombuffer(bytes(data[len(data) - 4 - 16 * rows: len(data) - 4]), dtype="<u8").reshape(-1, 2)
+    for offset, length in index:
+        if offset != 2**64 - 1 and data[offset: offset + 3] == b"\x1f\x8b\x08":  # gzip magic, deflate
+            data[offset + 4: offset + 8] = bytes(4)
+    return bytes(data)
+
+
+def test_zarr_shard_files_are_byte_identical_to_zarr_writing_the_stacked_clips(tmp_path, clips):
+    # The writer compresses each clip as it arrives and assembles the shard file itself; zarr writing
+    # the same stacked arrays in one call is the reference. A clip of zeros (the fill value) is left out
+    # of the shard by zarr: the writer must leave it out the same way.
+    zero = {name: np.zeros_like(array) for name, array in clips[0][1].items()}
+    rows = [*clips, ("00zero", zero)]
+    path, _ = write_shard("zarr", tmp_path, rows)
+    reference = zarr.open_group(tmp_path / "reference.zarr", mode="w-", zarr_format=3)
+    for name in rows[0][1]:
+        data = np.stack([arrays[name] for _, arrays in rows])
+        written = zarr.open_array(path / name, mode="r")
+        reference.create_array(name, data=data, chunks=written.chunks, shards=written.shards,
+                               compressors=written.compressors, fill_value=0)
+        ours, theirs = path / name, tmp_path / "reference.zarr" / name
+        files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file()), name
+        for rel in files:  # zarr.json and the shard file
+            assert comparable_bytes(ours / rel, len(rows)) == comparable_bytes(theirs / rel, len(rows)), (name, rel)
+        np.testing.assert_array_equal(written[len(rows) - 1], zero[name])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_clip_packed_elsewhere_is_stored_as_add_stores_it(tmp_path, clips, fmt):
+    # The caching job packs (serializes, compresses, checksums) in its encode tasks and the writer only
+    # appends: the shard and the manifest's record must equal those of add().
+    (tmp_path / "direct").mkdir()
+    (tmp_path / "packed").mkdir()
+    direct, stored_direct = write_shard(fmt, tmp_path / "direct", clips)
+    path = tmp_path / "packed" / direct.name
+    writer = open_writer(fmt, path, SPECS)
+    stored = [writer.add_packed(key, pack_clip(fmt, SPECS, arrays)) for key, arrays in clips]
+    writer.commit()
+    assert stored == stored_direct
+    files = sorted(p.relative_to(direct) for p in direct.rglob("*") if p.is_file()) if direct.is_dir() else [""]
+    assert files and all(comparable_bytes(direct / rel, N_CLIPS) == comparable_bytes(path / rel, N_CLIPS) for rel in files)
+
+
+def test_writer_refuses_a_clip_packed_for_another_format_or_fields(tmp_path, clips):
+    writer = open_writer("zarr", tmp_path / "shard-000.zarr", SPECS)
+    with pytest.raises(ValueError, match=r"shard-000\.zarr.*packed for 'wds'"):
+        writer.add_packed(clips[0][0], pack_clip("wds", SPECS, clips[0][1]))
+    with pytest.raises(ValueError, match=r"shard-000\.zarr.*other stored arrays.*\['depth', 'dyn_mask', 'flow', 'scale'\]"):
+        writer.add_packed(clips[0][0], pack_clip("zarr", SPECS[:3], {k: clips[0][1][k] for k in ("frames", "timestamps", "latents")}))
+    stronger = [FieldSpec(s.name, s.shape, s.dtype, s.codec, 9) if s.name == "frames" else s for s in SPECS]
+    with pytest.raises(ValueError, match=r"shard-000\.zarr.*other stored arrays.*\['frames'\]"):
+        writer.add_packed(clips[0][0], pack_clip("zarr", stronger, clips[0][1]))
+    assert len(writer) == 0
