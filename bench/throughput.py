@@ -26,8 +26,9 @@ exactly as the job's decode stage does, in the job's batch size; one untimed war
 This is what the job would reach if decode, encode and write were free and fully hidden.
 
 A and B alternate (job, teacher-only, job, teacher-only, ...) per teacher; the ratios A/B are taken
-per repetition and their medians quoted. The per-stage seconds per clip (decode, teacher, encode,
-write) are the job's own timers summed over clips and divided by the clips: the stages overlap and
+per repetition and their medians quoted. The per-stage seconds per clip (decode, teacher, encode =
+cast + quantize + pack, i.e. compress and checksum; write = the writer appending bytes and committing)
+are the job's own timers summed over clips and divided by the clips: the stages overlap and
 share the cores, so they do not add up to compute_wall, and a stage's time inside the job includes
 waiting for a core that another stage holds. "teacher busy" = the teacher's seconds in the job /
 the steady span: below 100 % the teacher waited for inputs or shared its core.
