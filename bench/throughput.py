@@ -7,7 +7,8 @@ Teachers: `l4p-tiny` (the tests' model: ~1 s per clip here, little compute per o
 `matched` (bench/matched_teacher.py: outputs of the full L4P shapes, ~29.5 MB raw fp16 per clip,
 and --matched-gflop GFLOP of real matmuls per clip, so the job encodes and writes the bytes the
 real model's outputs give it; full L4P spends ~380 GFLOP per output MB, minutes per clip on this
-CPU: the line "compute per output MB" says how close a run got); `oracle` on request.
+CPU: the line "compute per output MB" says how close a run got); `oracle` on request; `l4p`, the
+real model, on a GPU node: --teachers l4p --l4p-checkpoint PATH [--l4p-dtype bfloat16] [--num-gpus 1].
 
 A (the job): pipeline.runner.run_job on an in-process Ray (JobConfig with ray.address "local", every
 run into a fresh cache directory, default job settings otherwise) over --clips synthetic scenes of 16
@@ -86,11 +87,13 @@ class BenchTeacher:
     gflop_per_clip: float  # compute per 16-frame clip (one window)
 
 
-def bench_teacher(name: str, matched_gflop: float) -> BenchTeacher:
+def bench_teacher(name: str, matched_gflop: float, l4p: TeacherConfig | None = None) -> BenchTeacher:
     from bench.l4p_teacher import window_flops
     from bench.matched_teacher import blocks_for, matched_teacher_class, matmul_flops
-    from pipeline.teachers.l4p.config import TINY
+    from pipeline.teachers.l4p.config import FULL, TINY
 
+    if name == "l4p":  # the real model: its checkpoint, dtype and GPUs from the command line
+        return BenchTeacher(name, l4p, teacher_class(name), window_flops(FULL)["total"] / 1e9)
     if name == MATCHED:
         cls = matched_teacher_class(matched_gflop)
         return BenchTeacher(name, TeacherConfig(name=MATCHED_CONFIG_NAME), cls,
@@ -174,12 +177,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="synthetic clips of 16 frames (default 48: enough that the job's start-up, a few "
                              "seconds, weighs on end-to-end as little as in a real job)")
     parser.add_argument("--repeats", type=int, default=2, help="alternated repetitions of A and B (default 2)")
-    known = ("l4p-tiny", "oracle", MATCHED)  # l4p needs its 5.7 GB checkpoint: bench/l4p_teacher.py
+    known = ("l4p-tiny", "oracle", MATCHED, "l4p")
     parser.add_argument("--teachers", default=f"l4p-tiny,{MATCHED}",
                         help=f"comma-separated, from {', '.join(known)} (default l4p-tiny,{MATCHED})")
     parser.add_argument("--matched-gflop", type=float, default=150.0,
                         help="GFLOP per clip of the matched teacher (default 150, ~2.5 s here; full L4P "
                              "~11200)")
+    parser.add_argument("--l4p-checkpoint", default=None,
+                        help="teacher l4p (the real model, on a GPU node): its 5.7 GB .ckpt or .safetensors")
+    parser.add_argument("--l4p-dtype", default="bfloat16", help="teacher l4p: inference dtype (default bfloat16)")
+    parser.add_argument("--num-gpus", type=float, default=1.0,
+                        help="teacher l4p: GPUs of its actor (default 1; the teacher-only leg uses cuda alike)")
     parser.add_argument("--format", default="zarr", choices=FORMATS, help="shard format of the job (default zarr)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where scenes and caches go (default: a temporary dir on /tmp, removed at the end)")
@@ -190,10 +198,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--teachers: unknown {unknown}; known {list(known)}")
     if args.clips < 1 or args.repeats < 1:
         parser.error("--clips and --repeats must be >= 1")
+    l4p = None
+    if "l4p" in teachers:
+        if not args.l4p_checkpoint:
+            parser.error("--teachers l4p needs --l4p-checkpoint PATH (the real model's weights)")
+        l4p = TeacherConfig(name="l4p", checkpoint=str(Path(args.l4p_checkpoint).resolve()), dtype=args.l4p_dtype,
+                            num_gpus=args.num_gpus)
 
     workdir = Path(tempfile.mkdtemp(prefix="p4d-bench-throughput-", dir=args.workdir))
     try:
-        run(workdir, args.clips, args.repeats, [bench_teacher(t, args.matched_gflop) for t in teachers], args.format)
+        run(workdir, args.clips, args.repeats, [bench_teacher(t, args.matched_gflop, l4p) for t in teachers], args.format)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
