@@ -1,5 +1,5 @@
 """Shared fixtures: a small synthetic data set made by the project's own generator, the real-world
-videos of ../shared/videos, and one in-process Ray for the tests that run the caching job."""
+videos of tests/data/videos, and one in-process Ray for the tests that run the caching job."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ import pytest
 import av  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_VIDEOS = ROOT.parent / "shared" / "videos"
+TEST_VIDEOS = ROOT / "tests" / "data" / "videos"  # real-world files, see its README
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -17,7 +17,7 @@ import pytest
 import webdataset as wds
 import zarr
 
-from conftest import ROOT, SCENE_FRAMES, SHARED_VIDEOS, copy_scenes
+from conftest import ROOT, SCENE_FRAMES, TEST_VIDEOS, copy_scenes
 from manifests.clips_table import current_clips, duplicate_ok_keys, read_clips_table
 from pipeline.cache_teacher import main as cache_main
 from pipeline.config import JobConfig, OutputConfig, TeacherConfig
@@ -165,8 +165,8 @@ def test_rerun_computes_nothing_and_new_videos_exactly(synthetic_set, ray_sessio
 def test_bad_inputs_become_failed_rows_with_reasons(synthetic_set, ray_session, tmp_path):
     videos, cache = tmp_path / "videos", tmp_path / "cache"
     copy_scenes(synthetic_set, videos, ["scene_0000", "scene_0001"])
-    shutil.copy(SHARED_VIDEOS / "corrupted.mp4", videos / "corrupted.mp4")
-    shutil.copy(SHARED_VIDEOS / "unordered.mov", videos / "unordered.mov")
+    shutil.copy(TEST_VIDEOS / "corrupted.mp4", videos / "corrupted.mp4")
+    shutil.copy(TEST_VIDEOS / "unordered.mov", videos / "unordered.mov")
     (videos / "zero.mp4").write_bytes(b"")
     (videos / "notes.mp4").write_text("this is not a video\n")
     (videos / "missing.mp4").symlink_to(videos / "deleted-long-ago.mp4")
@@ -198,7 +198,7 @@ def test_bad_inputs_become_failed_rows_with_reasons(synthetic_set, ray_session, 
 def test_oracle_refuses_videos_without_ground_truth(ray_session, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
-    shutil.copy(SHARED_VIDEOS / "flipping_a_pancake.mkv", videos)
+    shutil.copy(TEST_VIDEOS / "flipping_a_pancake.mkv", videos)
     summary = run_job(job(videos, tmp_path / "cache"))
     assert summary["clips"]["failed"] == 1
     (reason, examples), = summary["failure_examples"].items()

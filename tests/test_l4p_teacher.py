@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_VIDEOS, copy_scenes
+from conftest import TEST_VIDEOS, copy_scenes
 from manifests.clips_table import current_clips, read_clips_table
 from pipeline.config import JobConfig, OutputConfig, TeacherConfig
 from pipeline.runner import run_job
@@ -95,7 +95,7 @@ def test_lightning_checkpoint_loads_strictly_and_gives_identical_outputs(tiny, t
 def test_job_with_l4p_tiny_on_a_real_video_and_synthetic_scenes(fmt, synthetic_set, ray_session, tmp_path):
     videos, cache = tmp_path / "videos", tmp_path / "cache"
     copy_scenes(synthetic_set, videos, ["scene_0000"])
-    shutil.copy(SHARED_VIDEOS / "flipping_a_pancake.mkv", videos)
+    shutil.copy(TEST_VIDEOS / "flipping_a_pancake.mkv", videos)
     config = JobConfig(videos=str(videos), out=str(cache), sampling=SamplingConfig(num_frames=24, pad=True),
                        teacher=TeacherConfig(name="l4p-tiny"), output=OutputConfig(format=fmt))
     summary = run_job(config)

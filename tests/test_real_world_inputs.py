@@ -1,5 +1,5 @@
 """The caching job on inputs as they come: rotated phone videos, variable frame rate, a 4K file,
-too-short and audio-only files, and the real-world files of ../shared/videos. Each becomes an ok clip
+too-short and audio-only files, and the real-world files of tests/data/videos. Each becomes an ok clip
 with upright frames and the container's true timestamps, or a failed row with its reason; the summary
 groups failures by reason. (Every codec of the PyAV wheel: tests/test_video_reader.py, at the reader,
 since the teacher adds nothing per codec and costs ~2 s per clip on CPU.)"""
@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import SHARED_VIDEOS
+from conftest import TEST_VIDEOS
 from manifests.clips_table import current_clips, read_clips_table
 from pipeline.cache_teacher import main as cache_main
 from pipeline.video_reader import resize_frames
@@ -26,7 +26,7 @@ NUM_FRAMES = 3  # the rotated real-world files have 3 frames
 UHD = (3840, 2160)
 # The other real-world files (flipping_a_pancake.mkv, unordered.mov) go through the job in
 # tests/test_cache_job.py and through the reader in tests/test_video_reader.py.
-SHARED = ["corrupted.mp4", "video_90.mov", "video_180.mov", "video_270.mov"]
+REAL_WORLD = ["corrupted.mp4", "video_90.mov", "video_180.mov", "video_270.mov"]
 
 
 def uhd_pictures() -> list[np.ndarray]:
@@ -44,8 +44,8 @@ def real_world(ray_session, tmp_path_factory):
     write_video(videos / "one_frame.mp4", [marked(40)], [0], tenth, rate=10)
     write_video(videos / "two_frames.webm", [marked(40), marked(60)], [0, 1], tenth, rate=10, codec="libvpx")
     write_audio_only(videos / "audio_only.mp4")
-    for name in SHARED:
-        shutil.copy(SHARED_VIDEOS / name, videos / name)
+    for name in REAL_WORLD:
+        shutil.copy(TEST_VIDEOS / name, videos / name)
 
     cache = tmp_path_factory.mktemp("real-world-cache")
     handler, logger = _Records(), logging.getLogger("p4d.cache_teacher")
@@ -106,7 +106,7 @@ def test_rotated_videos_are_cached_upright(real_world, degrees):
     cache, rows, _, _ = real_world
     name = f"video_{degrees}.mov"
     frames = _stored_frames(cache, rows[name])
-    with av.open(str(SHARED_VIDEOS / name)) as container:
+    with av.open(str(TEST_VIDEOS / name)) as container:
         stored = [f for f in container.decode(video=0)]
     upright = np.stack([np.rot90(f.to_ndarray(format="rgb24"), f.rotation // 90) for f in stored])
     assert upright.shape[1:3] == ((568, 320) if degrees != 180 else (320, 568))

@@ -1,4 +1,4 @@
-"""read_clip on generated videos (whose every frame we know) and on the shared real-world files."""
+"""read_clip on generated videos (whose every frame we know) and on the real-world files of tests/data/videos."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -12,7 +12,8 @@ from PIL import Image
 from pipeline.sampling import SamplingConfig
 from pipeline.video_reader import VideoReadError, read_clip, resize_frames
 
-SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+from conftest import TEST_VIDEOS
+
 # Irregular presentation times (ms) of the variable-frame-rate fixture.
 VFR_PTS_MS = (0, 50, 80, 300, 310, 700, 1000, 1010, 1500, 2000)
 GREY_TOLERANCE = 4  # H.264 at crf 0 keeps flat grey within a level or two after YUV <-> RGB
@@ -167,7 +168,7 @@ def test_every_codec_of_the_pyav_wheel_decodes_to_the_written_frames(tmp_path, n
 
 
 def test_real_clip_whole_video():
-    clip = read_clip(SHARED_VIDEOS / "flipping_a_pancake.mkv", SamplingConfig(num_frames=16))
+    clip = read_clip(TEST_VIDEOS / "flipping_a_pancake.mkv", SamplingConfig(num_frames=16))
     assert clip.num_video_frames == 310
     assert clip.frames.shape == (16, 240, 426, 3)
     assert clip.frame_indices[0] == 0 and clip.frame_indices[-1] == 309
@@ -178,14 +179,14 @@ def test_real_clip_whole_video():
 
 def test_corrupted_file_fails_naming_the_decode_error():
     with pytest.raises(VideoReadError) as error:
-        read_clip(SHARED_VIDEOS / "corrupted.mp4", SamplingConfig(num_frames=16))
+        read_clip(TEST_VIDEOS / "corrupted.mp4", SamplingConfig(num_frames=16))
     message = str(error.value)
     assert message.startswith("decoding failed at frame ") and "corrupted.mp4" in message
     assert "\n" not in message
 
 
 def test_short_real_video_needs_pad():
-    path = SHARED_VIDEOS / "unordered.mov"
+    path = TEST_VIDEOS / "unordered.mov"
     with pytest.raises(VideoReadError, match="too short: .* has 4 usable frames"):
         read_clip(path, SamplingConfig(num_frames=16))
     clip = read_clip(path, SamplingConfig(num_frames=16, pad=True))
@@ -196,7 +197,7 @@ def test_short_real_video_needs_pad():
 
 @pytest.mark.parametrize("degrees, shape", [(90, (568, 320)), (180, (320, 568)), (270, (568, 320))])
 def test_rotated_videos_come_upright(degrees, shape):
-    path = SHARED_VIDEOS / f"video_{degrees}.mov"
+    path = TEST_VIDEOS / f"video_{degrees}.mov"
     clip = read_clip(path, SamplingConfig(num_frames=3))
     assert clip.frames.shape == (3, *shape, 3)
     # PyAV decodes the stored (unrotated) picture and reports the display rotation counter-clockwise.
