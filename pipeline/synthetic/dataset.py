@@ -73,9 +73,11 @@ def write_video(path: Path, rgb: np.ndarray, fps: float) -> None:
         stream.width, stream.height = rgb.shape[2], rgb.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.time_base = 1 / rate
-        stream.options = {"crf": str(CRF)}
-        # One encoder thread: multi-threaded x264 output depends on scheduling, and the video's bytes
-        # are part of every cache key.
+        # The video's bytes are part of every cache key, so they must not vary. One encoder thread:
+        # multi-threaded x264 output depends on scheduling. cpu-independent: on an AVX-512 machine
+        # (seen here, PyAV 18.1's x264 core 165) the same frames encoded twice in one process gave
+        # different bytes; with x264's CPU-independent algorithms they are identical, on any CPU.
+        stream.options = {"crf": str(CRF), "x264-params": "cpu-independent=1"}
         stream.codec_context.thread_count = 1
         for index, frame in enumerate(rgb):
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
