@@ -22,8 +22,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.conditions import median, print_conditions  # noqa: E402
-from pipeline.config import TeacherConfig, default_storage  # noqa: E402
-from pipeline.teachers.base import TeacherInput, output_shapes  # noqa: E402
+from pipeline.config import TeacherConfig  # noqa: E402
+from pipeline.teachers.base import TeacherInput  # noqa: E402
+from shards.teacher_fields import default_storage, teacher_shapes  # noqa: E402
 from pipeline.teachers.l4p.config import FULL, TASKS, TINY  # noqa: E402
 from pipeline.teachers.l4p.dpt import dpt_flops  # noqa: E402
 from pipeline.teachers.l4p.encoder import encoder_flops  # noqa: E402
@@ -40,7 +41,7 @@ def window_flops(config) -> dict[str, float]:
 
 def clip_bytes(num_frames: int = 16) -> dict[str, int]:
     storage = default_storage()
-    shapes = output_shapes(num_frames, len(FULL.hooks), FULL.embed_dim)
+    shapes = teacher_shapes(num_frames, len(FULL.hooks), FULL.embed_dim)
     return {name: int(np.prod(shape)) * np.dtype(storage[name].dtype).itemsize for name, shape in shapes.items()}
 
 

@@ -22,8 +22,9 @@ from pipeline.cache_dir import PICTURES_DIR
 from pipeline.visualize import render_clip_png
 from shards.cache_reader import read_cached_clip
 from shards.schema import specs_from_json
+from shards.teacher_fields import CLIP_FIELDS, MAP_TASKS
 
-PICTURE_FIELDS = ["frames", "timestamps", "depth", "flow", "dyn_mask", "camray"]
+PICTURE_FIELDS = [*CLIP_FIELDS, *MAP_TASKS]
 
 
 def find_clip(clips: dict[str, dict], wanted: str) -> dict:

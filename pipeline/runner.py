@@ -32,15 +32,15 @@ from pipeline.datasets.mixture import load_mixture, skipped_summary, unique_requ
 from pipeline.sources import attach_cache_keys, build_requests, load_sources
 from pipeline.teachers import registry
 from shards.schema import FieldSpec, specs_to_json
+from shards.teacher_fields import CLIP_FIELDS, clip_shapes
 
 log = logging.getLogger(__name__)
 
 
 def field_specs(config: JobConfig, teacher_shapes: dict, num_frames: int) -> list[FieldSpec]:
-    height, width = config.output.frame_size
-    shapes = {"frames": (num_frames, height, width, 3), "timestamps": (num_frames,), **teacher_shapes}
-    names = ["frames", "timestamps", *config.output.fields]
-    return [FieldSpec(n, shapes[n], **asdict(config.output.storage[n])) for n in names]
+    shapes = {**clip_shapes(num_frames, config.output.frame_size), **teacher_shapes}
+    names = [*CLIP_FIELDS, *config.output.fields]
+    return [FieldSpec.stored_as(n, shapes[n], config.output.storage[n]) for n in names]
 
 
 # A teacher actor whose process dies (OOM, a lost node, a kill) is restarted and its pending calls,

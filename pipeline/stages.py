@@ -20,10 +20,11 @@ from pipeline.cache_dir import CacheDir
 from pipeline.config import TeacherConfig
 from pipeline.sampling import SamplingConfig
 from pipeline.sources import ClipRequest
-from pipeline.teachers.base import TeacherError, TeacherInput, clip_windows
+from pipeline.teachers.base import TeacherError, TeacherInput
 from shards.codecs import encode_arrays
 from shards.formats import PackedClip, open_writer, pack_clip, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
+from shards.teacher_fields import clip_window_starts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,7 @@ def encode_clip(specs: list[FieldSpec], fmt: str, payload: Decoded, teacher_resu
     packed = pack_clip(fmt, specs, encoded)
     seconds = {"decode": decode_seconds, "teacher": teacher_seconds, "encode": time.perf_counter() - start}
     return Encoded(packed, [int(i) for i in tin.frame_indices], [float(t) for t in tin.timestamps],
-                   clip_windows(len(tin.timestamps)), seconds)
+                   clip_window_starts(len(tin.timestamps)), seconds)
 
 
 @ray.remote(num_cpus=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from student.losses import MAP_TASKS
+from shards.teacher_fields import L4P_DIM, L4P_HOOKS, MAP_TASKS
 
 ADAPTERS = ("qwen2_5_vl", "llava_onevision")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -44,8 +44,8 @@ class BranchConfig:
 
     enabled: bool = True
     layer: int = -1  # LLM hidden-state layer D_4DP reads (-1: the last, as the released code)
-    hooks: int = 4  # teacher layers hooked (L4P: 14, 21, 28, 36)
-    latent_dim: int = 1408  # the teacher's latent width C
+    hooks: int = len(L4P_HOOKS)  # teacher layers hooked
+    latent_dim: int = L4P_DIM  # the teacher's latent width C
     head: str = "linear"  # "linear" (released code) or "mlp" (paper: 3 layers, GELU)
     mlp_hidden: int = 2560
     decoders: str = "light"  # D_m: "light" trainable decoders or "teacher" (frozen exported DPT heads)

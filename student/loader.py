@@ -28,6 +28,7 @@ from manifests.regions import MarkStyle, draw_clip_marks, parse_regions
 from shards.formats import open_reader
 from shards.integrity import ShardCorruptError
 from shards.schema import specs_from_json
+from shards.teacher_fields import CLIP_FIELDS
 from student.augment import AugmentConfig, augment
 from student.batch import collate
 from student.cache_index import CacheIndex, Record
@@ -43,7 +44,7 @@ class ClipReader:
     """Reads cached clips, keeping a few shard readers open (a WebDataset reader indexes its tar once)."""
 
     def __init__(self, root: Path, fields: tuple[str, ...]):
-        self.root, self.fields = root, ("frames", "timestamps", *fields)
+        self.root, self.fields = root, (*CLIP_FIELDS, *fields)
         self._open: OrderedDict = OrderedDict()
 
     def _reader(self, clip: dict):

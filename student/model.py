@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import ModelOutput
 
 from manifests.dataclass_io import from_dict, to_dict
+from shards.teacher_fields import MAP_SIZE
 from student.adapters import VLMAdapter, build_adapter
 from student.batch import StudentBatch
 from student.config import BranchConfig, ModelConfig, StudentConfig, TPEConfig
@@ -45,7 +46,7 @@ class StudentOutput(ModelOutput):
 
 
 class StudentModel(nn.Module):
-    def __init__(self, config: StudentConfig, base: nn.Module, adapter: VLMAdapter, map_size: int = 224):
+    def __init__(self, config: StudentConfig, base: nn.Module, adapter: VLMAdapter, map_size: int = MAP_SIZE):
         super().__init__()
         self.config = config
         self.base = base
@@ -57,7 +58,7 @@ class StudentModel(nn.Module):
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: StudentConfig, map_size: int = 224) -> StudentModel:
+    def from_config(cls, config: StudentConfig, map_size: int = MAP_SIZE) -> StudentModel:
         """Load the base VLM from config.model.path and attach a fresh P4D branch. Under ZeRO-3 the
         caller has made transformers' HfDeepSpeedConfig live first (student/train.py)."""
         path = config.model.path
@@ -142,7 +143,7 @@ class StudentModel(nn.Module):
             dummy = self.adapter.dummy_video()
             g = dummy.grid
             grid = hidden.new_zeros(1, g.slots, g.rows, g.cols, hidden.shape[-1])
-            frames, num_frames, fps = window_frames(2, [0]), 2, g.frames_per_slot
+            frames, num_frames, fps = window_frames(2), 2, g.frames_per_slot
         return self.branch(grid, frames, num_frames, fps)
 
     @torch.no_grad()

@@ -5,8 +5,9 @@ import pytest
 
 from pipeline.cache_dir import CacheDir, CacheLockedError
 from pipeline.cache_teacher import main as cache_main
-from pipeline.config import FLAGS, build_parser, default_storage, load_config
+from pipeline.config import FLAGS, build_parser, load_config
 from pipeline.runner import field_specs
+from shards.teacher_fields import default_storage
 
 
 def parse(*argv):
