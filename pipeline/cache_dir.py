@@ -25,7 +25,6 @@ WRITERS_LOCK_FILE = ".writers.lock"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 TEACHER_DIR = "teacher"
-PICTURES_DIR = "pictures"
 
 
 class CacheLockedError(RuntimeError):

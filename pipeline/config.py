@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
-
-from manifests.dataclass_io import from_dict
+from configs.dataclass_io import Shorthand, add_config_arguments, config_from_args
 from pipeline.sampling import SamplingConfig
 from shards.formats import FORMATS
 from shards.schema import FieldStorage
@@ -99,12 +96,13 @@ class JobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-# (flag, dotted config path, help). Every option of the YAML file has a flag.
-FLAGS: list[tuple[str, str, str]] = [
+# The command line's flags: each is a shorthand for `--set <dotted key>=VALUE`, and every key of the
+# YAML file can be set with --set.
+FLAGS = [Shorthand(*flag) for flag in [
     ("--videos", "videos", "folder of videos to cache (searched recursively)"),
     ("--samples", "samples", "samples Parquet (default: VIDEOS/samples.parquet if present)"),
     ("--source", "sources", "a dataset in its native format, NAME=ROOT (repeatable): robofac, sat, vsti, "
-     "wolf, r4d, stibench, vlm4d"),
+     "wolf, r4d, stibench, vlm4d", True),
     ("--lenient", "lenient", "skip malformed annotation rows, counted in summary.json (true/false)"),
     ("--out", "out", "cache directory (created if missing)"),
     ("--retry-failed", "retry_failed", "recompute clips whose earlier attempt failed (true/false)"),
@@ -132,38 +130,19 @@ FLAGS: list[tuple[str, str, str]] = [
      "else in-process), 'local' (in-process) or a cluster address host:port"),
     ("--ray-num-cpus", "ray.num_cpus", "CPUs of the local Ray (default: all)"),
     ("--object-store-mb", "ray.object_store_mb", "object store size of the local Ray"),
-]
+]]
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=description,
         epilog="A YAML file given by --config holds the same options nested as in the dotted names "
-        "(e.g. teacher: {name: oracle}); command-line flags override it. "
-        "Per-field storage (output.storage.<field>: {dtype, codec, level}) is YAML-only.",
+        "(e.g. teacher: {name: oracle}); --set and the flags override it, the later winning. Per-field "
+        "storage: output.storage.<field>: {dtype, codec, level, encoding, step}.",
     )
-    p.add_argument("--config", help="YAML config file")
-    for flag, path, help_text in FLAGS:
-        p.add_argument(flag, dest=path, default=None, action="append" if path == "sources" else "store",
-                       help=f"{help_text} [{path}]")
+    add_config_arguments(p, FLAGS)
     return p
 
 
 def load_config(args: argparse.Namespace) -> JobConfig:
-    data: dict = {}
-    if args.config:
-        text = Path(args.config).read_text()
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping at the top level")
-        data = loaded
-    for _, path, _ in FLAGS:
-        value = getattr(args, path)
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value.split(",") if path == "output.fields" else value
-    return from_dict(JobConfig, data)
+    return config_from_args(JobConfig, args)

@@ -17,13 +17,12 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
+from configs.dataclass_io import to_dict, to_yaml
 from manifests.cache_key import PREPROCESS_VERSION
 from manifests.clips_table import PLAN_COLUMNS, current_status, read_clips_table
 from manifests.content_hash import ContentHashes
-from manifests.dataclass_io import to_dict
 from manifests.planner import plan_missing
 from manifests.samples_table import merge_samples
 from pipeline.cache_dir import CONFIG_FILE, SUMMARY_FILE, TEACHER_DIR, CacheDir
@@ -125,7 +124,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
         specs = field_specs(config, identity.shapes, config.sampling.num_frames)
         spec_json = specs_to_json(specs)
         sampling = asdict(config.sampling)
-        (cache.root / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        (cache.root / CONFIG_FILE).write_text(to_yaml(config))
         (cache.root / TEACHER_DIR / "identity.json").write_text(
             json.dumps({"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
                         "preprocess_version": PREPROCESS_VERSION}, indent=2))

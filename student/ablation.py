@@ -33,9 +33,8 @@ if __name__ == "__main__":
 
 import numpy as np
 import torch
-import yaml
 
-from manifests.dataclass_io import to_dict
+from configs.dataclass_io import to_yaml
 from student.batch import collate
 from student.cache_index import load_cache_index
 from student.charts import bar_chart
@@ -159,7 +158,7 @@ def run(config_path: Path, bench_cache: Path, out: Path, seeds: list[int], rows:
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg = replace(base_cfg, student=student, run=replace(base_cfg.run, out=str(run_dir / "train"), seed=seed),
                           data=replace(base_cfg.data, seed=seed))
-            cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            cfg_path.write_text(to_yaml(cfg))
             log.info("row %s seed %d: training %d steps", row, seed, cfg.run.max_steps)
             train_row(cfg_path, [], ranks)
             export = run_dir / "train" / "export"

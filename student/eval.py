@@ -24,12 +24,12 @@ if __name__ == "__main__":
 
 from tqdm import tqdm
 
-from manifests.regions import MarkStyle
 from shards.atomic import atomic_write_bytes
 from student.batch import collate
 from student.cache_index import Record, load_cache_index
 from student.charts import bar_chart
 from student.loader import ClipReader, build_sample
+from student.marks import MarkStyle
 from student.model import StudentModel, load_tokenizer
 from student.scoring import (
     DYNAMIC, STATIC, markdown_table, mean_relative_accuracy, parse_choice, parse_number, r4d_column, r4d_table,

@@ -5,7 +5,7 @@ The pipeline, as explicit stages (each a function of the previous one's output):
   read       ClipReader: this batch's clips from their shards, only the fields the losses need
   augment    a seeded flip / crop of frames, regions and every target together (student/augment.py);
              the draw is seeded by (seed, epoch, batch, position), so a resumed run draws the same views
-  marks      the sample's regions drawn as Set-of-Marks labels on its frames (manifests/regions.py)
+  marks      the sample's regions drawn as Set-of-Marks labels on its frames (student/marks.py)
   images     image-only samples' pictures from the cache's image root
   collate    student.batch.collate: tokens, answer-only labels, visual inputs, targets + masks
 
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from manifests.regions import MarkStyle, draw_clip_marks, parse_regions
+from manifests.regions import parse_regions
 from shards.formats import open_reader
 from shards.integrity import ShardCorruptError
 from shards.schema import specs_from_json
@@ -32,6 +32,7 @@ from shards.teacher_fields import CLIP_FIELDS
 from student.augment import AugmentConfig, augment
 from student.batch import collate
 from student.cache_index import CacheIndex, Record
+from student.marks import MarkStyle, draw_clip_marks
 from student.stream import epoch_order, rank_batches
 from student.train_config import DataConfig
 

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import ModelOutput
 
-from manifests.dataclass_io import from_dict, to_dict
+from configs.dataclass_io import from_dict, to_dict
 from shards.teacher_fields import MAP_SIZE
 from student.adapters import VLMAdapter, build_adapter
 from student.batch import StudentBatch

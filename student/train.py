@@ -29,6 +29,8 @@ import warnings
 
 import torch
 
+from configs.dataclass_io import add_config_arguments, config_from_args, to_yaml
+
 # torch.distributed's renamed collectives, called by DeepSpeed every step: one warning per call.
 warnings.filterwarnings("ignore", message=r".*torch.distributed.\w+ is deprecated", category=FutureWarning)
 
@@ -42,9 +44,7 @@ log = logging.getLogger("p4d.train")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="training YAML (configs/train/*.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set run.max_steps=20 (repeatable)")
+    add_config_arguments(p, config_required=True)
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -111,9 +111,9 @@ def main(argv=None) -> None:
     from student.cache_index import check_shapes, load_cache_index, record_summary
     from student.loader import StudentLoader
     from student.model import StudentModel, load_tokenizer
-    from student.train_config import dump_train_config, load_train_config
+    from student.train_config import TrainConfig
 
-    cfg = load_train_config(args.config, args.set)
+    cfg = config_from_args(TrainConfig, args)
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     dist.barrier()  # every rank is through init_distributed: it has mapped every rank's shm segment
@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     ckpt_dir = out / "checkpoints"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_train_config(cfg))
+        (out / "config.yaml").write_text(to_yaml(cfg))
 
     # Data first: a cache that does not fit the config is refused before any model is built.
     student_cfg = cfg.student
@@ -203,10 +203,9 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, loader, cfg, rank: int) -
     import torch.distributed as dist
 
     from student import checkpoints
-    from student.train_config import dump_train_config
 
     tag = checkpoints.tag_for(step)
-    state = {"step": step, "loader": loader.state_dict(), "config": dump_train_config(cfg)}
+    state = {"step": step, "loader": loader.state_dict(), "config": to_yaml(cfg)}
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)
     dist.barrier()  # every rank's partition is on disk before the marker says so
     if rank == 0:

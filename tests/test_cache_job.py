@@ -246,7 +246,7 @@ def test_sigkill_mid_job_then_rerun_finishes_exactly_once(synthetic_set, ray_ses
 def test_inspect_lists_and_renders_a_cached_clip(both_caches, tmp_path, capsys):
     from PIL import Image
 
-    from pipeline.inspect import main as inspect_main
+    from student.inspect_cache import main as inspect_main
 
     cache = both_caches["wds"]
     rows = ok_rows(cache)

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from configs.dataclass_io import config_from_args
 from manifests.samples_table import SAMPLES_FILE, read_samples, write_samples
 from pipeline.config import JobConfig, OutputConfig, TeacherConfig
 from pipeline.runner import run_job
@@ -28,7 +29,7 @@ from student.loader import StudentLoader
 from student.model import StudentModel, load_tokenizer
 from student.stream import epoch_order
 from student.tiny import make_tiny_vlm
-from student.train_config import DataConfig, load_train_config
+from student.train_config import DataConfig, TrainConfig, load_train_config
 
 LATENT_DIM = 16
 IMAGE_SAMPLES = 6
@@ -259,8 +260,14 @@ def test_train_config_overrides_and_errors(tmp_path):
     path.write_text("run:\n  max_steps: 3\n")
     cfg = load_train_config(path, ["data.batch_size=4", "student.loss.ld_weight=0"])
     assert (cfg.run.max_steps, cfg.data.batch_size, cfg.student.loss.ld_weight) == (3, 4, 0.0)
-    with pytest.raises(ValueError, match=r"c.yaml.data: unknown key\(s\) \['batchsize'\]"):
+    with pytest.raises(ValueError, match=r"config.data: unknown key\(s\) \['batchsize'\]"):
         load_train_config(path, ["data.batchsize=4"])
+    # The trainer's command line: the same reader, --set values read as YAML unless the key is a string.
+    from student.train import parse_args
+
+    cfg = config_from_args(TrainConfig, parse_args(["--config", str(path), "--set", "run.out=007",
+                                                    "--set", "data.datasets=[sat, robofac]"]))
+    assert (cfg.run.max_steps, cfg.run.out, cfg.data.datasets) == (3, "007", ("sat", "robofac"))
 
 
 def test_loader_draws_marks_and_augments_consistently(train_cache, tiny_qwen):
