@@ -27,7 +27,7 @@ real caching job with l4p-tiny and the job's default storage into data/bench/tra
 (git-ignored; reused while its specs match, rebuilt otherwise).
 
 What a rank times, per step (the loop of student/train.py, run in the rank process):
-  data   the batch's samples read and decoded from the cache (student.loader.ClipReader + build_sample
+  data   the batch's samples read and decoded from the cache (shards.cache_reader.ClipReader + student.loader.build_sample
          over StudentLoader.epoch_batches, in-process as with num_workers=0: cached reads frames +
          latents + maps, the other two cases frames only) and collated (student.batch.collate)
   step   [online: teacher predict + targets stacked into the batch] + global valid-sample counts
@@ -83,7 +83,9 @@ def rank_main(args: argparse.Namespace) -> None:
     from transformers.integrations import HfDeepSpeedConfig
 
     from student.cache_index import check_shapes, load_cache_index
-    from student.loader import ClipReader, StudentLoader, build_sample
+    from shards.cache_reader import ClipReader
+    from shards.teacher_fields import CLIP_FIELDS
+    from student.loader import StudentLoader, build_sample
     from student.model import StudentModel, ablation, load_tokenizer
     from student.batch import collate
     from student.train import deepspeed_config, global_denominators, lr_lambda
@@ -122,7 +124,7 @@ def rank_main(args: argparse.Namespace) -> None:
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            model_parameters=params, config=ds_config)
     order = StudentLoader(index, cfg.data, rank, world, model.adapter, tokenizer, fields).epoch_batches(0)
-    reader = ClipReader(index.root, read_fields)
+    reader = ClipReader(index.root, (*CLIP_FIELDS, *read_fields))
     rss_after_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     init_seconds = time.perf_counter() - started
 
@@ -150,7 +152,7 @@ def rank_main(args: argparse.Namespace) -> None:
         if step >= args.warmup:
             records.append({"data": t1 - t0, "teacher": t2 - t1, "step": t3 - t1, "loss": output.loss.item()})
     dist.barrier()
-    result = {"rank": rank, "case": args.case, "steps": records, "fields_read": ["frames", "timestamps", *read_fields],
+    result = {"rank": rank, "case": args.case, "steps": records, "fields_read": [*CLIP_FIELDS, *read_fields],
               "params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
               "rss_after_init_kb": rss_after_init,
               "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from configs.dataclass_io import to_yaml
+from shards.teacher_fields import CLIP_FIELDS
 from student.batch import collate
 from student.cache_index import load_cache_index
 from student.charts import bar_chart
@@ -64,7 +65,7 @@ def train_row(config_path: Path, overrides: list[str], ranks: int) -> None:
 def _depth_samples(cache: Path) -> list[dict]:
     index = load_cache_index(cache, split=None, needed=("depth",))
     records = [r for r in index.records if r.clip is not None]
-    reader = ClipReader(index.root, ("depth",))
+    reader = ClipReader(index.root, (*CLIP_FIELDS, "depth"))
     # One sample per clip: the probe is about the video, not the questions.
     seen, out = set(), []
     for r in records:

@@ -25,6 +25,7 @@ if __name__ == "__main__":
 from tqdm import tqdm
 
 from shards.atomic import atomic_write_bytes
+from shards.teacher_fields import CLIP_FIELDS
 from student.batch import collate
 from student.cache_index import Record, load_cache_index
 from student.charts import bar_chart
@@ -156,7 +157,7 @@ def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Pa
     records = index.records[:limit] if limit else index.records
     model = StudentModel.from_export(model_dir).eval()
     tokenizer = load_tokenizer(model_dir)
-    reader = ClipReader(index.root, ())
+    reader = ClipReader(index.root, CLIP_FIELDS)
     path = out / PREDICTIONS
     done = read_predictions(path)
     todo = [r for r in records if r.sample_id not in done]

@@ -19,7 +19,6 @@ from manifests.regions import check_marks, parse_regions
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from manifests.schemas import CLIP_OK
 from shards.cache_reader import read_cached_clip
-from shards.schema import specs_from_json
 from shards.teacher_fields import CLIP_FIELDS, MAP_TASKS
 from student.marks import MarkStyle, draw_clip_marks
 from student.visualize import render_clip_png
@@ -67,8 +66,7 @@ def find_marked_sample(cache_root: Path, row: dict, sample_id: str | None) -> di
 
 def render(cache_root: Path, row: dict, out: Path, marks: dict | None = None) -> Path:
     """marks: a sample row whose regions are drawn onto the frames, as the student loader draws them."""
-    stored = {spec.name for spec in specs_from_json(row["fields"])}
-    arrays = read_cached_clip(cache_root, row, [f for f in PICTURE_FIELDS if f in stored])
+    arrays = read_cached_clip(cache_root, row, PICTURE_FIELDS)
     if "camray" in arrays:
         arrays["camray"] = camray_per_frame(arrays["camray"], row["window_starts"], len(row["timestamps"]))
     title = f"{row['clip_id']}  ({row['video_uri']})"

@@ -1,9 +1,8 @@
 """The trainer: the cache checks, the streaming loader (rank / worker split, mixture, resumable
-position), the import wall between student/ and pipeline/, and real 2-rank DeepSpeed ZeRO-3 runs
-(gloo on CPU) that are killed and resumed."""
+position), and real 2-rank DeepSpeed ZeRO-3 runs (gloo on CPU) that are killed and resumed; the wall
+between student/ and pipeline/ is in test_layering.py."""
 from __future__ import annotations
 
-import ast
 import json
 import os
 import signal
@@ -86,20 +85,6 @@ def take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
-# -- the wall between producing and consuming --------------------------------------------------
-def test_student_never_imports_pipeline():
-    for path in (ROOT / "student").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n == "pipeline" or n.startswith("pipeline.") for n in names), f"{path} imports {names}"
-    code = ("import sys, student.train, student.loader, student.model, student.teacher_heads; "
-            "student.train.main.__code__; "
-            "bad = [m for m in sys.modules if m == 'pipeline' or m.startswith('pipeline.')]; "
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-
-
 # -- cache checks --------------------------------------------------------------------------------
 def test_a_cache_from_another_teacher_or_storage_is_refused(train_cache):
     index = load_cache_index(train_cache, needed=("latents",))
@@ -160,11 +145,23 @@ def test_mixture_weights_repeat_and_subsample(train_cache):
     assert sorted(order) != sorted(other_epoch)  # another half of the video samples
 
 
-def test_only_the_needed_fields_are_read(train_cache, tiny_qwen):
+def test_only_the_needed_fields_are_read(train_cache, tiny_qwen, monkeypatch):
+    from shards.wds_shard import WdsShardReader
+
+    asked = []
+    read = WdsShardReader.read
+    monkeypatch.setattr(WdsShardReader, "read", lambda self, row, fields=None, checksums=None: (
+        asked.append(fields), read(self, row, fields, checksums))[1])
     loader = loader_for(train_cache, tiny_qwen, fields=("depth",), weights={"sat": 0.0})
     batch = next(iter(loader))
     assert set(batch.targets) == {"depth"}
     assert batch.targets["depth"].shape[1:] == (16, 224, 224)
+    assert asked and all(fields == ["frames", "timestamps", "depth"] for fields in asked), asked
+    # A field a clip does not store is left out (the loader masks its loss for that sample).
+    from shards.cache_reader import ClipReader
+
+    clip = next(r.clip for r in loader.index.records if r.clip is not None)
+    assert set(ClipReader(train_cache, ("timestamps", "normals")).read(clip)) == {"timestamps"}
 
 
 # -- DeepSpeed ZeRO-3, 2 CPU ranks ---------------------------------------------------------------
@@ -275,12 +272,14 @@ def test_loader_draws_marks_and_augments_consistently(train_cache, tiny_qwen):
     together (flow u changes sign), masks the latents it makes untrue, is the same after a restart,
     and is never applied to a sample whose text says left or right."""
     from student.augment import AugmentConfig
-    from student.loader import SIDEDNESS, ClipReader, build_sample
+    from shards.cache_reader import ClipReader
+    from shards.teacher_fields import CLIP_FIELDS
+    from student.loader import SIDEDNESS, build_sample
 
     index = load_cache_index(train_cache)
     record = next(r for r in index.records if r.clip is not None and r.regions)
-    clean = ClipReader(index.root, ()).read(record.clip)["frames"]
-    marked = build_sample(record, ClipReader(index.root, ()), index.root, marks=DataConfig().marks)["frames"]
+    clean = ClipReader(index.root, CLIP_FIELDS).read(record.clip)["frames"]
+    marked = build_sample(record, ClipReader(index.root, CLIP_FIELDS), index.root, marks=DataConfig().marks)["frames"]
     assert marked.shape == clean.shape and not np.array_equal(marked, clean)
 
     fields = ("latents", "flow", "depth")
