@@ -28,8 +28,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __package__ in (None, ""):
+    # Run as a script (python student/ablation.py): import from the project root, and not from
+    # student/ itself, whose module names (config, datasets, ...) would shadow installed packages.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 import torch

@@ -21,9 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__":
-    # Run as a script, sys.path[0] is student/; the packages live one level up.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __package__ in (None, ""):
+    # Run as a script (deepspeed student/train.py): import from the project root, and not from student/ itself,
+    # whose module names (config, datasets, ...) would shadow installed packages.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import warnings
 
