@@ -20,9 +20,9 @@ if __package__ in (None, ""):
     # whose module names (config, datasets, ...) would shadow installed packages.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipeline.cache_dir import CacheLockedError  # noqa: E402
+from pipeline.cache_dir import CacheFullError, CacheLockedError  # noqa: E402
 from pipeline.config import build_parser, load_config  # noqa: E402
-from pipeline.runner import CacheFullError, run_job  # noqa: E402
+from pipeline.runner import run_job  # noqa: E402
 
 log = logging.getLogger("p4d.cache_teacher")
 

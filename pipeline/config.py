@@ -95,6 +95,12 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
+    def __post_init__(self):
+        # Fewer clips in flight than a teacher batch would never fill a batch while videos remain.
+        if self.max_inflight is not None and self.max_inflight < self.teacher.batch_size:
+            raise ValueError(f"max_inflight ({self.max_inflight}) must be >= teacher.batch_size "
+                             f"({self.teacher.batch_size})")
+
 
 # The command line's flags: each is a shorthand for `--set <dotted key>=VALUE`, and every key of the
 # YAML file can be set with --set.

@@ -43,6 +43,8 @@ def test_bad_config_names_the_key(tmp_path):
         parse("--teacher", "l5p")
     with pytest.raises(ValueError, match="output.fields: unknown"):
         parse("--fields", "depth,normals")
+    with pytest.raises(ValueError, match=r"max_inflight \(1\) must be >= teacher.batch_size \(2\)"):
+        parse("--max-inflight", "1", "--batch-size", "2")
 
 
 def test_set_reaches_every_key_in_command_line_order():
