@@ -267,6 +267,24 @@ def test_train_config_overrides_and_errors(tmp_path):
     assert (cfg.run.max_steps, cfg.run.out, cfg.data.datasets) == (3, "007", ("sat", "robofac"))
 
 
+def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
+    import math
+
+    import torch
+
+    from student.train import lr_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    schedule = lr_schedule(optimizer, max_steps=10, warmup_ratio=0.25)  # ceil(2.5) = 3 warmup steps
+    lrs = []
+    for _ in range(11):
+        lrs.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    expected = [0.0, 2 / 3, 4 / 3] + [1.0 + math.cos(math.pi * (s - 3) / 7) for s in range(3, 11)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+
+
 def test_loader_draws_marks_and_augments_consistently(train_cache, tiny_qwen):
     """Marks are drawn at load time (the cached frames stay clean); a flip mirrors frames and maps
     together (flow u changes sign), masks the latents it makes untrue, is the same after a restart,
