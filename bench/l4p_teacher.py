@@ -68,14 +68,14 @@ def main() -> None:
     full, tiny = window_flops(FULL), window_flops(TINY)
     for part in full:
         print(f"{part:28} {full[part] / 1e12:11.3f} {tiny[part] / 1e9:11.3f}")
-    print(f"(L4P.md: encoder ~5.1 TFLOP through all 40 blocks = {encoder_flops(FULL) / 1e12:.3f} here; "
+    print(f"(docs/teacher.md: encoder ~5.1 TFLOP through all 40 blocks = {encoder_flops(FULL) / 1e12:.3f} here; "
           "~2.8 TFLOP per head: the inferred DPT resamplers come out lower, see dpt.py)")
 
     print("\n-- bytes per 16-frame clip at FULL shapes, default storage dtypes (before compression)")
     sizes = clip_bytes()
     for name, n in sizes.items():
         print(f"{name:10} {n / 1e6:8.3f} MB")
-    print(f"{'total':10} {sum(sizes.values()) / 1e6:8.3f} MB  (L4P.md: ~29.5 MB in fp16)")
+    print(f"{'total':10} {sum(sizes.values()) / 1e6:8.3f} MB  (docs/teacher.md: ~29.5 MB in fp16)")
 
     teacher = build_teacher(TeacherConfig(name="l4p-tiny"))
     rng = np.random.default_rng(0)

@@ -1,8 +1,9 @@
 """Configuration of the student: the base VLM, TPE, the P4D branch and the loss weights.
 
 Every weight and switch is a value here, so the paper's ablation (baseline, +TPE, +LD, +ED, +LD+ED) is
-five YAML files (configs/student/*.yaml). Defaults follow the paper (../shared/reference/DISTILLATION.md):
-alpha = 0.5 for L_LD, beta = 0.1 for L_ED with per-task 1.0 depth, 0.1 flow, 0.05 motion, 0.05 camray.
+one config and student.model.ablation. Default weights: alpha = 0.5 for L_LD, beta = 0.1 for L_ED with
+per-task 1.0 depth, 0.1 flow, 0.05 motion, 0.05 camray, an earlier reading of the paper for which no
+source was found; the released recipe's weights are in docs/distillation.md.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Shapes follow the cache (shards/teacher_fields.py), with a leading batch dim B:
   dyn_mask [B, T, H, W]              teacher probability; the student predicts LOGITS
   camray   [B, W, 6, 16, 16, 16]     Plucker rays
 
-Why each form (../shared/reference/DISTILLATION.md): depth is compared in log space so near and far
+Why each form (docs/distillation.md): depth is compared in log space so near and far
 scenes weigh alike; flow is unbounded pixels, so it is divided by the map side before the penalty
 (else it dominates every other term); motion is a BCE against the teacher's soft probability.
 """

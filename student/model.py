@@ -1,7 +1,7 @@
 """The student: a stock Hugging Face VLM + TPE (no parameters) + the P4D branch (training only).
 
 Every step runs the same modules in the same order whatever the batch holds (ZeRO-3 ranks must,
-STACK.md): images through the vision tower, then videos (an all-zero dummy stands in for a missing
+docs/stack.md): images through the vision tower, then videos (an all-zero dummy stands in for a missing
 modality, its output added to the loss as 0 x sum), TPE, the LLM, then the P4D branch (on a dummy grid
 when the batch has no video). Auxiliary terms are masked per sample, so an image-only sample (SAT)
 or a sample whose field was not cached contributes exactly 0 to L_LD / L_ED.

@@ -5,7 +5,7 @@ turns them into programs (graph + raw weights). student/ may not import pipeline
 as these files, never as code. They are frozen and replicated on every rank: kept out of the student's
 module tree on purpose, so neither the optimizer nor ZeRO-3 partitioning ever sees them.
 
-Cost (L4P.md): ~86 M params and ~2.8 TFLOP per head per 16-frame window, every step: what the "light"
+Cost (docs/teacher.md): ~86 M params and ~2.8 TFLOP per head per 16-frame window, every step: what the "light"
 decoders avoid. The released code does this; use it to reproduce it.
 """
 from __future__ import annotations
