@@ -123,7 +123,7 @@ def _split(item: str) -> tuple[str, Text]:
     return key, Text(value)
 
 
-def _load(cls, path: str | Path | None, overrides: Sequence[tuple[str, object]], where: str = "config"):
+def _load(cls, path: str | Path | None, overrides: Sequence[tuple[str, object]]):
     data = {}
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -131,12 +131,12 @@ def _load(cls, path: str | Path | None, overrides: Sequence[tuple[str, object]],
             raise ValueError(f"{path}: expected a mapping at the top level")
     for key, value in overrides:
         _set(data, key, value)
-    return from_dict(cls, data, where)
+    return from_dict(cls, data)
 
 
-def load_config(cls, path: str | Path | None = None, overrides: Sequence[str] = (), where: str = "config"):
+def load_config(cls, path: str | Path | None = None, overrides: Sequence[str] = ()):
     """`cls` from the YAML file at `path` (optional) with `KEY=VALUE` overrides applied in order."""
-    return _load(cls, path, [_split(item) for item in overrides], where)
+    return _load(cls, path, [_split(item) for item in overrides])
 
 
 @dataclass(frozen=True)
