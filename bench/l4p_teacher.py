@@ -24,11 +24,11 @@ import torch  # noqa: E402
 from bench.conditions import median, print_conditions  # noqa: E402
 from pipeline.config import TeacherConfig  # noqa: E402
 from pipeline.teachers.base import TeacherInput  # noqa: E402
-from shards.teacher_fields import default_storage, teacher_shapes  # noqa: E402
 from pipeline.teachers.l4p.config import FULL, TASKS, TINY  # noqa: E402
 from pipeline.teachers.l4p.dpt import dpt_flops  # noqa: E402
 from pipeline.teachers.l4p.encoder import encoder_flops  # noqa: E402
 from pipeline.teachers.registry import build_teacher  # noqa: E402
+from shards.teacher_fields import default_storage, teacher_shapes  # noqa: E402
 
 
 def window_flops(config) -> dict[str, float]:

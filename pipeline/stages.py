@@ -21,8 +21,8 @@ from pipeline.sampling import SamplingConfig
 from pipeline.sources import ClipRequest
 from pipeline.teachers.base import TeacherError, TeacherInput
 from pipeline.timing import Seconds
-from shards.codecs import encode_arrays
 from shards.base import PackedClip
+from shards.codecs import encode_arrays
 from shards.formats import open_writer, pack_clip, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
 from shards.teacher_fields import clip_window_starts

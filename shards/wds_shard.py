@@ -21,9 +21,9 @@ import numpy as np
 from numpy.lib.format import read_array, write_array
 
 from shards.atomic import remove_temporary, temporary_path
-from shards.codecs import stored_specs, wds_gzip_level
 from shards.base import (PackedClip, ShardReader, ShardWriter, StoredClip, check_addable, check_packed,
                          check_row, check_specs, read_decoded, stored_clip)
+from shards.codecs import stored_specs, wds_gzip_level
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec
 

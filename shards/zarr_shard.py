@@ -21,9 +21,9 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodecIndexLocation
 from zarr.storage import MemoryStore
 
 from shards.atomic import remove_temporary, temporary_path
-from shards.codecs import stored_specs, zarr_compressors
 from shards.base import (PackedClip, ShardReader, ShardWriter, StoredClip, check_addable, check_packed,
                          check_row, check_specs, read_decoded, stored_clip)
+from shards.codecs import stored_specs, zarr_compressors
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
 
