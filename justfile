@@ -30,7 +30,7 @@ venv:
 demo format="zarr": venv
     {{py}} -m pipeline.synthetic.dataset --out {{data}}/sample --scenes 8 --seed 0
     {{py}} pipeline/cache_teacher.py --config configs/demo.yaml --format {{format}} --out {{data}}/cache-{{format}}
-    {{py}} -m pipeline.inspect {{data}}/cache-{{format}} --pictures 3
+    {{py}} -m student.inspect_cache {{data}}/cache-{{format}} --pictures 3
     @echo "cache: {{data}}/cache-{{format}} (summary.json, manifests/, shards/{{format}}/, pictures/)"
     {{py}} -m student.tiny --adapter qwen2_5_vl --out {{data}}/tiny-qwen2_5_vl
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 {{venv}}/bin/deepspeed --num_gpus 2 student/train.py \

@@ -12,7 +12,7 @@ Data (full L4P shapes of one 16-frame clip, float32 "exact teacher output", not 
 Storage configs, each written as one real shard per format through shards.formats.open_writer and
 read back through the format readers (which return DECODED arrays):
   exact fp16   the previous default (every teacher field float16, latents uncompressed)
-  default      pipeline.config.default_storage() (what the job writes now)
+  default      shards.teacher_fields.default_storage() (what the job writes now)
   int8 finest  the default with int8-token step 0 (absmax / 127 per token): the fidelity ceiling of int8
   bf16         the default with latents, depth and flow as bfloat16
 Loss change = |L(pred, decoded) - L(pred, exact)| / L(pred, exact), with student/losses.py's
@@ -40,16 +40,16 @@ import torch  # noqa: E402
 
 from bench.conditions import print_conditions  # noqa: E402
 from bench.storage import field_bytes, realistic_latents, realistic_maps  # noqa: E402
-from pipeline.config import FieldStorage, JobConfig, OutputConfig, TeacherConfig, default_storage  # noqa: E402
+from pipeline.config import JobConfig, OutputConfig, TeacherConfig  # noqa: E402
 from pipeline.runner import field_specs  # noqa: E402
 from pipeline.teachers.oracle import OracleTeacher  # noqa: E402
 from shards.codecs import encode_arrays  # noqa: E402
 from shards.formats import FORMATS, open_reader, open_writer, shard_filename  # noqa: E402
+from shards.schema import FieldStorage  # noqa: E402
+from shards.teacher_fields import MAP_SIZE, MAP_TASKS, TEACHER_FIELDS, default_storage, teacher_shapes  # noqa: E402
 from student.losses import latent_loss_per_sample, map_loss_per_sample  # noqa: E402
 
 NUM_FRAMES = 16
-SIZE = 224
-TEACHER_FIELDS = ("latents", "depth", "flow", "dyn_mask", "camray")
 MB = 1e6
 BUDGET_MB = 10.0
 MAX_LOSS_CHANGE = 0.01
@@ -66,7 +66,8 @@ def storage_configs() -> dict[str, dict[str, FieldStorage]]:
 
 
 def make_clip(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"latents": realistic_latents((4, 2048, 1408), rng), **realistic_maps(NUM_FRAMES, SIZE, rng)}
+    latents = realistic_latents(teacher_shapes(NUM_FRAMES)["latents"], rng)
+    return {"latents": latents, **realistic_maps(NUM_FRAMES, MAP_SIZE, rng)}
 
 
 def stand_ins(exact: dict[str, np.ndarray], other: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
@@ -95,7 +96,7 @@ def losses(pred: dict, target: dict) -> dict[str, float]:
 
     out = {f"latents {kind}": float(latent_loss_per_sample(t(pred["latents"]), t(target["latents"]), kind)[0])
            for kind in ("mse", "smooth_l1")}
-    for task in ("depth", "flow", "dyn_mask", "camray"):
+    for task in MAP_TASKS:
         out[task] = float(map_loss_per_sample(task, t(pred[task]), t(target[task]))[0])
     return out
 

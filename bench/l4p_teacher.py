@@ -22,12 +22,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.conditions import median, print_conditions  # noqa: E402
-from pipeline.config import TeacherConfig, default_storage  # noqa: E402
-from pipeline.teachers.base import TeacherInput, output_shapes  # noqa: E402
+from pipeline.config import TeacherConfig  # noqa: E402
+from pipeline.teachers.base import TeacherInput  # noqa: E402
 from pipeline.teachers.l4p.config import FULL, TASKS, TINY  # noqa: E402
 from pipeline.teachers.l4p.dpt import dpt_flops  # noqa: E402
 from pipeline.teachers.l4p.encoder import encoder_flops  # noqa: E402
 from pipeline.teachers.registry import build_teacher  # noqa: E402
+from shards.teacher_fields import default_storage, teacher_shapes  # noqa: E402
 
 
 def window_flops(config) -> dict[str, float]:
@@ -40,7 +41,7 @@ def window_flops(config) -> dict[str, float]:
 
 def clip_bytes(num_frames: int = 16) -> dict[str, int]:
     storage = default_storage()
-    shapes = output_shapes(num_frames, len(FULL.hooks), FULL.embed_dim)
+    shapes = teacher_shapes(num_frames, len(FULL.hooks), FULL.embed_dim)
     return {name: int(np.prod(shape)) * np.dtype(storage[name].dtype).itemsize for name, shape in shapes.items()}
 
 
@@ -67,14 +68,14 @@ def main() -> None:
     full, tiny = window_flops(FULL), window_flops(TINY)
     for part in full:
         print(f"{part:28} {full[part] / 1e12:11.3f} {tiny[part] / 1e9:11.3f}")
-    print(f"(L4P.md: encoder ~5.1 TFLOP through all 40 blocks = {encoder_flops(FULL) / 1e12:.3f} here; "
+    print(f"(docs/teacher.md: encoder ~5.1 TFLOP through all 40 blocks = {encoder_flops(FULL) / 1e12:.3f} here; "
           "~2.8 TFLOP per head: the inferred DPT resamplers come out lower, see dpt.py)")
 
     print("\n-- bytes per 16-frame clip at FULL shapes, default storage dtypes (before compression)")
     sizes = clip_bytes()
     for name, n in sizes.items():
         print(f"{name:10} {n / 1e6:8.3f} MB")
-    print(f"{'total':10} {sum(sizes.values()) / 1e6:8.3f} MB  (L4P.md: ~29.5 MB in fp16)")
+    print(f"{'total':10} {sum(sizes.values()) / 1e6:8.3f} MB  (docs/teacher.md: ~29.5 MB in fp16)")
 
     teacher = build_teacher(TeacherConfig(name="l4p-tiny"))
     rng = np.random.default_rng(0)

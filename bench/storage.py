@@ -17,7 +17,7 @@ latents come from two sources:
              structured by construction. Shown only so nobody quotes their compression by mistake.
 
 Storage variants:
-  default         pipeline.config.default_storage() via pipeline.runner.field_specs (what the job writes)
+  default         shards.teacher_fields.default_storage() via pipeline.runner.field_specs (what the job writes)
   all compressed  every field zstd-3 in Zarr; in WebDataset every compressing codec becomes gzip-3
   all raw         every field uncompressed (same dtypes)
 
@@ -51,18 +51,17 @@ from pipeline.config import JobConfig, TeacherConfig  # noqa: E402
 from pipeline.runner import field_specs  # noqa: E402
 from pipeline.sampling import SamplingConfig  # noqa: E402
 from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset, scene_name  # noqa: E402
-from pipeline.teachers.base import INPUT_SIZE, TeacherInput  # noqa: E402
+from pipeline.teachers.base import TeacherInput  # noqa: E402
 from pipeline.teachers.oracle import OracleTeacher  # noqa: E402
 from pipeline.video_reader import read_clip, resize_frames  # noqa: E402
 from shards.codecs import SIDE_SEPARATOR, encode_arrays  # noqa: E402
 from shards.formats import FORMATS, open_writer, shard_filename  # noqa: E402
 from shards.integrity import array_checksum  # noqa: E402
 from shards.schema import FieldSpec  # noqa: E402
+from shards.teacher_fields import DENSE_MAPS, INPUT_SIZE, TEACHER_FIELDS  # noqa: E402
 
 NUM_FRAMES = 16
 SCENE_SIZE = (320, 240)  # width, height
-TEACHER_FIELDS = ("latents", "depth", "flow", "dyn_mask", "camray")
-MAPS = ("depth", "flow", "dyn_mask")
 LATENT_SOURCES = ("realistic", "oracle")
 T_DOF = 5
 OUTLIER_CHANNELS = 6
@@ -323,7 +322,7 @@ def print_sizes(specs: list[FieldSpec], sizes: dict, num_clips: int, clip_raw: i
     # The maps are exact ground truth of simple scenes (dyn_mask exactly 0/1): their ratios are upper
     # bounds, so bracket the realistic total with the maps counted at their raw size.
     cells = "".join(cell(sum(sizes[(v, "realistic", f)].values()) / num_clips
-                         + sum(raw[m] - sizes[(v, "realistic", f)][m] / num_clips for m in MAPS), clip_raw)
+                         + sum(raw[m] - sizes[(v, "realistic", f)][m] / num_clips for m in DENSE_MAPS), clip_raw)
                     for v, f in columns)
     print(f"{'TOTAL bound (maps raw)':<22}{amount(clip_raw):>9} |{cells}")
     print("(Zarr 'all compressed' = zstd-3; WebDataset stores every compressing codec as gzip, here gzip-3.\n"

@@ -12,7 +12,7 @@ alternated A B C A B C ... for --repeats rounds):
              disabled, so no teacher field is read): the branch's overhead is cached / no-branch.
   online     the branch on, but the cache's targets are NOT read: inside the timed step, before the
              student's forward, the l4p-tiny teacher (pipeline.teachers.l4p.L4PTinyTeacher, seeded
-             weights, built in each rank before the engine, frozen, inference mode, 1 thread like the
+             weights, built in each rank after the trainer's setup, frozen, inference mode, 1 thread like the
              rank) predicts the targets from the batch's frames, as a trainer without a cache must. What
              the cache saves: online / cached. The teacher is built here, in the benchmark: student/
              never imports pipeline/.
@@ -27,11 +27,12 @@ real caching job with l4p-tiny and the job's default storage into data/bench/tra
 (git-ignored; reused while its specs match, rebuilt otherwise).
 
 What a rank times, per step (the loop of student/train.py, run in the rank process):
-  data   the batch's samples read and decoded from the cache (student.loader.ClipReader + build_sample
+  data   the batch's samples read and decoded from the cache (shards.cache_reader.ClipReader + student.loader.build_sample
          over StudentLoader.epoch_batches, in-process as with num_workers=0: cached reads frames +
          latents + maps, the other two cases frames only) and collated (student.batch.collate)
   step   [online: teacher predict + targets stacked into the batch] + global valid-sample counts
-         (all-reduce) + engine forward + backward + optimizer step
+         (all-reduce) + engine forward + backward + optimizer step (student.train.Trainer.step, set
+         up by the Trainer itself)
 --warmup steps are run untimed first (first-step allocations, ZeRO-3 first gathers). A step's time is
 the slower rank's (ranks meet in every collective); per launch the median over its --steps steps;
 per case the median over launches. Ratios are taken per round (cases of one round run back to back),
@@ -71,33 +72,27 @@ def overrides(model_dir: Path, cache: Path, out: Path, latent_dim: int, hooks: i
 def rank_main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     import resource
-    import warnings
+    from dataclasses import replace
 
     import numpy as np
     import torch
-
-    warnings.filterwarnings("ignore", message=r".*torch.distributed.\w+ is deprecated", category=FutureWarning)
-    import deepspeed
-    import torch._dynamo  # noqa: F401  (before zero.Init: torch 2.13 signature mismatch otherwise)
     import torch.distributed as dist
-    from transformers.integrations import HfDeepSpeedConfig
 
-    from student.cache_index import check_shapes, load_cache_index
-    from student.loader import ClipReader, StudentLoader, build_sample
-    from student.model import StudentModel, ablation, load_tokenizer
+    from shards.cache_reader import ClipReader
+    from shards.teacher_fields import CLIP_FIELDS
     from student.batch import collate
-    from student.train import deepspeed_config, global_denominators, lr_lambda
+    from student.loader import build_sample
+    from student.model import ablation
+    from student.train import Trainer
     from student.train_config import load_train_config
 
     cfg = load_train_config(args.config, args.set)
-    student_cfg = ablation(cfg.student, "tpe") if args.case == "no-branch" else cfg.student
-    deepspeed.init_distributed(dist_backend="gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    fields = student_cfg.needed_fields()
-    index = load_cache_index(cfg.data.cache, cfg.data.split, tuple(cfg.data.weights), cfg.data.teacher_id,
-                             fields, cfg.data.field_dtypes)
-    if fields:
-        check_shapes(index.root, index.specs, fields, student_cfg.branch.hooks, student_cfg.branch.latent_dim)
+    if args.case == "no-branch":
+        cfg = replace(cfg, student=ablation(cfg.student, "tpe"))
+    total_steps = args.warmup + args.steps
+    trainer = Trainer(replace(cfg, run=replace(cfg.run, max_steps=total_steps)))  # the trainer's own setup
+    index, model, tokenizer, rank = trainer.index, trainer.model, trainer.tokenizer, trainer.rank
+    fields = cfg.student.needed_fields()
     read_fields = () if args.case == "online" else fields
 
     teacher = None
@@ -110,19 +105,8 @@ def rank_main(args: argparse.Namespace) -> None:
         if index.teacher_id != type(teacher).identity(teacher.config, 16).teacher_id:
             raise RuntimeError(f"the cache was made by {index.teacher_id}, not by this {TEACHER} teacher")
 
-    ds_config = deepspeed_config(cfg, world)
-    torch.manual_seed(cfg.run.seed)
-    hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841  (kept alive while the model is built)
-    model = StudentModel.from_config(student_cfg)
-    tokenizer = load_tokenizer(student_cfg.model.path)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    total_steps = args.warmup + args.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.optim.warmup_ratio))
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           model_parameters=params, config=ds_config)
-    order = StudentLoader(index, cfg.data, rank, world, model.adapter, tokenizer, fields).epoch_batches(0)
-    reader = ClipReader(index.root, read_fields)
+    order = trainer.loader.epoch_batches(0)
+    reader = ClipReader(index.root, (*CLIP_FIELDS, *read_fields))
     rss_after_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     init_seconds = time.perf_counter() - started
 
@@ -143,14 +127,12 @@ def rank_main(args: argparse.Namespace) -> None:
         if teacher is not None:
             online_targets(batch, samples)
         t2 = time.perf_counter()
-        output = engine(batch, global_denominators(batch, model, world))
-        engine.backward(output.loss)
-        engine.step()
+        output = trainer.step(batch)
         t3 = time.perf_counter()
         if step >= args.warmup:
             records.append({"data": t1 - t0, "teacher": t2 - t1, "step": t3 - t1, "loss": output.loss.item()})
     dist.barrier()
-    result = {"rank": rank, "case": args.case, "steps": records, "fields_read": ["frames", "timestamps", *read_fields],
+    result = {"rank": rank, "case": args.case, "steps": records, "fields_read": [*CLIP_FIELDS, *read_fields],
               "params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
               "rss_after_init_kb": rss_after_init,
               "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a script (python pipeline/cache_teacher.py): import from the project root, and not
-    # from pipeline/ itself, whose module names (inspect) would shadow the standard library's.
+    # Run as a script (python pipeline/cache_teacher.py, as `ray job submit` does): import from the project root, and not from pipeline/ itself,
+    # whose module names (config, datasets, ...) would shadow installed packages.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipeline.cache_dir import CacheLockedError  # noqa: E402
+from pipeline.cache_dir import CacheFullError, CacheLockedError  # noqa: E402
 from pipeline.config import build_parser, load_config  # noqa: E402
-from pipeline.runner import CacheFullError, run_job  # noqa: E402
+from pipeline.runner import run_job  # noqa: E402
 
 log = logging.getLogger("p4d.cache_teacher")
 

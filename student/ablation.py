@@ -28,14 +28,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __package__ in (None, ""):
+    # Run as a script (python student/ablation.py): import from the project root, and not from
+    # student/ itself, whose module names (config, datasets, ...) would shadow installed packages.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 import torch
-import yaml
 
-from manifests.dataclass_io import to_dict
+from configs.dataclass_io import to_yaml
+from shards.teacher_fields import CLIP_FIELDS
 from student.batch import collate
 from student.cache_index import load_cache_index
 from student.charts import bar_chart
@@ -65,7 +67,7 @@ def train_row(config_path: Path, overrides: list[str], ranks: int) -> None:
 def _depth_samples(cache: Path) -> list[dict]:
     index = load_cache_index(cache, split=None, needed=("depth",))
     records = [r for r in index.records if r.clip is not None]
-    reader = ClipReader(index.root, ("depth",))
+    reader = ClipReader(index.root, (*CLIP_FIELDS, "depth"))
     # One sample per clip: the probe is about the video, not the questions.
     seen, out = set(), []
     for r in records:
@@ -159,7 +161,7 @@ def run(config_path: Path, bench_cache: Path, out: Path, seeds: list[int], rows:
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg = replace(base_cfg, student=student, run=replace(base_cfg.run, out=str(run_dir / "train"), seed=seed),
                           data=replace(base_cfg.data, seed=seed))
-            cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            cfg_path.write_text(to_yaml(cfg))
             log.info("row %s seed %d: training %d steps", row, seed, cfg.run.max_steps)
             train_row(cfg_path, [], ranks)
             export = run_dir / "train" / "export"

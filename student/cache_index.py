@@ -16,6 +16,7 @@ from pathlib import Path
 from manifests.clips_table import current_clips, read_clips_table
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from shards.schema import FieldSpec, specs_from_json
+from shards.teacher_fields import CLIP_FIELDS, teacher_shapes
 
 
 class CacheMismatchError(ValueError):
@@ -47,17 +48,6 @@ class CacheIndex:
 
     def datasets(self) -> list[str]:
         return sorted({r.dataset for r in self.records})
-
-
-def expected_shapes(hooks: int, latent_dim: int, num_frames: int, windows: int, map_size: int = 224) -> dict:
-    """Per-clip shape of each teacher field (pipeline/teachers/base.py documents the layout)."""
-    return {
-        "latents": (hooks, windows * 2048, latent_dim),
-        "depth": (num_frames, map_size, map_size),
-        "flow": (2, num_frames, map_size, map_size),
-        "dyn_mask": (num_frames, map_size, map_size),
-        "camray": (windows, 6, 16, 16, 16),
-    }
 
 
 def load_cache_index(
@@ -118,7 +108,7 @@ def load_cache_index(
 
 
 def _check_fields(root: Path, specs: dict[str, FieldSpec], needed, field_dtypes: dict[str, str]) -> None:
-    missing = [f for f in ("frames", "timestamps", *needed) if f not in specs]
+    missing = [f for f in (*CLIP_FIELDS, *needed) if f not in specs]
     if missing:
         raise CacheMismatchError(
             f"{root}: the enabled losses need field(s) {missing} the cache does not store "
@@ -133,11 +123,7 @@ def _check_fields(root: Path, specs: dict[str, FieldSpec], needed, field_dtypes:
 
 def check_shapes(root: Path, specs: dict[str, FieldSpec], needed, hooks: int, latent_dim: int) -> None:
     """The stored teacher shapes must be what the P4D branch predicts."""
-    frames = specs["frames"].shape[0]
-    # Windows follow from the frame count (the teacher's rule); the stored per-window fields say it.
-    windows = (specs["latents"].shape[1] // 2048 if "latents" in specs
-               else specs["camray"].shape[0] if "camray" in specs else 1)
-    expect = expected_shapes(hooks, latent_dim, frames, windows)
+    expect = teacher_shapes(specs["frames"].shape[0], hooks, latent_dim)
     for name in needed:
         if tuple(specs[name].shape) != expect[name]:
             raise CacheMismatchError(

@@ -1,14 +1,15 @@
 """Configuration of the student: the base VLM, TPE, the P4D branch and the loss weights.
 
 Every weight and switch is a value here, so the paper's ablation (baseline, +TPE, +LD, +ED, +LD+ED) is
-five YAML files (configs/student/*.yaml). Defaults follow the paper (../shared/reference/DISTILLATION.md):
-alpha = 0.5 for L_LD, beta = 0.1 for L_ED with per-task 1.0 depth, 0.1 flow, 0.05 motion, 0.05 camray.
+one config and student.model.ablation. Default weights: alpha = 0.5 for L_LD, beta = 0.1 for L_ED with
+per-task 1.0 depth, 0.1 flow, 0.05 motion, 0.05 camray, an earlier reading of the paper for which no
+source was found; the released recipe's weights are in docs/distillation.md.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from student.losses import MAP_TASKS
+from shards.teacher_fields import L4P_DIM, L4P_HOOKS, MAP_TASKS
 
 ADAPTERS = ("qwen2_5_vl", "llava_onevision")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -44,8 +45,8 @@ class BranchConfig:
 
     enabled: bool = True
     layer: int = -1  # LLM hidden-state layer D_4DP reads (-1: the last, as the released code)
-    hooks: int = 4  # teacher layers hooked (L4P: 14, 21, 28, 36)
-    latent_dim: int = 1408  # the teacher's latent width C
+    hooks: int = len(L4P_HOOKS)  # teacher layers hooked
+    latent_dim: int = L4P_DIM  # the teacher's latent width C
     head: str = "linear"  # "linear" (released code) or "mlp" (paper: 3 layers, GELU)
     mlp_hidden: int = 2560
     decoders: str = "light"  # D_m: "light" trainable decoders or "teacher" (frozen exported DPT heads)

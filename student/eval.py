@@ -19,17 +19,20 @@ import logging
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __package__ in (None, ""):
+    # Run as a script (python student/eval.py): import from the project root, and not from student/ itself,
+    # whose module names (config, datasets, ...) would shadow installed packages.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from tqdm import tqdm
 
-from manifests.regions import MarkStyle
 from shards.atomic import atomic_write_bytes
+from shards.teacher_fields import CLIP_FIELDS
 from student.batch import collate
 from student.cache_index import Record, load_cache_index
 from student.charts import bar_chart
 from student.loader import ClipReader, build_sample
+from student.marks import MarkStyle
 from student.model import StudentModel, load_tokenizer
 from student.scoring import (
     DYNAMIC, STATIC, markdown_table, mean_relative_accuracy, parse_choice, parse_number, r4d_column, r4d_table,
@@ -156,7 +159,7 @@ def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Pa
     records = index.records[:limit] if limit else index.records
     model = StudentModel.from_export(model_dir).eval()
     tokenizer = load_tokenizer(model_dir)
-    reader = ClipReader(index.root, ())
+    reader = ClipReader(index.root, CLIP_FIELDS)
     path = out / PREDICTIONS
     done = read_predictions(path)
     todo = [r for r in records if r.sample_id not in done]

@@ -1,13 +1,13 @@
 """The P4D loss terms, per sample, so that every term can be masked where a sample has no target.
 
-Shapes follow the cache (pipeline/teachers/base.py documents them), with a leading batch dim B:
+Shapes follow the cache (shards/teacher_fields.py), with a leading batch dim B:
   latents  [B, hooks, N, C]          N = windows * 8 * 16 * 16 tokens
   depth    [B, T, H, W]              metric depth (teacher); the student predicts LOG depth
   flow     [B, 2, T, H, W]           pixels at the map's resolution
   dyn_mask [B, T, H, W]              teacher probability; the student predicts LOGITS
   camray   [B, W, 6, 16, 16, 16]     Plucker rays
 
-Why each form (../shared/reference/DISTILLATION.md): depth is compared in log space so near and far
+Why each form (docs/distillation.md): depth is compared in log space so near and far
 scenes weigh alike; flow is unbounded pixels, so it is divided by the map side before the penalty
 (else it dominates every other term); motion is a BCE against the teacher's soft probability.
 """
@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MAP_TASKS = ("depth", "flow", "dyn_mask", "camray")
+from shards.teacher_fields import MAP_TASKS
+
 MIN_DEPTH = 1e-3  # depth below this (invalid / zero pixels) is clamped before the log
 
 

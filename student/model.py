@@ -1,7 +1,7 @@
 """The student: a stock Hugging Face VLM + TPE (no parameters) + the P4D branch (training only).
 
 Every step runs the same modules in the same order whatever the batch holds (ZeRO-3 ranks must,
-STACK.md): images through the vision tower, then videos (an all-zero dummy stands in for a missing
+docs/stack.md): images through the vision tower, then videos (an all-zero dummy stands in for a missing
 modality, its output added to the loss as 0 x sum), TPE, the LLM, then the P4D branch (on a dummy grid
 when the batch has no video). Auxiliary terms are masked per sample, so an image-only sample (SAT)
 or a sample whose field was not cached contributes exactly 0 to L_LD / L_ED.
@@ -22,7 +22,8 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import ModelOutput
 
-from manifests.dataclass_io import from_dict, to_dict
+from configs.dataclass_io import from_dict, to_dict
+from shards.teacher_fields import MAP_SIZE
 from student.adapters import VLMAdapter, build_adapter
 from student.batch import StudentBatch
 from student.config import BranchConfig, ModelConfig, StudentConfig, TPEConfig
@@ -45,7 +46,7 @@ class StudentOutput(ModelOutput):
 
 
 class StudentModel(nn.Module):
-    def __init__(self, config: StudentConfig, base: nn.Module, adapter: VLMAdapter, map_size: int = 224):
+    def __init__(self, config: StudentConfig, base: nn.Module, adapter: VLMAdapter, map_size: int = MAP_SIZE):
         super().__init__()
         self.config = config
         self.base = base
@@ -57,7 +58,7 @@ class StudentModel(nn.Module):
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: StudentConfig, map_size: int = 224) -> StudentModel:
+    def from_config(cls, config: StudentConfig, map_size: int = MAP_SIZE) -> StudentModel:
         """Load the base VLM from config.model.path and attach a fresh P4D branch. Under ZeRO-3 the
         caller has made transformers' HfDeepSpeedConfig live first (student/train.py)."""
         path = config.model.path
@@ -142,7 +143,7 @@ class StudentModel(nn.Module):
             dummy = self.adapter.dummy_video()
             g = dummy.grid
             grid = hidden.new_zeros(1, g.slots, g.rows, g.cols, hidden.shape[-1])
-            frames, num_frames, fps = window_frames(2, [0]), 2, g.frames_per_slot
+            frames, num_frames, fps = window_frames(2), 2, g.frames_per_slot
         return self.branch(grid, frames, num_frames, fps)
 
     @torch.no_grad()

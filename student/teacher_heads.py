@@ -5,7 +5,7 @@ turns them into programs (graph + raw weights). student/ may not import pipeline
 as these files, never as code. They are frozen and replicated on every rank: kept out of the student's
 module tree on purpose, so neither the optimizer nor ZeRO-3 partitioning ever sees them.
 
-Cost (L4P.md): ~86 M params and ~2.8 TFLOP per head per 16-frame window, every step: what the "light"
+Cost (docs/teacher.md): ~86 M params and ~2.8 TFLOP per head per 16-frame window, every step: what the "light"
 decoders avoid. The released code does this; use it to reproduce it.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-PROGRAM_FILE = "l4p_head_{field}.pt2"
+from shards.teacher_fields import HEAD_PROGRAM_FILE, L4P_HOOKS
+
 
 
 class FrozenTeacherHeads:
@@ -22,7 +23,7 @@ class FrozenTeacherHeads:
         directory = Path(directory)
         self.programs = {}
         for task in tasks:
-            path = directory / PROGRAM_FILE.format(field=task)
+            path = directory / HEAD_PROGRAM_FILE.format(field=task)
             if not path.exists():
                 raise FileNotFoundError(
                     f"{path} is missing: run `python -m pipeline.teachers.l4p.heads_export {directory}` once "
@@ -41,8 +42,8 @@ class FrozenTeacherHeads:
             program.to(latents.device)
             self.device = latents.device
         b, hooks, n, c = latents.shape
-        if hooks != 4:
-            raise ValueError(f"the teacher heads take 4 hooked taps, the branch predicts {hooks}")
+        if hooks != len(L4P_HOOKS):
+            raise ValueError(f"the teacher heads take {len(L4P_HOOKS)} hooked taps, the branch predicts {hooks}")
         taps = latents.reshape(b, hooks, windows, n // windows, c).transpose(0, 1).flatten(1, 2)
         out = program(*taps.float())
         return out.reshape(b, windows, *out.shape[1:])

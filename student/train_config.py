@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from manifests.dataclass_io import from_dict, to_dict
-from manifests.regions import MarkStyle
+from configs.dataclass_io import load_config
 from student.augment import AugmentConfig
 from student.config import StudentConfig
+from student.marks import MarkStyle
 
 
 @dataclass(frozen=True)
@@ -68,21 +66,5 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """YAML file + `a.b.c=value` overrides (the value parsed as YAML)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. run.max_steps=10)")
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a section")
-        node[leaf] = yaml.safe_load(value)
-    return from_dict(TrainConfig, data, str(path))
-
-
-def dump_train_config(config: TrainConfig) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    """YAML file + `a.b.c=value` overrides (configs/dataclass_io.py says how values are read)."""
+    return load_config(TrainConfig, path, overrides)

@@ -18,12 +18,13 @@ import zarr
 
 from manifests.cache_key import compute_cache_key
 from manifests.clips_table import current_clips, read_clips_table, write_clips_part
-from pipeline.config import JobConfig, default_storage
+from pipeline.config import JobConfig
 from pipeline.runner import field_specs
 from shards.cache_reader import read_cached_clip
 from shards.codecs import PROB_LOGIT_MAX, PROB_LOGIT_STEP, decode_field, encode_arrays, stored_specs
 from shards.formats import FORMATS, open_reader, open_writer, shard_filename
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
+from shards.teacher_fields import default_storage
 
 HOOKS, TOKENS, CHANNELS = 2, 64, 96
 OUTLIERS = [3, 40, 77]  # channel indices 10-50x larger than the rest, as in real ViT features

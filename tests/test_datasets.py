@@ -330,7 +330,7 @@ def test_mixture_is_cached_by_one_job_and_samples_join_clips(mixture_cache, root
 
 
 def test_inspect_draws_a_samples_marks(mixture_cache, tmp_path):
-    from pipeline.inspect import main as inspect_main
+    from student.inspect_cache import main as inspect_main
 
     cache, _ = mixture_cache
     samples = read_samples(cache / "manifests" / "samples.parquet").to_pylist()

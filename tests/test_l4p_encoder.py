@@ -49,7 +49,7 @@ def test_full_config_builds_on_meta_with_released_parameter_count():
     #   + final norm 2816.
     count = sum(p.numel() for p in encoder.parameters())
     assert count == 1_011_610_752
-    # L4P.md states "~1.01 B": two significant digits after the point, so within 0.005 B.
+    # docs/teacher.md: 1,011,610,752, which is ~1.01 B within 0.005 B.
     assert abs(count - 1.01e9) < 0.005e9
     assert "pos_embed" not in encoder.state_dict()
     assert encoder.pos_embed.shape == (FULL.num_tokens, FULL.embed_dim) == (2048, 1408)
@@ -61,7 +61,7 @@ def test_full_config_builds_on_meta_with_released_parameter_count():
 
 def test_full_flops_match_reference_figure():
     flops = encoder_flops(FULL)
-    assert abs(flops / 5.1e12 - 1) < 0.02  # L4P.md: ~5.1 TFLOP per window
+    assert abs(flops / 5.1e12 - 1) < 0.02  # docs/teacher.md: 5.09 TFLOP per window
     assert encoder_flops(FULL, [40]) == flops
     assert encoder_flops(FULL, FULL.hooks) < flops  # hooks stop at block 36
 

@@ -43,7 +43,7 @@ def test_full_head_builds_on_meta_with_the_counted_parameters():
     print(f"FULL DPT head: {count / 1e6:.2f} M params, {dpt_flops(FULL, 1, 224) / 1e12:.2f} TFLOP/window "
           f"(camray at 16: {dpt_flops(FULL, 6, 16) / 1e12:.2f} TFLOP)")
     assert count == expected_head_params(FULL, 1)
-    # L4P.md says ~86 M: the inferred parts (resampler kernels) give ~3% fewer (83.7 M); a gap beyond
+    # docs/teacher.md says ~86 M: the inferred parts (resampler kernels) give ~3% fewer (83.7 M); a gap beyond
     # 10% would mean a wrong guess at a big module (e.g. tap 3's 28 M conv).
     assert abs(count - 86e6) / 86e6 < 0.10
 

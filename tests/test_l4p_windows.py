@@ -1,41 +1,16 @@
-"""L4P temporal windows (mirror padding, window starts, merging of overlapping window outputs) and
-camera poses recovered from Plucker rays (pipeline.geometry)."""
+"""Merging of overlapping L4P window outputs and camera poses recovered from Plucker rays
+(pipeline.geometry); the windows themselves are tested with the cache's contract (test_teacher_fields.py)."""
 import numpy as np
 import pytest
 
 from pipeline import geometry
 from pipeline.synthetic.ground_truth import load_ground_truth
 from pipeline.teachers.l4p import windows
-
-
-def test_padding_and_window_starts():
-    assert windows.padded_length(16) == 16 and windows.window_starts(16) == [0]
-    assert windows.padded_length(32) == 32 and windows.window_starts(32) == [0, 8, 16]
-    np.testing.assert_array_equal(windows.mirror_pad_indices(32), np.arange(32))
-
-    assert windows.padded_length(20) == 24 and windows.window_starts(24) == [0, 8]
-    np.testing.assert_array_equal(windows.mirror_pad_indices(20), [*range(20), 18, 17, 16, 15])
-
-    # Too short for one reflection: bounce between the ends; a single frame is repeated.
-    assert windows.padded_length(3) == 16
-    np.testing.assert_array_equal(windows.mirror_pad_indices(3), [0, 1, 2, 1] * 4)
-    np.testing.assert_array_equal(windows.mirror_pad_indices(1), np.zeros(16))
-
-    frames = windows.window_frame_indices(20)
-    np.testing.assert_array_equal(frames, [list(range(16)), [*range(8, 20), 18, 17, 16, 15]])
-
-
-def test_windowing_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="at least one frame"):
-        windows.padded_length(0)
-    with pytest.raises(ValueError, match="multiple of stride"):
-        windows.padded_length(20, window=16, stride=6)
-    with pytest.raises(ValueError, match="padded length 20"):
-        windows.window_starts(20)
+from shards.teacher_fields import padded_length, window_starts
 
 
 def test_merge_overwrite_later_window_wins_except_its_first_frame():
-    starts = windows.window_starts(32)
+    starts = window_starts(32)
     parts = [np.full((2, 16, 3, 4), value, dtype=np.float32) for value in (1.0, 2.0, 3.0)]
     merged = windows.merge_overwrite(parts, starts)
     assert merged.shape == (2, 32, 3, 4) and merged.dtype == np.float32
@@ -65,9 +40,9 @@ def _affine_windows(depth, starts, scales, shifts):
 @pytest.mark.parametrize("num_frames", [32, 20])
 def test_merge_depth_recovers_the_first_windows_frame_of_reference(num_frames):
     rng = np.random.default_rng(num_frames)
-    padded = windows.padded_length(num_frames)
+    padded = padded_length(num_frames)
     depth = _true_depth(rng, padded)
-    starts = windows.window_starts(padded)
+    starts = window_starts(padded)
     scales, shifts = rng.uniform(0.5, 2.0, len(starts)), rng.uniform(-0.04, 0.3, len(starts))
     merged = windows.merge_depth(_affine_windows(depth, starts, scales, shifts), starts)
     assert merged.shape == depth.shape

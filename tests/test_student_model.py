@@ -15,7 +15,6 @@ from student.adapters import build_adapter
 from student.batch import collate
 from student.config import BranchConfig, LossConfig, ModelConfig, StudentConfig, TPEConfig
 from student.model import StudentModel, ablation, load_tokenizer
-from student.p4d import window_frames
 from student.prompt import IGNORE, encode_conversation
 from student.tiny import make_tiny_vlm
 from student.tpe import timestamp_encoding
@@ -111,15 +110,6 @@ def test_prompt_labels_only_the_answer(model_dirs):
         encode_conversation(tok, [{"role": "user", "content": "<video><image>?"}], [("video", [7])])
 
 
-def test_window_frames_match_the_teacher_windows():
-    """student/p4d.py re-derives the teacher's mirror padding (it may not import pipeline/)."""
-    from pipeline.teachers.base import clip_windows
-    from pipeline.teachers.l4p.windows import window_frame_indices
-
-    for n in (1, 3, 8, 16, 17, 20, 33):
-        assert window_frames(n, clip_windows(n)).tolist() == window_frame_indices(n).tolist(), n
-
-
 def test_timestamp_encoding_is_the_sinusoid():
     t = torch.tensor([0.0, 1.5])
     pe = timestamp_encoding(t, 6)
@@ -189,6 +179,12 @@ def test_a_field_that_was_not_cached_is_masked(model_dirs):
     assert out.valid["ld"].tolist() == [True, True]
     # The masked mean is over valid samples only: the batch value is sample 0's own.
     assert out.terms["ed_depth"].item() == pytest.approx(out.per_sample["ed_depth"][0].item(), rel=1e-6)
+
+
+def test_a_clip_windowed_otherwise_than_the_contract_is_refused(model_dirs):
+    model, tok = build(model_dirs, "qwen2_5_vl")
+    with pytest.raises(ValueError, match=r"'video-0': teacher windows start at \[0, 8\], not at \[0\]"):
+        collate([{**video_sample(0), "window_starts": [0, 8]}], model.adapter, tok, FIELDS)
 
 
 # -- TPE ------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.visualize import (
+from student.visualize import (
     GAP,
     HEADER_HEIGHT,
     LABEL_WIDTH,

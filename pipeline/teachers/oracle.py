@@ -18,10 +18,9 @@ import numpy as np
 from pipeline.config import TeacherConfig
 from pipeline.geometry import pixel_centers, plucker_rays, project_points, unproject_pixels
 from pipeline.synthetic.ground_truth import SceneGroundTruth, load_ground_truth
-from pipeline.teachers.l4p.windows import window_frame_indices
-from pipeline.teachers.base import (
-    INPUT_SIZE, L4P_DIM, L4P_HOOKS, PATCH, RAY_GRID, TUBELET, Teacher, TeacherError, TeacherIdentity,
-    TeacherInput, hash_id, output_shapes,
+from pipeline.teachers.base import Teacher, TeacherError, TeacherIdentity, TeacherInput, hash_id
+from shards.teacher_fields import (
+    GRID, INPUT_SIZE, L4P_DIM, L4P_HOOKS, PATCH, TUBELET, teacher_shapes, window_frame_indices,
 )
 
 ORACLE_VERSION = 1
@@ -52,7 +51,7 @@ class OracleTeacher(Teacher):
         return TeacherIdentity(
             teacher_id=hash_id("oracle", {"version": ORACLE_VERSION, "seed": config.seed, "dim": dim}),
             input_size=INPUT_SIZE,
-            shapes=output_shapes(num_frames, len(L4P_HOOKS), dim),
+            shapes=teacher_shapes(num_frames, len(L4P_HOOKS), dim),
         )
 
     def __init__(self, config: TeacherConfig):
@@ -80,7 +79,7 @@ class OracleTeacher(Teacher):
         # Like L4P, latents and rays per 16-frame window of the mirror-padded clip.
         windows = [idx[w] for w in window_frame_indices(len(idx))]
         window_maps = [(depth, flow, mask) if np.array_equal(w, idx) else self._maps(gt, w) for w in windows]
-        rays = [plucker_rays(gt.K, gt.cam_to_world[w], gt.image_size, grid=(RAY_GRID, RAY_GRID)) for w in windows]
+        rays = [plucker_rays(gt.K, gt.cam_to_world[w], gt.image_size, grid=(GRID, GRID)) for w in windows]
         return {
             "latents": np.concatenate([self._latents(*m) for m in window_maps], axis=1),
             "depth": depth,

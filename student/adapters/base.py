@@ -8,7 +8,7 @@ LLM's hidden states back as a grid. Everything else is the stock transformers mo
 `mm_encoder_outputs` (precomputed visual features: accepted by forward and generate alike).
 
 ZeRO-3 needs every rank to run the same modules in the same order each step, so an adapter encodes
-ALL images of a batch in one vision-tower call and ALL videos in one more (see STACK.md).
+ALL images of a batch in one vision-tower call and ALL videos in one more (see docs/stack.md).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Pixel layout is the Qwen2-VL processor's: per video [grid_t * grid_h * grid_w, 3
 patches of each 2x2 merge window adjacent, so the merged tokens come out (t, row, col) row-major.
 The LLM uses 3-D rotary positions (time, row, col); its time axis needs `second_per_grid_ts` (seconds
 per temporal slot) and `mm_token_type_ids`, or it silently treats every video as 1 s per slot with 1-D
-positions (STACK.md). Those are computed here from the real timestamps.
+positions (docs/stack.md). Those are computed here from the real timestamps.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loading L4P weights (official key layout, see shared/reference/L4P.md) into any nn.Module: the
+"""Loading L4P weights (official key layout, see docs/teacher.md) into any nn.Module: the
 video encoder alone (prefix "l4p_model.video_encoder.") or the whole model."""
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from shards.atomic import atomic_write_bytes, commit_temporary, remove_temporary, temporary_path
+from shards.teacher_fields import HEAD_PROGRAM_FILE
 
 from .checkpoint import state_dict_sha256
 from .config import L4PConfig
@@ -31,7 +32,6 @@ from .model import HEADS_PREFIX, L4PModel, heads_state_dict
 WEIGHTS_FILE = "l4p_heads.safetensors"
 META_FILE = "l4p_heads.json"
 _DPT_INFIX = ".task_head.dpt."
-PROGRAM_FILE = "l4p_head_{field}.pt2"
 # Cache field name of each L4P task (the cache says "flow" for L4P's flow_2d_backward).
 TASK_FIELDS = {"depth": "depth", "flow_2d_backward": "flow", "dyn_mask": "dyn_mask", "camray": "camray"}
 
@@ -137,7 +137,7 @@ def export_head_programs(directory: str | Path, fields: tuple[str, ...] | None =
         program = torch.export.export(
             _PredictionSpaceHead(task, head), example, dynamic_shapes=tuple({0: batch} for _ in range(4))
         )
-        final = directory / PROGRAM_FILE.format(field=TASK_FIELDS[task])
+        final = directory / HEAD_PROGRAM_FILE.format(field=TASK_FIELDS[task])
         temp = temporary_path(final)
         try:
             torch.export.save(program, temp)

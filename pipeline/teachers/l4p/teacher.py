@@ -11,14 +11,13 @@ import torch
 
 from manifests.cache_key import file_sha256
 from pipeline.config import TeacherConfig
-from pipeline.teachers.base import INPUT_SIZE, Teacher, TeacherIdentity, TeacherInput, hash_id, output_shapes
+from pipeline.teachers.base import Teacher, TeacherIdentity, TeacherInput, hash_id
 from pipeline.teachers.l4p.checkpoint import load_state_dict_file, load_strict, state_dict_sha256
 from pipeline.teachers.l4p.config import FULL, TINY, L4PConfig
 from pipeline.teachers.l4p.heads_export import export_heads
 from pipeline.teachers.l4p.model import L4PModel
-from pipeline.teachers.l4p.windows import (
-    crop, merge_depth, merge_overwrite, padded_length, window_frame_indices, window_starts,
-)
+from pipeline.teachers.l4p.windows import crop, merge_depth, merge_overwrite
+from shards.teacher_fields import INPUT_SIZE, clip_window_starts, teacher_shapes, window_frame_indices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,7 +50,7 @@ class L4PTeacher(Teacher):
         return TeacherIdentity(
             teacher_id=hash_id(cls.name, vars(cls.arch), weights),
             input_size=INPUT_SIZE,
-            shapes=output_shapes(num_frames, len(cls.arch.hooks), cls.arch.embed_dim),
+            shapes=teacher_shapes(num_frames, len(cls.arch.hooks), cls.arch.embed_dim),
         )
 
     def __init__(self, config: TeacherConfig):
@@ -80,7 +79,7 @@ class L4PTeacher(Teacher):
         frames = np.stack([c.frames for c in clips])  # [B, T, 224, 224, 3]
         num_clips, num_frames = frames.shape[:2]
         windows = window_frame_indices(num_frames)  # [W, 16] clip frame of every window slot
-        starts = window_starts(padded_length(num_frames))
+        starts = clip_window_starts(num_frames)
         video = torch.from_numpy(frames[:, windows].reshape(-1, windows.shape[1], *frames.shape[2:]))
         outputs = [self._forward(video[i:i + self.config.batch_size])
                    for i in range(0, len(video), self.config.batch_size)]

@@ -1,16 +1,14 @@
-"""Temporal windowing of a clip for L4P, and merging of the per-window outputs back into one clip.
+"""Merging of L4P's per-window outputs back into one clip.
 
-L4P sees 16 frames at a time. A clip of T frames is mirror-padded in time to
-T_pad = max(16, ceil(T / 8) * 8) frames and cut into windows starting at 0, 8, ..., T_pad - 16, so
-consecutive windows share 8 frames. Every window start is a real frame (T_pad - 16 < T), so each
-window's reference camera (its first frame) is a frame of the clip.
+The windows themselves (mirror padding, 16-frame windows at stride 8, the frame in every window slot)
+are the cache's contract: shards/teacher_fields.py.
 
 Per task, the overlapping window outputs are merged into [.., T_pad, H, W] and `crop` drops the
 padded tail:
 - flow_2d_backward and dyn_mask: `merge_overwrite` (the later window wins, except its first frame).
 - depth: `merge_depth` (each window aligned in inverse depth to what is already merged).
 - camray is not merged: its rays are relative to each window's own first camera, so they are kept
-  per window ([num_windows, 6, 16, gh, gw]) together with `window_starts` / `window_frame_indices`.
+  per window ([num_windows, 6, 16, gh, gw]) together with the windows' starts.
 
 Arrays are numpy (CPU torch tensors are accepted wherever numpy converts them); the time axis is the
 third from last in every merged array ([C, T, H, W] and [T, H, W] alike).
@@ -19,63 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-WINDOW = 16
-STRIDE = 8
-
 # Relative variance of the overlap's inverse depth under which an affine fit is ill-posed (a constant
 # inverse depth fixes only s * x + b, not s and b apart).
 _DEGENERATE_VARIANCE = 1e-12
-
-
-def _check_window_stride(window: int, stride: int) -> None:
-    # Starts 0, stride, ..., T_pad - window only tile T_pad when window is a multiple of stride.
-    if stride < 1 or window < 1 or window % stride:
-        raise ValueError(f"window ({window}) must be a positive multiple of stride ({stride})")
-
-
-def padded_length(num_frames: int, window: int = WINDOW, stride: int = STRIDE) -> int:
-    """Frames of the mirror-padded clip: max(window, ceil(T / stride) * stride)."""
-    _check_window_stride(window, stride)
-    if num_frames < 1:
-        raise ValueError(f"a clip needs at least one frame, got {num_frames}")
-    return max(window, -(-num_frames // stride) * stride)
-
-
-def mirror_pad_indices(num_frames: int, window: int = WINDOW, stride: int = STRIDE) -> np.ndarray:
-    """Source frame of every frame of the padded clip, [padded_length] int64.
-
-    The clip is reflected about its last frame without repeating it (T = 20 -> 0..19, 18, 17, 16, 15).
-    A clip too short for one reflection keeps bouncing between its ends, like numpy's "reflect" mode
-    (T = 3 -> 0, 1, 2, 1, 0, 1, 2, 1, 0, ...); a single frame is repeated.
-    """
-    length = padded_length(num_frames, window, stride)
-    if num_frames == 1:
-        return np.zeros(length, dtype=np.int64)
-    period = 2 * (num_frames - 1)
-    phase = np.arange(length, dtype=np.int64) % period
-    return np.where(phase < num_frames, phase, period - phase)
-
-
-def window_starts(padded_len: int, window: int = WINDOW, stride: int = STRIDE) -> list[int]:
-    """First padded frame of every window: 0, stride, ..., padded_len - window."""
-    _check_window_stride(window, stride)
-    if padded_len < window or (padded_len - window) % stride:
-        raise ValueError(
-            f"padded length {padded_len} is not window ({window}) + a multiple of stride ({stride}); "
-            "use padded_length()"
-        )
-    return list(range(0, padded_len - window + 1, stride))
-
-
-def window_frame_indices(num_frames: int, window: int = WINDOW, stride: int = STRIDE) -> np.ndarray:
-    """[num_windows, window] int64: the real frame shown in every slot of every window.
-
-    Row k is window k (padded frames starts[k] .. starts[k] + window - 1); column 0 is its reference
-    camera for camray. Mirrored frames in the padded tail appear under their source index.
-    """
-    indices = mirror_pad_indices(num_frames, window, stride)
-    starts = window_starts(len(indices), window, stride)
-    return np.stack([indices[start:start + window] for start in starts])
 
 
 def _stack_windows(windows, starts, min_dims: int) -> tuple[np.ndarray, list[int], int]:
