@@ -81,3 +81,17 @@ def test_plucker_rays_reference_and_per_pose_intrinsics():
     np.testing.assert_allclose(doubled, geometry.plucker_rays(K, poses, IMAGE_SIZE), atol=1e-6)
     with pytest.raises(ValueError, match="cam_to_world"):
         geometry.plucker_rays(K, poses[0], IMAGE_SIZE)
+
+
+def test_poses_from_unnormalized_rays_read_as_l4p_reads_them():
+    """The cached camray is the head's raw output: d of any length, m the moment of the unit direction
+    (L4P's reading, p = d x m / |d|). poses_from_rays normalizes for itself."""
+    rng = np.random.default_rng(6)
+    poses = _poses(rng, 4)
+    K = geometry.intrinsics_from_fov(IMAGE_SIZE, 60.0)
+    exact = geometry.plucker_rays(K, poses, IMAGE_SIZE, grid=(6, 8)).astype(np.float64)
+    raw = exact.copy()
+    raw[:3] *= rng.uniform(0.5, 2.0, exact.shape[1:])  # each ray's d rescaled, m left as it is
+    expected = geometry.invert_pose(poses[0]) @ poses
+    np.testing.assert_allclose(geometry.poses_from_rays(raw, K, IMAGE_SIZE), expected, atol=1e-5)
+    np.testing.assert_allclose(geometry.camera_centers_from_rays(raw), expected[:, :3, 3], atol=1e-5)

@@ -59,9 +59,11 @@ def test_depth_invalid_is_black():
 
 
 def test_mask_and_rays():
-    np.testing.assert_array_equal(mask_to_rgb(np.array([[0.0, 1.0]]))[0], [[0, 0, 0], [255, 255, 255]])
+    # dyn_mask is a logit: shown as its probability (sigmoid(+-1000) would overflow a plain exp).
+    np.testing.assert_array_equal(mask_to_rgb(np.array([[-1000.0, 0.0, np.log(3.0), 1000.0]]))[0],
+                                  [[0, 0, 0], [128, 128, 128], [191, 191, 191], [255, 255, 255]])
     camray = np.zeros((6, 2, 2))
-    camray[2] = 1.0  # every ray looks straight ahead: d = (0, 0, 1)
+    camray[2] = 3.0  # every ray looks straight ahead: d = (0, 0, 3), shown normalized
     rgb = rays_to_rgb(camray, (10, 6))
     assert rgb.shape == (10, 6, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[3, 3], [128, 128, 255])

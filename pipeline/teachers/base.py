@@ -1,12 +1,15 @@
 """The teacher interface: frames + timestamps in, latents per hooked layer and maps per task out.
 
 A clip of T frames is seen as W windows of 16 frames (mirror-padded, stride 8: W = 1 for T <= 16,
-see l4p/windows.py). Every teacher returns, per clip (layouts follow L4P's heads, shared/reference/L4P.md):
+see l4p/windows.py). Every teacher returns, per clip (layouts follow L4P's heads, what 4D-RGPT distills):
   latents  [hooks, W * 2048, C]       per window (window-major) 8 x 16 x 16 tokens, (t, h, w) row-major
   depth    [T, 224, 224]              metric depth (after the head's exp), merged over windows
   flow     [2, T, 224, 224]           backward flow (u, v) to the previous clip frame, 224-px units
-  dyn_mask [T, 224, 224]              probability that the pixel moves (sigmoid of the logit)
-  camray   [W, 6, 16, 16, 16]         Plucker rays (d, m = o x d) in each window's first camera frame
+  dyn_mask [T, 224, 224]              the motion LOGIT (> 0: the pixel moves; sigmoid gives the probability)
+  camray   [W, 6, 16, 16, 16]         Plucker rays (d, m) in each window's first camera frame, as the head
+                                      gives them: d not normalized, m the moment of the unit direction
+                                      (m = o x d / |d|, o the camera centre); exact rays have |d| = 1.
+                                      pipeline.geometry.poses_from_rays reads either.
 """
 from __future__ import annotations
 
