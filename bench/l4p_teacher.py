@@ -70,18 +70,18 @@ def counted_head(task: str) -> tuple[int, float]:
 
 def print_heads() -> None:
     print("\n-- FULL DPT heads per 16-frame window: ours vs the released model (tests/data/l4p_head_cost.md)")
-    print(f"{'head':18} {'params':>12} {'released':>12} {'ratio':>7} {'dpt_flops T':>12} {'counted T':>10} "
+    print(f"{'head':18} {'params':>13} {'released':>13} {'ratio':>7} {'dpt_flops T':>12} {'counted T':>10} "
           f"{'released T':>11} {'ratio':>7}")
     for task in TASKS:
         params, counted = counted_head(task)
         analytic = dpt_flops(FULL, FULL.heads[task])
         ref_params, ref_flops = RELEASED_HEADS[task]
-        print(f"{task:18} {params:12,d} {ref_params:12,d} {params / ref_params:7.4f} {analytic / 1e12:12.4f} "
+        print(f"{task:18} {params:13,d} {ref_params:13,d} {params / ref_params:7.4f} {analytic / 1e12:12.4f} "
               f"{counted / 1e12:10.4f} {ref_flops / 1e12:11.4f} {analytic / ref_flops:7.4f}")
     with torch.device("meta"):
         params = sum(p.numel() for p in VideoEncoder(FULL).parameters())
     flops = encoder_flops(FULL, FULL.hooks)
-    print(f"{'encoder (hook 36)':18} {params:12,d} {RELEASED_ENCODER[0]:12,d} {params / RELEASED_ENCODER[0]:7.4f} "
+    print(f"{'encoder (hook 36)':18} {params:13,d} {RELEASED_ENCODER[0]:13,d} {params / RELEASED_ENCODER[0]:7.4f} "
           f"{flops / 1e12:12.4f} {'':>10} {RELEASED_ENCODER[1] / 1e12:11.4f} {flops / RELEASED_ENCODER[1]:7.4f}")
 
 
