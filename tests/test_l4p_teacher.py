@@ -15,6 +15,7 @@ from pipeline.config import JobConfig, OutputConfig, TeacherConfig
 from pipeline.runner import run_job
 from pipeline.sampling import SamplingConfig
 from pipeline.teachers.base import TeacherInput
+from pipeline.teachers.l4p import teacher as teacher_module
 from pipeline.teachers.l4p.checkpoint import normalize_keys
 from pipeline.teachers.l4p.config import TINY
 from pipeline.teachers.l4p.heads_export import load_heads
@@ -147,6 +148,15 @@ def test_a_checkpoint_that_does_not_match_is_refused_by_name(tiny, tmp_path):
         build_teacher(TeacherConfig(name="l4p-tiny", checkpoint=str(tmp_path / "nowhere.ckpt")))
     with pytest.raises(ValueError, match="teacher-checkpoint"):
         TeacherConfig(name="l4p")
+
+
+def test_the_teacher_id_changes_with_what_is_cached(monkeypatch):
+    """Same architecture and weights, other outputs (merge rules, transforms): a new id, so old caches
+    recompute instead of being mixed with new ones."""
+    config = TeacherConfig(name="l4p-tiny")
+    before = teacher_identity(config, 16).teacher_id
+    monkeypatch.setattr(teacher_module, "OUTPUTS_VERSION", teacher_module.OUTPUTS_VERSION + 1)
+    assert teacher_identity(config, 16).teacher_id != before
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "wds"])
