@@ -16,8 +16,12 @@ Fields, per clip:
   latents    [hooks, W * 2048, C]     per window (window-major) 8 x 16 x 16 tokens, (t, h, w) row-major
   depth      [T, 224, 224]            metric depth (after the head's exp), merged over windows
   flow       [2, T, 224, 224]         backward flow (u, v) to the previous clip frame, 224-px units
-  dyn_mask   [T, 224, 224]            probability that the pixel moves (sigmoid of the logit)
-  camray     [W, 6, 16, 16, 16]       Plucker rays (d, m = o x d) in each window's first camera frame
+  dyn_mask   [T, 224, 224]            the motion LOGIT (> 0: the pixel moves; sigmoid gives the probability),
+                                      what L_ED compares; merged over windows
+  camray     [W, 6, 16, 16, 16]       Plucker rays (d, m) in each window's first camera frame, as the head
+                                      gives them: d not normalized, m the moment of the unit direction
+                                      (m = o x d / |d|, o the camera centre); exact rays have |d| = 1.
+                                      pipeline.geometry.poses_from_rays reads either.
 """
 from __future__ import annotations
 
@@ -133,7 +137,8 @@ def default_storage() -> dict[str, FieldStorage]:
     #   L_ED compares; depth 0 (invalid) stays 0.
     # flow: fixed point, 1/16 px: absolute error <= 0.031 px (the L1 loss is absolute), 2.5x
     #   smaller than bfloat16 which wastes bits on tiny values.
-    # dyn_mask: uint8 probability, uniform in logit (a BCE target; 0 and 1 exact).
+    # dyn_mask: the motion logit (what L_ED compares) in fixed point, step 2**-5: absolute logit error
+    #   <= 1/64 (probability error <= 0.004) over |logit| <= 1024 (a larger one fails its clip).
     # camray (49 KB) stays float16.
     return {
         "frames": FieldStorage("uint8", "zstd", 3),
@@ -141,6 +146,6 @@ def default_storage() -> dict[str, FieldStorage]:
         "latents": FieldStorage("int8", "zstd", 3, "int8-token", 0.15),
         "depth": FieldStorage("uint16", "zstd", 3, "log-depth", 2**-8),
         "flow": FieldStorage("int16", "zstd", 3, "fixed", 1 / 16),
-        "dyn_mask": FieldStorage("uint8", "zstd", 3, "prob-u8"),
+        "dyn_mask": FieldStorage("int16", "zstd", 3, "fixed", 2**-5),
         "camray": FieldStorage("float16", "none", 0),
     }

@@ -4,12 +4,13 @@ Shapes follow the cache (shards/teacher_fields.py), with a leading batch dim B:
   latents  [B, hooks, N, C]          N = windows * 8 * 16 * 16 tokens
   depth    [B, T, H, W]              metric depth (teacher); the student predicts LOG depth
   flow     [B, 2, T, H, W]           pixels at the map's resolution
-  dyn_mask [B, T, H, W]              teacher probability; the student predicts LOGITS
-  camray   [B, W, 6, 16, 16, 16]     Plucker rays
+  dyn_mask [B, T, H, W]              teacher LOGIT; the student predicts logits
+  camray   [B, W, 6, 16, 16, 16]     Plucker rays as the teacher's head gives them (d not normalized)
 
 Why each form (docs/distillation.md): depth is compared in log space so near and far
 scenes weigh alike; flow is unbounded pixels, so it is divided by the map side before the penalty
-(else it dominates every other term); motion is a BCE against the teacher's soft probability.
+(else it dominates every other term); motion is a BCE against the teacher's soft probability
+(the sigmoid of its cached logit).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def map_loss_per_sample(task: str, pred: torch.Tensor, target: torch.Tensor) -> 
         side = float(target.shape[-1])
         err = ((pred - target) / side).abs()
     elif task == "dyn_mask":
-        err = F.binary_cross_entropy_with_logits(pred, target.clamp(0.0, 1.0), reduction="none")
+        err = F.binary_cross_entropy_with_logits(pred, target.sigmoid(), reduction="none")
     elif task == "camray":
         err = (pred - target).abs()
     else:

@@ -5,8 +5,11 @@ turns them into programs (graph + raw weights). student/ may not import pipeline
 as these files, never as code. They are frozen and replicated on every rank: kept out of the student's
 module tree on purpose, so neither the optimizer nor ZeRO-3 partitioning ever sees them.
 
-Cost (docs/teacher.md): ~86 M params and ~2.8 TFLOP per head per 16-frame window, every step: what the "light"
-decoders avoid. The released code does this; use it to reproduce it.
+Each program returns its head's raw output: log depth, flow, the motion logit, the raw rays (what the
+cache holds for dyn_mask and camray, and the student's prediction space). Cost per 16-frame window,
+every step (bench/l4p_teacher.py): 85.8 M parameters and 2.84 TFLOP for each dense head (depth, flow,
+dyn_mask), 82.3 M and 0.27 TFLOP for camray: what the "light" decoders avoid. The released code does
+this; use it to reproduce it.
 """
 from __future__ import annotations
 

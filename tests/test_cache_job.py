@@ -26,6 +26,7 @@ from pipeline.runner import run_job
 from pipeline.sampling import SamplingConfig
 from pipeline.synthetic.ground_truth import load_ground_truth
 from pipeline.timing import Seconds
+from pipeline.teachers.oracle import MOTION_LOGIT
 from shards.atomic import is_temporary
 from shards.cache_reader import read_cached_clip
 from shards.codecs import decode_field
@@ -77,7 +78,9 @@ def test_round_trip_matches_ground_truth(both_caches):
             # log-depth with steps of 2**-8: half a step in log, relative error <= exp(2**-9) - 1
             # (+ float32 output rounding)
             np.testing.assert_allclose(arrays["depth"], gt.depth[idx][:, r][:, :, c], rtol=np.expm1(2**-9) + 2**-23)
-            np.testing.assert_array_equal(arrays["dyn_mask"], gt.dyn_mask[idx][:, r][:, :, c])
+            # The motion logit, +-MOTION_LOGIT: a whole number of fixed-point steps, stored exactly.
+            motion = np.where(gt.dyn_mask[idx][:, r][:, :, c] > 0, MOTION_LOGIT, -MOTION_LOGIT)
+            np.testing.assert_array_equal(arrays["dyn_mask"], motion)
             # The renderer's per-frame backward flow (consecutive frames here), scaled to 224 px.
             flow = gt.flow[idx][:, :, r][:, :, :, c].transpose(1, 0, 2, 3)
             flow = flow * np.array([224 / w, 224 / h])[:, None, None, None]

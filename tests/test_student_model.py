@@ -240,3 +240,15 @@ def test_ablation_rows():
     assert rows["ld"].uses_latents() and rows["ld"].map_tasks() == ()
     assert not rows["ed"].uses_latents() and rows["ed"].map_tasks() == ("depth", "flow", "dyn_mask", "camray")
     assert rows["ld_ed"].uses_latents() and rows["ld_ed"].loss.ed_weight == base.loss.ed_weight
+
+
+def test_motion_loss_is_a_bce_against_the_sigmoid_of_the_cached_logit():
+    from math import exp, log
+
+    from student.losses import map_loss_per_sample
+
+    z, teacher_logit = 1.0, log(3.0)  # the teacher's probability is 0.75
+    p = 1 / (1 + exp(-teacher_logit))
+    by_hand = p * log(1 + exp(-z)) + (1 - p) * log(1 + exp(z))  # BCE of sigmoid(z) against p
+    loss = map_loss_per_sample("dyn_mask", torch.full((1, 2, 3, 3), z), torch.full((1, 2, 3, 3), teacher_logit))
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)  # 0.5633
