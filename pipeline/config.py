@@ -135,6 +135,10 @@ class JobConfig:
     # Datasets in their native formats, "name=ROOT" (pipeline/datasets/registry.py), cached as one mixture.
     sources: tuple[str, ...] = ()
     lenient: bool = False  # skip malformed annotation rows (counted in summary.json) instead of failing
+    # Preflight (pipeline/preflight.py): validate every source and report what the job would compute,
+    # without Ray or a teacher; hours are priced at check_gpu_tflops sustained per GPU (an assumption).
+    check: bool = False
+    check_gpu_tflops: float = 400.0
     retry_failed: bool = False
     max_inflight: int | None = None  # clips between decode and write; None = from batch size
     num_writers: int = 1
@@ -148,9 +152,12 @@ class JobConfig:
 FLAGS: list[tuple[str, str, str]] = [
     ("--videos", "videos", "folder of videos to cache (searched recursively)"),
     ("--samples", "samples", "samples Parquet (default: VIDEOS/samples.parquet if present)"),
-    ("--source", "sources", "a dataset in its native format, NAME=ROOT (repeatable): robofac, sat, vsti, "
-     "wolf, r4d, stibench, vlm4d"),
+    ("--source", "sources", "a dataset as published, NAME=ROOT[,KEY=VALUE...] (repeatable): training robofac, "
+     "sat, vsti, wolf; evaluation r4d, stibench, vlm4d, vsti_test"),
     ("--lenient", "lenient", "skip malformed annotation rows, counted in summary.json (true/false)"),
+    ("--check", "check", "validate every source, probe its videos and print what the job would compute and "
+     "cost, then exit (no Ray, no teacher)"),
+    ("--check-gpu-tflops", "check_gpu_tflops", "sustained teacher TFLOP/s per GPU that --check prices hours at"),
     ("--out", "out", "cache directory (created if missing)"),
     ("--retry-failed", "retry_failed", "recompute clips whose earlier attempt failed (true/false)"),
     ("--max-inflight", "max_inflight", "clips in flight between decode and write"),
@@ -189,6 +196,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML config file")
     for flag, path, help_text in FLAGS:
+        if path == "check":  # a bare flag (check: true in YAML)
+            p.add_argument(flag, dest=path, default=None, action="store_const", const=True, help=f"{help_text} [{path}]")
+            continue
         p.add_argument(flag, dest=path, default=None, action="append" if path == "sources" else "store",
                        help=f"{help_text} [{path}]")
     return p

@@ -10,7 +10,6 @@ import errno
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from collections import Counter, deque
@@ -29,6 +28,7 @@ from manifests.samples_table import merge_samples
 from pipeline.cache_dir import CONFIG_FILE, SUMMARY_FILE, TEACHER_DIR, CacheDir
 from pipeline.config import JobConfig
 from pipeline.datasets.mixture import load_mixture, skipped_summary, unique_requests
+from pipeline.source_report import failure_reason, folder_source, source_reports
 from pipeline.sources import attach_cache_keys, build_requests, load_sources
 from pipeline.teachers import registry
 from shards.schema import FieldSpec, specs_to_json
@@ -50,21 +50,12 @@ TEACHER_MAX_RESTARTS = 3
 # A killed job's writer actors live on until Ray reaps them (seconds); a rerun waits that long at most.
 WRITER_EXIT_TIMEOUT_S = 120.0
 FAILURE_EXAMPLES = 3  # per reason in summary.json; the clips table holds every failed row
-_NUMBER = re.compile(r"\d+(\.\d+)?")
 # What a full disk looks like from a writer: no space, quota exceeded, a file size limit.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class CacheFullError(RuntimeError):
     """The cache directory took no more bytes; what was committed before is intact."""
-
-
-def failure_reason(stage: str, error: str) -> str:
-    """The kind of a failure, for grouping: its stage and its text up to the first colon (reasons are
-    written as '<kind>: <details naming the file>'), numbers replaced by N ('decoding failed at
-    frame 23' and '... frame 7' are one kind)."""
-    kind = _NUMBER.sub("N", error.split(":", 1)[0].strip())
-    return f"{stage}: {kind[:100]}"
 
 
 @dataclass
@@ -130,7 +121,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             json.dumps({"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
                         "preprocess_version": PREPROCESS_VERSION}, indent=2))
 
-        requests, mixture, hash_seconds = [], None, 0.0
+        requests, mixture, hash_seconds, sources = [], None, 0.0, []
         # Unchanged videos (same path, size, mtime) are not re-read: their hashes are remembered.
         hashes = ContentHashes.of_cache(cache.root)
         if config.videos is not None or not config.sources:
@@ -142,6 +133,8 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
                 keyed = attach_cache_keys(samples, samples_path, root, {r.video_uri: r.cache_key for r in requests})
                 merge_samples(cache.root, keyed)
                 log.info("samples: %d rows joined to clips -> %s", keyed.num_rows, cache.samples_path)
+            sources.append(folder_source(root, {r.cache_key for r in requests},
+                                         0 if samples is None else samples.num_rows))
         if config.sources:
             t_hash = time.perf_counter()
             # Image-only samples (SAT) get their images written under the cache root.
@@ -150,6 +143,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             hash_seconds += time.perf_counter() - t_hash
             requests = unique_requests(requests + mixture.requests)
             merge_samples(cache.root, mixture.samples)
+            sources += mixture.sources
         hashes.save()
 
         status = current_status(read_clips_table(cache.root, PLAN_COLUMNS))
@@ -173,6 +167,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             "failures_by_reason": dict(stats.failures_by_reason.most_common()),
             "failure_examples": stats.failure_examples,
             "samples": skipped_summary(mixture),
+            "sources": source_reports(sources, cache.root),
             "shards_written": [s for w in writer_stats for s in w["shards"]],
             "bytes_written": sum(w["bytes"] for w in writer_stats),
             "bytes_on_disk": sum(w["bytes_on_disk"] for w in writer_stats),

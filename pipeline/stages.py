@@ -56,7 +56,7 @@ def decode_clip(request: ClipRequest, sampling: SamplingConfig, teacher_size, fr
     if request.read_error:
         return {"failure": Failure("hash", request.read_error), "seconds": 0.0}, None
     try:
-        clip = read_clip(request.video_uri, sampling)
+        clip = read_clip(request.video_uri, request.sampling_for(sampling))
     except VideoReadError as e:
         return {"failure": Failure("decode", str(e)), "seconds": time.perf_counter() - start}, None
     teacher_frames = resize_frames(clip.frames, teacher_size)
@@ -137,6 +137,7 @@ class ShardWriterActor:
 
     def _row(self, request: ClipRequest, **values) -> dict:
         return {**self.defaults, "cache_key": request.cache_key, "clip_id": request.clip_id,
+                "sampling": request.sampling_json(self.defaults["sampling"]),
                 "video_uri": request.video_uri, "video_sha256": request.video_sha256,
                 "created_at": utc_now(), **values}
 

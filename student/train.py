@@ -130,7 +130,7 @@ def main(argv=None) -> None:
     student_cfg = cfg.student
     fields = student_cfg.needed_fields()
     index = load_cache_index(cfg.data.cache, cfg.data.split, cfg.data.datasets, cfg.data.teacher_id,
-                             fields, cfg.data.field_dtypes)
+                             fields, cfg.data.field_dtypes, training=not cfg.data.allow_evaluation_data)
     if index.teacher_id is not None:
         check_shapes(index.root, index.specs, fields, student_cfg.branch.hooks, student_cfg.branch.latent_dim)
     log.info("data: %s", record_summary(index))
