@@ -29,7 +29,7 @@ from pipeline.datasets.common import CLIP
 from pipeline.datasets.registry import parse_source, read_dataset
 from pipeline.runner import field_specs
 from pipeline.sampling import SamplingConfig
-from pipeline.source_report import LOST_EXIT_CODE
+from pipeline.source_report import LOST_EXIT_CODE, failure_reason
 from pipeline.sources import Span, load_sources, read_video_identity, with_span
 from pipeline.teachers.base import clip_windows
 from pipeline.teachers.registry import teacher_class
@@ -39,7 +39,6 @@ from shards.schema import specs_to_json
 log = logging.getLogger(__name__)
 
 PROBE_THREADS = min(32, 4 * (os.cpu_count() or 1))  # header reads wait on the disk, not the CPU
-EXAMPLES = 1  # per reason
 
 
 @dataclass(frozen=True)
@@ -92,21 +91,29 @@ def expected_failure(header: Header, span: Span | None, sampling: SamplingConfig
         return header.error
     if header.frames < 1 or header.duration <= 0:
         return "zero video frames"
+    rate = header.frames / header.duration
+    last_start = header.duration - 1 / rate  # the last frame starts one frame before the end
     start, end = span if span is not None else (sampling.start, sampling.end)
-    start, end = max(start or 0.0, 0.0), min(header.duration if end is None else end, header.duration)
-    if start >= header.duration:
-        return f"no frames in the sampling span [{start}, {end}] s: the video lasts {header.duration:.3f} s"
+    start = max(start or 0.0, 0.0)
+    end = last_start if end is None else min(end, last_start)
+    if start > last_start + 1e-6:
+        return f"no frames in the sampling span [{start:g}, {end:g}] s: the video lasts {header.duration:.3f} s"
     if sampling.pad:
         return None
-    rate = header.frames / header.duration
     if sampling.fps is None:
-        usable = math.floor((end - start) * rate + 1e-6) + 1
+        usable = round((end - start) * rate) + 1
         if usable < sampling.num_frames:
             return f"too short: ~{usable} frames in [{start:g}, {end:g}] s, {sampling.num_frames} requested"
     elif start + (sampling.num_frames - 1) / sampling.fps > end + 0.5 / rate:
-        return f"too short: {sampling.num_frames} frames at {sampling.fps} fps need {start:g} s + " \
+        return f"too short: {sampling.num_frames} frames at {sampling.fps:g} fps need {start:g} s + " \
                f"{(sampling.num_frames - 1) / sampling.fps:g} s, the span ends at {end:g} s"
     return None
+
+
+def predicted_reason(failure: str) -> str:
+    """A predicted failure grouped as the job's summary groups it (the stage that will report it)."""
+    stage = "hash" if failure.startswith(("file not found", "not a regular file")) else "decode"
+    return failure_reason(stage, failure)
 
 
 def window_tflop(arch) -> dict[str, float]:
@@ -221,10 +228,10 @@ def clip_counts(clips: list[ClipCheck], status: dict[str, str], costs: dict) -> 
     done = {id(c) for c in cached + failed_before}
     todo = [c for c in clips if id(c) not in done]
     failing = [c for c in todo if c.failure]
-    reasons = Counter(c.failure.split(":", 1)[0] for c in failing)
+    reasons = Counter(predicted_reason(c.failure) for c in failing)
     example = {}
     for c in failing:
-        example.setdefault(c.failure.split(":", 1)[0], c.failure)
+        example.setdefault(predicted_reason(c.failure), c.failure)
     computing = len(todo) - len(failing)
     tflop = computing * costs["tflop_per_clip"]
     return {

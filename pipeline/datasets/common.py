@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from manifests.regions import check_marks
-from pipeline.sources import Span, resolve_inside
+from pipeline.sources import Span
 from shards.atomic import atomic_write_bytes
 
 LETTERS = "ABCDEFGHIJ"
@@ -112,18 +113,41 @@ class NativeRow:
     def text(self, name: str, *, optional: bool = False) -> str | None:
         return self.get(name, str, optional=optional)
 
-    def media(self, base: Path, name: str, value: str | None = None) -> Path:
+    def media(self, base: MediaRoot, name: str, value: str | None = None) -> Path:
         """The row's media file `base / <field name>` (or `base / value`, a path the adapter derived
         from that field), resolved, refused if it escapes `base` (absolute paths, `..` and symlinks
         out of it included); the file itself may be missing (it then becomes a failed clip row)."""
         value = self.text(name) if value is None else value
-        if Path(value).is_absolute():
+        if os.path.isabs(value):
             # Checked before joining: "videos/" + "/etc/passwd" would quietly become a path inside the root.
-            raise self.error(name, f"path {value!r} escapes the dataset root {base}: media paths are relative")
-        try:
-            return resolve_inside(base, value, f"{self.file}: row {self.index}: field {name!r}")
-        except ValueError:
-            raise self.error(name, f"path {value!r} escapes the dataset root {base}") from None
+            raise self.error(name, f"path {value!r} escapes the dataset root {base.folder}: media paths are relative")
+        path = base.resolve(value)
+        if path is None:
+            raise self.error(name, f"path {value!r} escapes the dataset root {base.folder}")
+        return path
+
+
+class MediaRoot:
+    """A folder the media paths of annotation rows must stay inside (symlinks out of it included),
+    resolved once, each distinct path resolved once: rows repeat their videos, and 100k rows of
+    pathlib resolves would cost ~15 s."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.prefix = os.path.join(os.path.realpath(folder), "")
+        self._resolved: dict[str, Path | None] = {}
+
+    def resolve(self, relative: str) -> Path | None:
+        """The real path of folder / relative, None when it lies outside the folder."""
+        if relative not in self._resolved:
+            real = os.path.realpath(os.path.join(self.folder, relative))
+            self._resolved[relative] = Path(real) if os.path.join(real, "").startswith(self.prefix) else None
+        return self._resolved[relative]
+
+    def label(self, path: Path) -> str:
+        """`path` relative to the folder when inside it, else absolute (a video root the user named)."""
+        text = os.fspath(path)
+        return text[len(self.prefix):] if text.startswith(self.prefix) else text
 
 
 def _as_tuple(kind) -> tuple:
@@ -325,19 +349,14 @@ def checked_marks(native: NativeRow, field_name: str, conversations: list[dict],
         raise native.error(field_name, str(e).removeprefix(f"{where}: ")) from None
 
 
-def sample_row(*, sample_id: str, dataset: str, split: str, conversations: list[dict], meta: str, root: Path,
+def sample_row(*, sample_id: str, dataset: str, split: str, conversations: list[dict], meta: str, root: MediaRoot,
                clip: ClipSource | None = None, images: list[str] | None = None,
                regions: list[dict] | None = None) -> dict:
     """A samples-table row (+ its CLIP); `video` is the clip's file relative to the dataset root
     `root`, or absolute when it lies elsewhere (a video root the user named)."""
     return {"sample_id": sample_id, "dataset": dataset, "split": split,
-            "video": None if clip is None else video_label(root, clip.path), "cache_key": None,
+            "video": None if clip is None else root.label(clip.path), "cache_key": None,
             "images": images, "conversations": conversations, "regions": regions, "meta": meta, CLIP: clip}
-
-
-def video_label(root: Path, path: Path) -> str:
-    base = root.resolve()
-    return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
 
 
 def image_extension(native: NativeRow, name: str, data: bytes, index: int = 0) -> tuple[bytes, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.common import (
-    AdapterResult, ClipSource, NativeRow, answer_letter, checked_marks, choice_meta, collect, json_records,
+    AdapterResult, ClipSource, MediaRoot, NativeRow, answer_letter, checked_marks, choice_meta, collect, json_records,
     image_extension, multiple_choice, option_texts, require_object, sample_id, sample_row,
 )
 
@@ -25,11 +25,12 @@ OPTIONS: dict[str, str] = {}
 def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> AdapterResult:
     root = Path(root)
     result = AdapterResult(NAME, root, media_dir)
+    top = MediaRoot(root)
 
     def convert(native: NativeRow) -> dict:
         require_object(native)
-        clip = ClipSource(native.media(root, "video"))
-        som_path = native.media(root, "som_image")
+        clip = ClipSource(native.media(top, "video"))
+        som_path = native.media(top, "som_image")
         try:
             data = som_path.read_bytes()
         except OSError as e:
@@ -40,8 +41,8 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> Ad
         checked_marks(native, "question", conversations, None, premarked=True)
         meta = choice_meta(options, answer, task=native.text("task"), benchmark=native.text("benchmark"),
                            premarked=True, prompt_prefix="video_length_seconds",
-                           som_image=som_path.relative_to(root.resolve()).as_posix())
-        return sample_row(sample_id=sample_id(NAME, native, "id"), dataset=NAME, split="test", root=root, clip=clip,
+                           som_image=top.label(som_path))
+        return sample_row(sample_id=sample_id(NAME, native, "id"), dataset=NAME, split="test", root=top, clip=clip,
                           images=[result.store_image(*image_extension(native, "som_image", data))],
                           conversations=conversations, meta=meta)
 

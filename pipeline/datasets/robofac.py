@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from pipeline.datasets.common import (
-    AdapterResult, ClipSource, NativeRow, RowIds, checked_marks, collect, json_records, llava_turns,
+    AdapterResult, ClipSource, MediaRoot, NativeRow, RowIds, checked_marks, collect, json_records, llava_turns,
     require_object, sample_row,
 )
 
@@ -41,16 +41,17 @@ def current_path(video: str) -> str:
 def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> AdapterResult:
     root = Path(root)
     ids = RowIds(NAME)
+    top, videos = MediaRoot(root), MediaRoot(root / VIDEOS)
 
     def convert(native: NativeRow) -> dict:
         require_object(native)
         video = native.text("video")
-        clip = ClipSource(native.media(root / VIDEOS, "video", current_path(video)))
+        clip = ClipSource(native.media(videos, "video", current_path(video)))
         conversations = llava_turns(native, "conversations", "<video>")
         checked_marks(native, "conversations", conversations, None)
         # No id in the release: a row is named by what it asks about which video.
         return sample_row(sample_id=ids(video, conversations[0]["content"]), dataset=NAME, split="train",
-                          root=root, clip=clip, conversations=conversations,
+                          root=top, clip=clip, conversations=conversations,
                           meta=json.dumps({"task": "failure_analysis"}))
 
     return collect(AdapterResult(NAME, root, media_dir), json_records(root / ANNOTATION), convert, lenient)

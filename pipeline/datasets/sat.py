@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.common import (
-    AdapterResult, NativeRow, answer_letter, checked_marks, choice_meta, collect, image_extension,
+    AdapterResult, MediaRoot, NativeRow, answer_letter, checked_marks, choice_meta, collect, image_extension,
     multiple_choice, option_texts, parquet_records, sample_row,
 )
 
@@ -52,6 +52,7 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> Ad
     if not files:
         raise FileNotFoundError(f"{root}: no SAT split ({PATTERN}) at the top of the dataset root")
     result = AdapterResult(NAME, root, media_dir)
+    top = MediaRoot(root)
     for path in files:
         split = split_of(path)
 
@@ -68,7 +69,7 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> Ad
                                source_file=path.name)
             # Images are written only once the row is known to be good: a skipped row leaves no file.
             stored = [result.store_image(data, ext) for data, ext in images]
-            return sample_row(sample_id=f"{NAME}/{split}/{native.index}", dataset=NAME, split=split, root=root,
+            return sample_row(sample_id=f"{NAME}/{split}/{native.index}", dataset=NAME, split=split, root=top,
                               images=stored, conversations=conversations, meta=meta)
 
         collect(result, parquet_records(path, COLUMNS), convert, lenient)

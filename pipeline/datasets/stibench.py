@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.common import (
-    AdapterResult, ClipSource, NativeRow, answer_letter, checked_marks, choice_meta, collect, option_texts,
+    AdapterResult, ClipSource, MediaRoot, NativeRow, answer_letter, checked_marks, choice_meta, collect, option_texts,
     parquet_records, sample_row,
 )
 
@@ -51,7 +51,8 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> Ad
     path = root / ANNOTATION
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
-    videos = next((root / d for d in VIDEO_DIRS if (root / d).is_dir()), root / VIDEO_DIRS[0])
+    videos = MediaRoot(next((root / d for d in VIDEO_DIRS if (root / d).is_dir()), root / VIDEO_DIRS[0]))
+    top = MediaRoot(root)
 
     def convert(native: NativeRow) -> dict:
         video = native.text("Video")
@@ -65,7 +66,7 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> Ad
         meta = choice_meta(options, answer, task=native.text("Task"), scene=native.text("Scene", optional=True),
                            source=native.text("Source", optional=True), time_start=start, time_end=end)
         row_id = native.get("ID", (int, str))
-        return sample_row(sample_id=f"{NAME}/{video}|{row_id}|{start}|{end}", dataset=NAME, split="test", root=root,
+        return sample_row(sample_id=f"{NAME}/{video}|{row_id}|{start}|{end}", dataset=NAME, split="test", root=top,
                           clip=clip, conversations=conversations, meta=meta)
 
     return collect(AdapterResult(NAME, root, media_dir), parquet_records(path), convert, lenient)

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from pipeline.datasets.common import (
-    AdapterResult, ClipSource, NativeRow, answer_letter, checked_marks, choice_meta, collect, json_records,
+    AdapterResult, ClipSource, MediaRoot, NativeRow, answer_letter, checked_marks, choice_meta, collect, json_records,
     multiple_choice, option_texts, require_object, sample_id, sample_row,
 )
 
@@ -53,6 +53,7 @@ def annotation_files(root: Path) -> list[Path]:
 def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> AdapterResult:
     root = Path(root)
     result = AdapterResult(NAME, root, media_dir)
+    top = MediaRoot(root)
     files = annotation_files(root)
     log.info("vlm4d: reading %s", ", ".join(str(p.relative_to(root)) for p in files))
     for path in files:
@@ -60,13 +61,13 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> Ad
 
         def convert(native: NativeRow, subset=subset) -> dict:
             require_object(native)
-            clip = ClipSource(native.media(root, "video", local_path(native)))
+            clip = ClipSource(native.media(top, "video", local_path(native)))
             options = option_texts(native, "choices", native.get("choices", (dict, list)))
             answer = answer_letter(native, "answer", options, by_text=True)
             conversations = multiple_choice("<video>", native.text("question"), options, answer)
             checked_marks(native, "question", conversations, None)
             return sample_row(sample_id=sample_id(f"{NAME}/{subset}", native, "id"), dataset=NAME, split="test",
-                              root=root, clip=clip, conversations=conversations,
+                              root=top, clip=clip, conversations=conversations,
                               meta=choice_meta(options, answer, subset=subset))
 
         collect(result, json_records(path), convert, lenient)

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from pipeline.datasets.common import (
-    AdapterResult, ClipSource, NativeRow, RowIds, answer_letter, checked_marks, choice_meta, collect,
+    AdapterResult, ClipSource, MediaRoot, NativeRow, RowIds, answer_letter, checked_marks, choice_meta, collect,
     json_records, llava_turns, multiple_choice, option_texts, read_json, require_object, sample_row,
     table_records,
 )
@@ -39,11 +39,11 @@ CHOICE_LETTERS = ("A", "B", "C", "D")
 TEST_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
-def video_root(root: Path, videos: str | None) -> Path:
+def video_root(root: Path, videos: str | None) -> MediaRoot:
     base = Path(videos) if videos else root
     if not base.is_dir():
         raise FileNotFoundError(f"videos={base}: not a directory (the folder the VSTI-Bench video paths start in)")
-    return base
+    return MediaRoot(base)
 
 
 def erratum_ids(folder: Path) -> set[str]:
@@ -83,6 +83,7 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None, video
         raise FileNotFoundError(f"{folder}: no VSTI-Bench training file ({TRAIN_PATTERN})")
     base, dropped = video_root(root, videos), erratum_ids(folder)
     result = AdapterResult(NAME, root, media_dir)
+    top = MediaRoot(root)
 
     def convert(native: NativeRow) -> dict | list[dict]:
         require_object(native)
@@ -99,7 +100,7 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None, video
         checked_marks(native, "conversations", conversations, None)
         meta = {"question_type": kind, "answer": answer, "scene_name": native.text("scene_name", optional=True),
                 "data_source": native.text("data_source", optional=True)}
-        return sample_row(sample_id=f"{NAME}/{row_id}", dataset=NAME, split="train", root=root, clip=clip,
+        return sample_row(sample_id=f"{NAME}/{row_id}", dataset=NAME, split="train", root=top, clip=clip,
                           conversations=conversations, meta=json.dumps(meta, sort_keys=True))
 
     for path in files:
@@ -117,6 +118,7 @@ def read_test(root: Path, lenient: bool = False, media_dir: Path | None = None,
     base = video_root(root, videos)
     ids = RowIds(TEST_NAME)
     result = AdapterResult(TEST_NAME, root, media_dir)
+    top = MediaRoot(root)
 
     def convert(native: NativeRow) -> dict:
         require_object(native)
@@ -142,7 +144,7 @@ def read_test(root: Path, lenient: bool = False, media_dir: Path | None = None,
             raise native.error("question_type", f"unknown type {kind!r}; known: {CHOICE_TYPES + NUMERIC_TYPES}")
         checked_marks(native, "question", conversations, None)
         # The test rows carry no id: named by their content.
-        return sample_row(sample_id=ids(native.data), dataset=TEST_NAME, split="test", root=root, clip=clip,
+        return sample_row(sample_id=ids(native.data), dataset=TEST_NAME, split="test", root=top, clip=clip,
                           conversations=conversations, meta=meta)
 
     for path in files:

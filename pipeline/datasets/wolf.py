@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.datasets.common import AdapterResult, ClipSource, NativeRow, collect, read_json, sample_row
+from pipeline.datasets.common import AdapterResult, ClipSource, MediaRoot, NativeRow, collect, read_json, sample_row
 
 NAME = "wolf"
 ANNOTATIONS = "annotations"
@@ -70,7 +70,7 @@ def scene_index(root: Path) -> dict[str, dict]:
     return index
 
 
-def scene_clip(native: NativeRow, index: dict[str, dict], scenes: Path) -> ClipSource | None:
+def scene_clip(native: NativeRow, index: dict[str, dict], scenes: MediaRoot) -> ClipSource | None:
     """The clip cut from its scene video, when the index has it and the scene video exists."""
     name = native.data["video"]
     if name not in index:
@@ -90,8 +90,9 @@ def scene_clip(native: NativeRow, index: dict[str, dict], scenes: Path) -> ClipS
 def read(root: Path, lenient: bool = False, media_dir: Path | None = None, captions: str = DEFAULT_CAPTIONS,
          videos: str | None = None, scenes: str | None = None) -> AdapterResult:
     root = Path(root)
-    clips_dir = Path(videos) if videos else root / "videos"
-    scenes_dir = Path(scenes) if scenes else None
+    clips_dir = MediaRoot(Path(videos) if videos else root / "videos")
+    scenes_dir = MediaRoot(scenes) if scenes else None
+    top = MediaRoot(root)
     index = scene_index(root) if scenes_dir is not None else {}
     result = AdapterResult(NAME, root, media_dir)
     for subset, path in caption_files(root, captions):
@@ -104,7 +105,7 @@ def read(root: Path, lenient: bool = False, media_dir: Path | None = None, capti
                 clip = scene_clip(native, index, scenes_dir) or by_name
             return sample_row(
                 sample_id=f"{NAME}/{subset}/{Path(native.data['video']).stem}", dataset=NAME, split="train",
-                root=root, clip=clip,
+                root=top, clip=clip,
                 conversations=[{"role": "user", "content": f"<video>\n{PROMPT}"},
                                {"role": "assistant", "content": caption.strip()}],
                 meta=json.dumps({"task": "caption", "subset": subset}, sort_keys=True))
