@@ -99,6 +99,12 @@ def test_expected_failures_follow_the_readers_rules():
     assert expected_failure(pancake, (5.0, 8.0), SamplingConfig(num_frames=16, fps=2.0)).startswith("too short")
     assert expected_failure(pancake, (11.0, 12.0), SamplingConfig()).startswith("no frames in the sampling span")
     assert rate == pytest.approx(30, abs=0.2)
+    # The last frame starts at 10.30 s (decord's timestamps) although the container says it lasts 10.38 s.
+    assert expected_failure(pancake, (10.35, 10.38), SamplingConfig(num_frames=1)).startswith("no frames in")
+    # video_90.mov: 3 frames at 30 fps, lasting 0.1 s.
+    rotated = probe_header(TEST_VIDEOS / "video_90.mov")
+    assert expected_failure(rotated, None, SamplingConfig(num_frames=3)) is None
+    assert expected_failure(rotated, None, SamplingConfig(num_frames=4)).startswith("too short: ~3 frames")
 
 
 def test_the_report_counts_rows_clips_compute_and_bytes(report):
