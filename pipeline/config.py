@@ -197,7 +197,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config file")
     for flag, path, help_text in FLAGS:
         if path == "check":  # a bare flag (check: true in YAML)
-            p.add_argument(flag, dest=path, default=None, action="store_const", const=True, help=f"{help_text} [{path}]")
+            p.add_argument(flag, dest=path, default=None, action="store_const", const=True,
+                           help=f"{help_text} [{path}]")
             continue
         p.add_argument(flag, dest=path, default=None, action="append" if path == "sources" else "store",
                        help=f"{help_text} [{path}]")

@@ -55,19 +55,21 @@ class Header:
 
 
 def probe_header(path: Path, hash_file=None) -> Header:
+    """hash_file: also the content hash (as the job keys the clip: any readable file, video or not)."""
     import av  # PyAV reads headers without decoding; the job itself decodes with decord
 
     path = Path(path)
+    sha = read_video_identity(path, hash_file)[0] if hash_file is not None else None
     if not path.exists():
         return Header(f"file not found: {path}")
     if not path.is_file():
         return Header(f"not a regular file: {path}")
     if path.stat().st_size == 0:
-        return Header(f"empty file (0 bytes): {path}")
+        return Header(f"empty file (0 bytes): {path}", sha256=sha)
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.video:
-                return Header(f"no video stream (zero video frames): {path}")
+                return Header(f"no video stream (zero video frames): {path}", sha256=sha)
             stream = container.streams.video[0]
             if stream.duration is not None and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)
@@ -79,8 +81,7 @@ def probe_header(path: Path, hash_file=None) -> Header:
                 frames, estimated = round(duration * rate), True
             width, height = stream.codec_context.width, stream.codec_context.height
     except (av.FFmpegError, ValueError, OSError) as e:
-        return Header(f"not a video or unreadable container: {path} (PyAV: {e})")
-    sha = read_video_identity(path, hash_file)[0] if hash_file is not None else None
+        return Header(f"not a video or unreadable container: {path} (PyAV: {e})", sha256=sha)
     return Header(None, duration, frames, estimated, width, height, sha)
 
 
@@ -190,7 +191,7 @@ def run_check(config: JobConfig) -> dict:
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
         headers = dict(zip(paths, tqdm(pool.map(lambda p: probe_header(p, hash_file), paths), total=len(paths),
                                        desc="probe video headers", unit="video", disable=not paths)))
-    key_functions = {}
+    key_functions, spec_json = {}, specs_to_json(specs)
     for source in sources:
         for clip in source.clips.values():
             header = headers[clip.path]
@@ -198,7 +199,7 @@ def run_check(config: JobConfig) -> dict:
             if hashes is not None:
                 if clip.span not in key_functions:
                     key_functions[clip.span] = cache_key_function(with_span(asdict(sampling), clip.span),
-                                                                  identity.teacher_id, specs_to_json(specs))
+                                                                  identity.teacher_id, spec_json)
                 identity_text = f"sha256:{header.sha256}" if header.sha256 else f"unreadable:{os.fspath(clip.path)}"
                 clip.key = key_functions[clip.span](identity_text)
 
@@ -216,7 +217,8 @@ def run_check(config: JobConfig) -> dict:
         "teacher": config.teacher.name, "teacher_id": identity.teacher_id, "num_frames": num_frames,
         "windows_per_clip": len(clip_windows(num_frames)), "tflop_per_clip": tflop,
         "bytes_per_clip": clip_bytes, "gpu_tflops": config.check_gpu_tflops, "cache": str(out),
-        "cached_clips": sum(v == CLIP_OK for v in status.values()), "failed_clips": sum(v != CLIP_OK for v in status.values()),
+        "cached_clips": sum(v == CLIP_OK for v in status.values()),
+        "failed_clips": sum(v != CLIP_OK for v in status.values()),
         "videos_probed": len(paths), "sources": reports, "total": total,
     }
 
@@ -274,7 +276,8 @@ def format_check(report: dict) -> str:
     lines = [
         f"check (nothing computed, nothing written): teacher {report['teacher']} ({report['teacher_id']}), "
         f"{report['num_frames']} frames per clip = {report['windows_per_clip']} window(s) of 16: "
-        f"{report['tflop_per_clip']:.2f} TFLOP and {report['bytes_per_clip'] / 1e6:.1f} MB (before compression) per clip",
+        f"{report['tflop_per_clip']:.2f} TFLOP and {report['bytes_per_clip'] / 1e6:.1f} MB (before compression) "
+        "per clip",
         f"pricing: {report['gpu_tflops']:g} TFLOP/s sustained per GPU (assumed; --check-gpu-tflops) = "
         + (f"{rate:.3g} clips/s per GPU" if math.isfinite(rate) else "no GPU work (the oracle reads ground truth)"),
         f"cache {report['cache']}: {report['cached_clips']} clips cached, {report['failed_clips']} failed; "

@@ -74,7 +74,8 @@ def report_line(report: dict) -> str:
     text = f"source {report['source']}: {', '.join(parts)}; {report['clips']} clips: {report['ok']} ok, " \
            f"{report['failed']} failed"
     if report["top_failures"]:
-        text += " (" + "; ".join(f"{f['reason']} x{f['clips']}, e.g. {f['example']}" for f in report["top_failures"]) + ")"
+        text += " (" + "; ".join(f"{f['reason']} x{f['clips']}, e.g. {f['example']}"
+                                 for f in report["top_failures"]) + ")"
     if report["lost"]:
         text += f" -- LOST: {report['lost']}"
     return text

@@ -208,8 +208,9 @@ def malformed_roots(base, synthetic_set) -> dict[str, tuple[Source, list, int]]:
     s = base / "sat"
     s.mkdir()
     row = {**published.SAT_ROW, "image_bytes": [published.png_bytes(0)]}
-    pq.write_table(pa.Table.from_pylist([row, {**row, "correct_answer": "maybe"}, {**row, "image_bytes": [b"no"]},
-                                         {**row, "answers": ["one"], "correct_answer": "one"}]), s / "SAT_train.parquet")
+    rows = [row, {**row, "correct_answer": "maybe"}, {**row, "image_bytes": [b"no"]},
+            {**row, "answers": ["one"], "correct_answer": "one"}]
+    pq.write_table(pa.Table.from_pylist(rows), s / "SAT_train.parquet")
     out["sat"] = (Source("sat", s), [(1, "correct_answer"), (2, "image_bytes"), (3, "answers")], 1)
 
     v = base / "vsti"
@@ -487,3 +488,14 @@ def test_the_student_loader_streams_the_training_mixture(all_sources_job, tmp_pa
     assert {d for d, _ in kinds} == {"robofac", "sat", "vsti", "wolf", "synthetic"}
     assert ("sat", "image") in kinds and ("sat", "video") not in kinds
     assert {("robofac", "video"), ("vsti", "video"), ("wolf", "video")} <= kinds
+
+
+def test_a_videos_folder_whose_every_clip_fails_exits_non_zero(ray_session, tmp_path, caplog):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "notes.mp4").write_text("this is not a video\n")
+    code = cache_main(["--videos", str(videos), "--out", str(tmp_path / "cache"), "--teacher", "oracle",
+                       "--latent-dim", "16"])
+    assert code == LOST_EXIT_CODE
+    assert f"source videos={videos}: 0 samples; 1 clips: 0 ok, 1 failed (decode: not a video or unreadable " \
+           f"container x1, e.g. {videos / 'notes.mp4'}) -- LOST: every clip failed (1 of 1)" in caplog.text

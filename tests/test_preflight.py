@@ -111,7 +111,8 @@ def test_the_report_counts_rows_clips_compute_and_bytes(report):
     result, out = report
     sti, sat = result["sources"]
     assert (sti["rows_ok"], sti["rows_skipped"]) == (6, 1)
-    assert sti["skipped_by_reason"][0]["reason"] == "field 'Answer'" and "row 6" in sti["skipped_by_reason"][0]["example"]
+    skipped, = sti["skipped_by_reason"]
+    assert skipped["reason"] == "field 'Answer'" and "row 6" in skipped["example"]
     # pancake [1, 3] (asked twice), pancake [12, 13], phone, gone, corrupted
     assert (sti["unique_clips"], sti["already_cached"], sti["to_compute"]) == (5, 0, 5)
     reasons = {f["reason"]: f["clips"] for f in sti["expected_failures"]}

@@ -27,7 +27,7 @@ def test_a_selection_with_test_rows_or_a_benchmark_is_refused_by_name():
     clean = [row("sat/train/0", "sat", "train"), row("robofac/1", "robofac", "train")]
     refuse_evaluation_data(clean, (), "CACHE")  # training data passes
     with pytest.raises(EvaluationDataError, match=r"CACHE: .* 2 rows of dataset sat split 'test'"):
-        refuse_evaluation_data(clean + [row("sat/test/0", "sat", "test"), row("sat/test/1", "sat", "test")], (), "CACHE")
+        refuse_evaluation_data(clean + [row(f"sat/test/{i}", "sat", "test") for i in range(2)], (), "CACHE")
     # A benchmark's rows labelled `train` (what the VSTI-Bench adapter once did) are still a benchmark's.
     with pytest.raises(EvaluationDataError, match=r"1 rows of dataset vsti_test split 'train'"):
         refuse_evaluation_data(clean + [row("vsti_test/1", "vsti_test", "train")], (), "CACHE")
