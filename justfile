@@ -56,6 +56,7 @@ bench: venv
     {{py}} bench/storage.py
     {{py}} bench/fidelity.py
     {{py}} bench/planning.py
+    {{py}} bench/preflight.py
     {{py}} bench/throughput.py
     {{py}} bench/l4p_teacher.py
     {{py}} bench/loader.py

@@ -30,6 +30,7 @@ from pipeline.config import TeacherConfig  # noqa: E402
 from pipeline.teachers.base import TeacherInput  # noqa: E402
 from pipeline.teachers.l4p.config import FULL, TASKS, TINY  # noqa: E402
 from pipeline.teachers.l4p.dpt import DPTHead, dpt_flops  # noqa: E402
+from pipeline.teachers.l4p import model  # noqa: E402
 from pipeline.teachers.l4p.encoder import VideoEncoder, encoder_flops  # noqa: E402
 from pipeline.teachers.registry import build_teacher  # noqa: E402
 from shards.teacher_fields import default_storage, teacher_shapes  # noqa: E402
@@ -46,9 +47,8 @@ RELEASED_ENCODER = (1_011_610_752, 4.5777e12)  # parameters, FLOPs through hook 
 
 
 def window_flops(config) -> dict[str, float]:
-    flops = {"encoder (to last hook)": encoder_flops(config, config.hooks)}
-    for task in TASKS:
-        flops[f"head {task}"] = dpt_flops(config, config.heads[task])
+    parts = model.window_flops(config)
+    flops = {"encoder (to last hook)": parts.pop("encoder"), **{f"head {task}": f for task, f in parts.items()}}
     flops["total"] = sum(flops.values())
     return flops
 

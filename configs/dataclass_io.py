@@ -147,6 +147,7 @@ class Shorthand:
     key: str
     help: str
     repeat: bool = False
+    switch: bool = False  # a bare flag that sets the key to true (`--check` = `--set check=true`)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, shorthands: Sequence[Shorthand] = (),
@@ -156,8 +157,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, shorthands: Sequence[S
     parser.add_argument("--set", dest="overrides", action=_Override, default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set run.max_steps=20 (repeatable)")
     for s in shorthands:
+        value = {"nargs": 0} if s.switch else {"metavar": s.key.rsplit(".", 1)[-1].upper()}
         parser.add_argument(s.flag, dest="overrides", action=_Override, key=s.key, repeat=s.repeat,
-                            metavar=s.key.rsplit(".", 1)[-1].upper(), help=f"{s.help} [{s.key}]")
+                            help=f"{s.help} [{s.key}]", **value)
 
 
 class _Override(argparse.Action):
@@ -181,6 +183,8 @@ class _Override(argparse.Action):
                 overrides[done[0]] = (self.key, [*overrides[done[0]][1], Text(value)])
             else:
                 overrides.append((self.key, [Text(value)]))
+        elif self.nargs == 0:  # a switch
+            overrides.append((self.key, True))
         else:
             overrides.append((self.key, Text(value)))
         setattr(namespace, self.dest, overrides)

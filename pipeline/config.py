@@ -87,6 +87,10 @@ class JobConfig:
     # Datasets in their native formats, "name=ROOT" (pipeline/datasets/registry.py), cached as one mixture.
     sources: tuple[str, ...] = ()
     lenient: bool = False  # skip malformed annotation rows (counted in summary.json) instead of failing
+    # Preflight (pipeline/preflight.py): validate every source and report what the job would compute,
+    # without Ray or a teacher; hours are priced at check_gpu_tflops sustained per GPU (an assumption).
+    check: bool = False
+    check_gpu_tflops: float = 400.0
     retry_failed: bool = False
     max_inflight: int | None = None  # clips between decode and write; None = from batch size
     num_writers: int = 1
@@ -107,9 +111,12 @@ class JobConfig:
 FLAGS = [Shorthand(*flag) for flag in [
     ("--videos", "videos", "folder of videos to cache (searched recursively)"),
     ("--samples", "samples", "samples Parquet (default: VIDEOS/samples.parquet if present)"),
-    ("--source", "sources", "a dataset in its native format, NAME=ROOT (repeatable): robofac, sat, vsti, "
-     "wolf, r4d, stibench, vlm4d", True),
+    ("--source", "sources", "a dataset as published, NAME=ROOT[,KEY=VALUE...] (repeatable): training robofac, "
+     "sat, vsti, wolf; evaluation r4d, stibench, vlm4d, vsti_test", True),
     ("--lenient", "lenient", "skip malformed annotation rows, counted in summary.json (true/false)"),
+    ("--check", "check", "validate every source, probe its videos and print what the job would compute and "
+     "cost, then exit (no Ray, no teacher)", False, True),
+    ("--check-gpu-tflops", "check_gpu_tflops", "sustained teacher TFLOP/s per GPU that --check prices hours at"),
     ("--out", "out", "cache directory (created if missing)"),
     ("--retry-failed", "retry_failed", "recompute clips whose earlier attempt failed (true/false)"),
     ("--max-inflight", "max_inflight", "clips in flight between decode and write"),

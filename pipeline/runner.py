@@ -19,6 +19,7 @@ from pipeline.cache_dir import CONFIG_FILE, SUMMARY_FILE, TEACHER_DIR, CacheDir
 from pipeline.config import JobConfig
 from pipeline.datasets.mixture import load_mixture, skipped_summary, unique_requests
 from pipeline.scheduler import RunStats, Scheduler
+from pipeline.source_report import folder_source, source_reports
 from pipeline.sources import attach_cache_keys, build_requests, load_sources
 from pipeline.teachers import registry
 from shards.schema import FieldSpec, specs_to_json
@@ -83,7 +84,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             json.dumps({"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
                         "preprocess_version": PREPROCESS_VERSION}, indent=2))
 
-        requests, mixture, stats = [], None, RunStats()
+        requests, mixture, stats, sources = [], None, RunStats(), []
         # Unchanged videos (same path, size, mtime) are not re-read: their hashes are remembered.
         hashes = ContentHashes.of_cache(cache.root)
         if config.videos is not None or not config.sources:
@@ -94,6 +95,8 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
                 keyed = attach_cache_keys(samples, samples_path, root, {r.video_uri: r.cache_key for r in requests})
                 merge_samples(cache.root, keyed)
                 log.info("samples: %d rows joined to clips -> %s", keyed.num_rows, cache.samples_path)
+            sources.append(folder_source(root, {r.cache_key for r in requests},
+                                         0 if samples is None else samples.num_rows))
         if config.sources:
             # Image-only samples (SAT) get their images written under the cache root.
             with stats.seconds.timing("hash"):
@@ -101,6 +104,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
                                        spec_json, hashes.sha256)
             requests = unique_requests(requests + mixture.requests)
             merge_samples(cache.root, mixture.samples)
+            sources += mixture.sources
         hashes.save()
 
         status = current_status(read_clips_table(cache.root, PLAN_COLUMNS))
@@ -121,6 +125,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             "failures_by_reason": dict(stats.failures_by_reason.most_common()),
             "failure_examples": stats.failure_examples,
             "samples": skipped_summary(mixture),
+            "sources": source_reports(sources, cache.root),
             "shards_written": [s for w in writer_stats for s in w["shards"]],
             "bytes_written": sum(w["bytes"] for w in writer_stats),
             "bytes_on_disk": sum(w["bytes_on_disk"] for w in writer_stats),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 import secrets
 import time
 from collections import Counter, deque
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from pipeline.cache_dir import DISK_FULL_ERRNOS, TEACHER_DIR, CacheDir, CacheFullError
 from pipeline.config import JobConfig
+from pipeline.source_report import failure_reason
 from pipeline.teachers.base import TeacherIdentity
 from pipeline.timing import Seconds
 from shards.schema import FieldSpec, specs_to_json
@@ -33,15 +33,6 @@ log = logging.getLogger(__name__)
 # batch yields each clip once. A clip that kills its actor every time ends the job after this many.
 TEACHER_MAX_RESTARTS = 3
 FAILURE_EXAMPLES = 3  # per reason in summary.json; the clips table holds every failed row
-_NUMBER = re.compile(r"\d+(\.\d+)?")
-
-
-def failure_reason(stage: str, error: str) -> str:
-    """The kind of a failure, for grouping: its stage and its text up to the first colon (reasons are
-    written as '<kind>: <details naming the file>'), numbers replaced by N ('decoding failed at
-    frame 23' and '... frame 7' are one kind)."""
-    kind = _NUMBER.sub("N", error.split(":", 1)[0].strip())
-    return f"{stage}: {kind[:100]}"
 
 
 @dataclass

@@ -2,10 +2,11 @@
 videos of that folder. Each unique video becomes one clip request with its cache_key."""
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,19 +16,40 @@ from tqdm import tqdm
 from manifests.cache_key import cache_key_function, file_sha256
 from manifests.regions import check_table_marks
 from manifests.samples_table import read_samples
+from pipeline.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 
+Span = tuple[float, float]  # [start, end] seconds of a video
+
 
 @dataclass(frozen=True)
 class ClipRequest:
     video_uri: str  # absolute path
-    clip_id: str  # readable: path relative to the videos root, without extension, + key prefix
+    clip_id: str  # readable: path relative to the videos root, without extension, (span,) + key prefix
     video_sha256: str | None  # None when the bytes could not be read
     read_error: str | None  # why the bytes could not be read
     cache_key: str
+    # The clip's own part of its video (an STI-Bench question's time span, a Wolf clip cut from its
+    # nuScenes scene): replaces the job's sampling.start / end, and enters the cache_key, so one video
+    # gives one clip per span. None: the job's sampling as configured.
+    span: Span | None = None
+
+    def sampling_for(self, sampling: SamplingConfig) -> SamplingConfig:
+        return sampling if self.span is None else replace(sampling, start=self.span[0], end=self.span[1])
+
+    def sampling_json(self, job_sampling_json: str) -> str:
+        """The clips table's `sampling` of this clip, from the job's (what the cache_key hashed)."""
+        if self.span is None:
+            return job_sampling_json
+        return json.dumps(with_span(json.loads(job_sampling_json), self.span), sort_keys=True)
+
+
+def with_span(sampling: dict, span: Span | None) -> dict:
+    """Sampling parameters (as a dict) of a clip limited to `span`."""
+    return sampling if span is None else {**sampling, "start": span[0], "end": span[1]}
 
 
 def find_videos(root: Path) -> list[Path]:
@@ -85,21 +107,32 @@ def read_video_identity(path: Path, hash_file: Callable[[Path], str] = file_sha2
 
 def build_requests(
     videos: list[Path], root: Path, sampling: dict, teacher_id: str, output_spec: str,
-    hash_file: Callable[[Path], str] = file_sha256,
+    hash_file: Callable[[Path], str] = file_sha256, spans: Sequence[Span | None] | None = None,
 ) -> list[ClipRequest]:
-    """hash_file: the content hash of a video; manifests.content_hash.ContentHashes(...).sha256 skips
-    re-reading videos whose size and mtime did not change."""
+    """One request per entry of `videos` (with its entry of `spans`, if given).
+
+    hash_file: the content hash of a video; manifests.content_hash.ContentHashes(...).sha256 skips
+    re-reading videos whose size and mtime did not change. A video listed with several spans is read
+    once."""
     requests = []
     # String operations, not Path.relative_to / with_suffix: 100k videos in ~1 s, not ~4 s.
     prefix = os.path.join(os.fspath(root.resolve()), "")
-    key_of = cache_key_function(sampling, teacher_id, output_spec)
-    for path in tqdm(videos, desc="hash videos", unit="video", disable=not videos):
-        sha, error = read_video_identity(path, hash_file)
+    key_functions = {}  # span -> cache_key_function: the fixed part is hashed once per span
+    identities: dict[str, tuple[str | None, str | None]] = {}
+    spans = spans if spans is not None else [None] * len(videos)
+    for path, span in tqdm(zip(videos, spans), total=len(videos), desc="hash videos", unit="clip",
+                           disable=not videos):
         uri = os.fspath(path)
-        identity = f"sha256:{sha}" if sha else f"unreadable:{uri}"
-        key = key_of(identity)
-        relative = uri[len(prefix):] if uri.startswith(prefix) else os.path.basename(uri)
-        requests.append(ClipRequest(uri, f"{os.path.splitext(relative)[0]}-{key[:8]}", sha, error, key))
+        if uri not in identities:
+            identities[uri] = read_video_identity(path, hash_file)
+        sha, error = identities[uri]
+        if span not in key_functions:
+            key_functions[span] = cache_key_function(with_span(sampling, span), teacher_id, output_spec)
+        key = key_functions[span](f"sha256:{sha}" if sha else f"unreadable:{uri}")
+        relative = os.path.splitext(uri[len(prefix):] if uri.startswith(prefix) else os.path.basename(uri))[0]
+        if span is not None:
+            relative += f"@{span[0]:g}-{span[1]:g}s"
+        requests.append(ClipRequest(uri, f"{relative}-{key[:8]}", sha, error, key, span))
     return requests
 
 

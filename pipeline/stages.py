@@ -60,7 +60,7 @@ def decode_clip(request: ClipRequest, sampling: SamplingConfig, teacher_size, fr
         return (Failure("hash", request.read_error), seconds), None
     with seconds.timing("decode"):
         try:
-            clip = read_clip(request.video_uri, sampling)
+            clip = read_clip(request.video_uri, request.sampling_for(sampling))
         except VideoReadError as e:
             return (Failure("decode", str(e)), seconds), None
         teacher_frames = resize_frames(clip.frames, teacher_size)
@@ -141,6 +141,7 @@ class ShardWriterActor:
 
     def _row(self, request: ClipRequest, **values) -> dict:
         return {**self.defaults, "cache_key": request.cache_key, "clip_id": request.clip_id,
+                "sampling": request.sampling_json(self.defaults["sampling"]),
                 "video_uri": request.video_uri, "video_sha256": request.video_sha256,
                 "created_at": utc_now(), **values}
 

@@ -19,8 +19,33 @@ from shards.schema import FieldSpec, specs_from_json
 from shards.teacher_fields import CLIP_FIELDS, teacher_shapes
 
 
+# Benchmarks: their rows are test data whatever split a table gives them (the caching job's
+# evaluation sources, pipeline/datasets/registry.py, and the synthetic benchmark). Listed here, not
+# imported: the student never imports pipeline/ (tests/test_training_selection.py keeps the two in step).
+EVALUATION_DATASETS = ("r4d", "stibench", "vlm4d", "vsti_test", "synthetic4d")
+
+
 class CacheMismatchError(ValueError):
     """The cache was made for another teacher or stores fields differently than the config expects."""
+
+
+class EvaluationDataError(ValueError):
+    """A training selection that would train on test rows or on a benchmark."""
+
+
+def refuse_evaluation_data(samples: list[dict], datasets: tuple[str, ...], where: str) -> None:
+    """Refuse a training selection that names a benchmark or holds a row of split `test` or of a
+    benchmark; the message names each such dataset and split with its row count."""
+    named = sorted(set(datasets) & set(EVALUATION_DATASETS))
+    found = Counter((s["dataset"], s["split"]) for s in samples
+                    if s["split"] == "test" or s["dataset"] in EVALUATION_DATASETS)
+    if named or found:
+        what = [f"dataset {n} (a benchmark)" for n in named] + [
+            f"{n} rows of dataset {d} split {sp!r}" for (d, sp), n in sorted(found.items())]
+        raise EvaluationDataError(
+            f"{where}: the training selection holds evaluation data: {'; '.join(what)}. Select split 'train' and "
+            "training datasets (data.split, data.datasets), or set data.allow_evaluation_data: true to train on "
+            "them on purpose")
 
 
 @dataclass(frozen=True)
@@ -57,9 +82,11 @@ def load_cache_index(
     teacher_id: str | None = None,
     needed: tuple[str, ...] = (),
     field_dtypes: dict[str, str] | None = None,
+    training: bool = False,
 ) -> CacheIndex:
     """`needed`: teacher fields the enabled losses read; `field_dtypes`: the stored dtype the config
-    expects per field (a run tuned for fp16 latents must not silently train on int8 ones)."""
+    expects per field (a run tuned for fp16 latents must not silently train on int8 ones); `training`:
+    refuse a selection holding evaluation data (refuse_evaluation_data)."""
     root = Path(cache)
     samples_path = root / SAMPLES_FILE
     if not samples_path.exists():
@@ -68,6 +95,8 @@ def load_cache_index(
     clips = {k: row for k, row in current_clips(read_clips_table(root)).items()}
 
     wanted = [s for s in samples if (split is None or s["split"] == split) and (not datasets or s["dataset"] in datasets)]
+    if training:
+        refuse_evaluation_data(wanted, datasets, str(root))
     unknown = set(datasets) - {s["dataset"] for s in samples}
     if unknown:
         raise ValueError(f"{root}: no samples of dataset(s) {sorted(unknown)} "

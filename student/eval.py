@@ -40,7 +40,7 @@ from student.scoring import (
 
 log = logging.getLogger("p4d.eval")
 
-BENCH_DATASETS = {"r4d": "r4d", "sti": "stibench", "vlm4d": "vlm4d", "vsti": "vsti", "synthetic": "synthetic4d"}
+BENCH_DATASETS = {"r4d": "r4d", "sti": "stibench", "vlm4d": "vlm4d", "vsti": "vsti_test", "synthetic": "synthetic4d"}
 PREDICTIONS = "predictions.jsonl"
 LENGTH_PREFIXED = ("r4d", "synthetic")  # benchmarks whose prompt starts with the video length in seconds
 

@@ -125,7 +125,7 @@ class Trainer:
 
         fields = cfg.student.needed_fields()
         self.index = load_cache_index(cfg.data.cache, cfg.data.split, cfg.data.datasets, cfg.data.teacher_id,
-                                      fields, cfg.data.field_dtypes)
+                                      fields, cfg.data.field_dtypes, training=not cfg.data.allow_evaluation_data)
         if self.index.teacher_id is not None:
             check_shapes(self.index.root, self.index.specs, fields, cfg.student.branch.hooks,
                          cfg.student.branch.latent_dim)

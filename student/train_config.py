@@ -16,6 +16,7 @@ class DataConfig:
     cache: str = "data/cache-zarr"
     split: str = "train"
     datasets: tuple[str, ...] = ()  # which datasets of the cache to train on (empty: all)
+    allow_evaluation_data: bool = False  # train on split-test rows / benchmarks anyway (cache_index refuses them)
     weights: dict[str, float] = field(default_factory=dict)  # dataset -> repeat factor; absent = 1.0
     teacher_id: str | None = None  # refuse a cache made by another teacher (None: accept the cache's one)
     field_dtypes: dict[str, str] = field(default_factory=dict)  # refuse fields stored otherwise

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from .config import TASKS, L4PConfig
-from .dpt import DPTHead, apply_output_transform
-from .encoder import VideoEncoder
+from .dpt import DPTHead, apply_output_transform, dpt_flops
+from .encoder import VideoEncoder, encoder_flops
 
 HEADS_PREFIX = "l4p_model.task_heads."
 
@@ -70,3 +70,10 @@ class L4PModel(nn.Module):
 def heads_state_dict(model: L4PModel) -> dict[str, torch.Tensor]:
     """The task heads' weights alone, under their checkpoint names (`l4p_model.task_heads.*`)."""
     return {k: v for k, v in model.state_dict().items() if k.startswith(HEADS_PREFIX)}
+
+
+def window_flops(config: L4PConfig) -> dict[str, float]:
+    """FLOPs of what predict runs on one 16-frame window: the encoder up to its last hook, then each
+    task's head ("encoder", then one entry per task)."""
+    return {"encoder": encoder_flops(config, config.hooks),
+            **{task: dpt_flops(config, config.heads[task]) for task in TASKS}}
