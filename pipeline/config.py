@@ -11,6 +11,7 @@ import yaml
 from manifests.dataclass_io import from_dict
 from pipeline.sampling import SamplingConfig
 from shards.formats import FORMATS
+from shards.local_path import local_path
 from shards.schema import CODECS, ENCODINGS, STORAGE_DTYPES
 
 TEACHERS = ("oracle", "l4p", "l4p-tiny")
@@ -41,6 +42,8 @@ class TeacherConfig:
             raise ValueError("teacher l4p needs its weights: --teacher-checkpoint PATH (.ckpt or .safetensors)")
         if self.batch_size < 1 or self.num_actors < 1:
             raise ValueError("teacher.batch_size and teacher.num_actors must be >= 1")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError(f"teacher.num_gpus and teacher.num_cpus must be >= 0, got {self.num_gpus} and {self.num_cpus}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,10 @@ class OutputConfig:
         object.__setattr__(self, "storage", {**default_storage(), **self.storage})
         if self.clips_per_shard < 1:
             raise ValueError("output.clips_per_shard must be >= 1")
+        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
+            raise ValueError(f"output.frame_size must be HxW with both >= 1, got {self.frame_size}")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"output.fields: each field once, got {list(self.fields)}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,17 @@ class JobConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self):
+        # 0 would crash mid-job (no writer) or silently mean the default (max_inflight).
+        if self.num_writers < 1 or (self.max_inflight is not None and self.max_inflight < 1):
+            raise ValueError(f"num_writers and max_inflight must be >= 1, got {self.num_writers} and {self.max_inflight}")
+        local_path(self.out, "out")
+        for name in ("videos", "samples"):
+            if getattr(self, name) is not None:
+                local_path(getattr(self, name), name)
+        for source in self.sources:
+            local_path(source.split("=", 1)[-1], f"source {source.split('=', 1)[0]!r}")
 
 
 # (flag, dotted config path, help). Every option of the YAML file has a flag.

@@ -21,6 +21,7 @@ from manifests.schemas import CLIP_OK
 from pipeline.cache_dir import PICTURES_DIR
 from pipeline.visualize import render_clip_png
 from shards.cache_reader import read_cached_clip
+from shards.local_path import local_path
 from shards.schema import specs_from_json
 
 PICTURE_FIELDS = ["frames", "timestamps", "depth", "flow", "dyn_mask", "camray"]
@@ -80,9 +81,9 @@ def render(cache_root: Path, row: dict, out: Path, marks: dict | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("cache", type=Path, help="cache directory")
+    p.add_argument("cache", type=local_path, help="cache directory")
     p.add_argument("--clip", help="cache_key or clip_id (or a unique prefix) to render")
-    p.add_argument("--png", type=Path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
+    p.add_argument("--png", type=local_path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
     p.add_argument("--pictures", type=int, default=0, help="render this many ok clips into CACHE/pictures/")
     p.add_argument("--marks", action="store_true", help="with --clip: draw a sample's region marks on the frames")
     p.add_argument("--sample", help="with --marks: the sample_id (default: the clip's first sample with regions)")

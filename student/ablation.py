@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from manifests.dataclass_io import to_dict
+from shards.local_path import local_path
 from student.batch import collate
 from student.cache_index import load_cache_index
 from student.charts import bar_chart
@@ -62,7 +63,7 @@ def train_row(config_path: Path, overrides: list[str], ranks: int) -> None:
     subprocess.run(cmd, check=True, env=env, cwd=PROJECT)
 
 
-def _depth_samples(cache: Path) -> list[dict]:
+def _depth_samples(cache: Path, blind: bool) -> list[dict]:
     index = load_cache_index(cache, split=None, needed=("depth",))
     records = [r for r in index.records if r.clip is not None]
     reader = ClipReader(index.root, ("depth",))
@@ -71,13 +72,21 @@ def _depth_samples(cache: Path) -> list[dict]:
     for r in records:
         if r.clip["cache_key"] not in seen:
             seen.add(r.clip["cache_key"])
-            out.append(build_sample(r, reader, index.root))
+            sample = build_sample(r, reader, index.root)
+            if blind:
+                sample["frames"] = np.zeros_like(sample["frames"])
+            out.append(sample)
     return out
 
 
 def depth_probe(export: Path, train_cache: Path, test_cache: Path, steps: int, seed: int, latent_dim: int,
-                lr: float = 1e-3) -> float:
-    """AbsRel (mean |d - d*| / d* over pixels with depth) of a depth probe on the frozen student."""
+                lr: float = 1e-3, blind: bool = False) -> float:
+    """AbsRel (mean |d - d*| / d* over pixels with depth) of a depth probe on the frozen student,
+    trained on `train_cache`'s clips and scored on `test_cache`'s.
+
+    blind: the control. Every clip is shown to the student as black frames, so the probe's input
+    carries nothing of the scene and it can learn only depth maps typical of the training clips; a
+    probe that reads depth from the student's features must beat it on held-out clips."""
     torch.manual_seed(seed)
     exported = StudentModel.from_export(export)
     config = replace(
@@ -89,7 +98,7 @@ def depth_probe(export: Path, train_cache: Path, test_cache: Path, steps: int, s
     for p in probe.base.parameters():
         p.requires_grad_(False)
     tokenizer = load_tokenizer(export)
-    train, test = _depth_samples(train_cache), _depth_samples(test_cache)
+    train, test = _depth_samples(train_cache, blind), _depth_samples(test_cache, blind)
     optimizer = torch.optim.AdamW([p for p in probe.branch.parameters()], lr=lr)
     rng = np.random.default_rng(seed)
     probe.train()
@@ -178,8 +187,8 @@ def run(config_path: Path, bench_cache: Path, out: Path, seeds: list[int], rows:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="training YAML shared by every row (its student section is the +LD+ED row)")
-    p.add_argument("--bench-cache", required=True, help="cache of the synthetic benchmark (held-out seeds)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--bench-cache", type=local_path, required=True, help="cache of the synthetic benchmark (held-out seeds)")
+    p.add_argument("--out", type=local_path, required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--ranks", type=int, default=2)
@@ -189,9 +198,9 @@ def main(argv=None) -> None:
                    help="how eval answers (student/eval.py); tiny CPU students rarely emit the answer format")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run(Path(a.config), Path(a.bench_cache), Path(a.out), a.seeds, a.rows, a.ranks, a.probe_steps, a.eval_limit,
+    run(Path(a.config), a.bench_cache, a.out, a.seeds, a.rows, a.ranks, a.probe_steps, a.eval_limit,
         a.answer_by)
-    print((Path(a.out) / "ablation.md").read_text())
+    print((a.out / "ablation.md").read_text())
 
 
 if __name__ == "__main__":

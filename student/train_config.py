@@ -9,6 +9,7 @@ import yaml
 
 from manifests.dataclass_io import from_dict, to_dict
 from manifests.regions import MarkStyle
+from shards.local_path import local_path
 from student.augment import AugmentConfig
 from student.config import StudentConfig
 
@@ -30,6 +31,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # off by default (probabilities 0)
 
     def __post_init__(self):
+        local_path(self.cache, "data.cache")
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
             raise ValueError("data.batch_size must be >= 1, data.num_workers and data.shuffle_buffer >= 0")
 
@@ -55,6 +57,7 @@ class RunConfig:
     export: bool = True  # consolidate and export the final model without the P4D branch
 
     def __post_init__(self):
+        local_path(self.out, "run.out")
         if self.max_steps < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("run.max_steps, run.checkpoint_every and run.keep_checkpoints must be >= 1")
 
