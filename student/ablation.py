@@ -12,7 +12,8 @@ emit "B. ..." yet, so free generation would score every row 0), and a depth prob
 exported student frozen, a fresh D_4DP + depth decoder trained for --probe-steps on the training
 cache's depth maps, then its error against the benchmark clips' depth (the oracle's cached depth IS
 the ground truth of the synthetic scenes). The probe asks the same question of every row (how much
-metric depth its LLM features carry), whether or not the row trained an ED head.
+metric depth its LLM features carry), whether or not the row trained an ED head; its control, the
+same probe on the student shown black frames, says what typical depth maps alone score.
 
 Results: OUT/ablation.{json,md,png}, mean and spread (standard deviation) over seeds per row. With tiny
 random students on CPU, differences are mostly noise: the table says so when the spread covers them.
@@ -49,6 +50,7 @@ from student.train_config import load_train_config
 
 log = logging.getLogger("p4d.ablation")
 ROWS = ("baseline", "tpe", "ld", "ed", "ld_ed")
+PROBE_COLUMNS = ("depth_absrel", "depth_absrel_blind")  # the depth probe and its blind control
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -125,7 +127,7 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     out = {}
     for row, runs in results.items():
         metrics = {}
-        for key in (*R4D_COLUMNS, "depth_absrel"):
+        for key in (*R4D_COLUMNS, *PROBE_COLUMNS):
             values = [r[key] for r in runs if r.get(key) is not None]
             if values:
                 metrics[key] = (float(np.mean(values)), float(np.std(values)))
@@ -134,13 +136,18 @@ def summarize(results: dict[str, list[dict]]) -> dict:
 
 
 def write_report(out: Path, summary: dict, seeds: list[int], steps: int) -> None:
-    columns = [*R4D_COLUMNS, "depth_absrel"]
+    columns = [*R4D_COLUMNS, *PROBE_COLUMNS]
     lines = [f"# Ablation: {len(seeds)} seeds {seeds}, {steps} steps each, mean ± std over seeds\n\n",
              "| row | " + " | ".join(columns) + " |\n", "|---|" + "---|" * len(columns) + "\n"]
     for row, metrics in summary.items():
-        cells = [f"{metrics[c][0]:.1f} ± {metrics[c][1]:.1f}" if c in metrics and c != "depth_absrel"
+        cells = [f"{metrics[c][0]:.1f} ± {metrics[c][1]:.1f}" if c in metrics and c not in PROBE_COLUMNS
                  else f"{metrics[c][0]:.3f} ± {metrics[c][1]:.3f}" if c in metrics else "-" for c in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |\n")
+    lines.append("\nDepth probe AbsRel on the benchmark's clips (lower is better); depth_absrel_blind is its control, "
+                 "the same probe on the student shown black frames: a row's features carry depth only where "
+                 "depth_absrel is below it. Reads depth: " + ", ".join(
+                     f"{row} {'yes' if m['depth_absrel'][0] < m['depth_absrel_blind'][0] else 'no'}"
+                     for row, m in summary.items() if {"depth_absrel", "depth_absrel_blind"} <= set(m)) + "\n")
     base = summary.get("baseline", {}).get("Avg")
     if base:
         lines.append("\nWithin noise (|mean - baseline mean| <= the larger std of the two), Avg: ")
@@ -175,8 +182,9 @@ def run(config_path: Path, bench_cache: Path, out: Path, seeds: list[int], rows:
             scores = evaluate(export, bench_cache, "synthetic", run_dir / f"eval-{answer_by}", limit=eval_limit,
                               answer_by=answer_by)
             result = {**scores.get("r4d", {}), "accuracy": scores.get("accuracy")}
-            result["depth_absrel"] = depth_probe(export, Path(cfg.data.cache), bench_cache, probe_steps, seed,
-                                                 base_cfg.student.branch.latent_dim)
+            for key, blind in (("depth_absrel", False), ("depth_absrel_blind", True)):
+                result[key] = depth_probe(export, Path(cfg.data.cache), bench_cache, probe_steps, seed,
+                                          base_cfg.student.branch.latent_dim, blind=blind)
             (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
             results[row].append(result)
     summary = summarize(results)

@@ -1,7 +1,7 @@
 """Mutation testing of named modules against the tests that cover them (mutmut 3), outside CI.
 
-    just mutants student/losses.py pipeline/teachers/l4p/windows.py
-    .venv/bin/python tests/mutants.py MODULE... [--max-children N] [--no-diffs]
+    just mutants [MODULE...]                      # student/losses.py, pipeline.teachers.l4p.windows, ...
+    .venv/bin/python tests/mutants.py [MODULE...] [--max-children N] [--no-diffs]
 
 mutmut changes a module one small thing at a time (an operator, a constant, a dropped argument) and
 runs the module's tests (TESTS below) against every such mutant, each only on the tests that call the
@@ -10,14 +10,16 @@ equivalent (it changes nothing observable, e.g. a bound that the input never rea
 decides from its diff, printed at the end.
 
 The work happens in data/mutants/<modules>/ (ignored by git): this project's pyproject.toml plus a
-[tool.mutmut] section, and links to the packages, tests and configs; mutmut keeps its results there,
-so a rerun redoes only the mutants of functions that changed (delete the folder for a fresh count).
+[tool.mutmut] section, and links to the packages, tests and configs. mutmut's copy of the project
+(its mutants/ there) is made anew on every run: mutmut never refreshes the files it does not mutate,
+so a kept copy would test today's module against yesterday's tests.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -47,6 +49,7 @@ def work_dir(modules: list[str]) -> Path:
     """A folder where mutmut finds the project through links and a config naming these modules."""
     slug = "+".join(m.removesuffix(".py").replace("/", ".") for m in modules)
     work = ROOT / "data" / "mutants" / slug
+    shutil.rmtree(work / "mutants", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     for name in (*PACKAGES, "tests", "configs"):
         link = work / name
@@ -79,7 +82,8 @@ def mutmut(work: Path, *args: str, capture: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("modules", nargs="+", help=f"modules to mutate: {', '.join(sorted(TESTS))}")
+    p.add_argument("modules", nargs="*", default=sorted(TESTS), help=f"modules to mutate (default all): "
+                   f"{', '.join(sorted(TESTS))}")
     p.add_argument("--max-children", type=int, default=2, help="mutants tested at once")
     p.add_argument("--no-diffs", action="store_true", help="list surviving mutants without their diffs")
     a = p.parse_args(argv)

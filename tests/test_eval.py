@@ -117,7 +117,8 @@ def test_ablation_report_gives_mean_spread_and_noise_verdicts(tmp_path):
 
     per_seed = {
         "baseline": [{"Avg": 40.0, "depth_absrel": 0.5}, {"Avg": 44.0, "depth_absrel": 0.4}],
-        "ld_ed": [{"Avg": 60.0, "depth_absrel": 0.2}, {"Avg": 62.0, "depth_absrel": 0.3}],
+        "ld_ed": [{"Avg": 60.0, "depth_absrel": 0.2, "depth_absrel_blind": 0.5},
+                  {"Avg": 62.0, "depth_absrel": 0.3, "depth_absrel_blind": 0.4}],
         "tpe": [{"Avg": 43.0}, {"Avg": 45.0}],
     }
     summary = summarize(per_seed)
@@ -127,6 +128,7 @@ def test_ablation_report_gives_mean_spread_and_noise_verdicts(tmp_path):
     text = (tmp_path / "ablation.md").read_text()
     assert "| ld_ed | 61.0 ± 1.0 |" in text
     assert "ld_ed no" in text and "tpe yes" in text  # 61 vs 42 is beyond the spread; 44 vs 42 is not
+    assert "| 0.250 ± 0.050 | 0.450 ± 0.050 |" in text and "Reads depth: ld_ed yes\n" in text
     assert json.loads((tmp_path / "ablation.json").read_text())["tpe"]["Avg"] == [44.0, 1.0]
     assert (tmp_path / "ablation.png").stat().st_size > 1000
 
