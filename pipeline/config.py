@@ -159,7 +159,8 @@ class JobConfig:
             if getattr(self, name) is not None:
                 local_path(getattr(self, name), name)
         for source in self.sources:
-            local_path(source.split("=", 1)[-1], f"source {source.split('=', 1)[0]!r}")
+            name, _, root = source.partition("=")
+            local_path(root, f"source {name!r}")
 
 
 # (flag, dotted config path, help). Every option of the YAML file has a flag.

@@ -28,11 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.schemas import SAMPLES_SCHEMA
-from shards.local_path import local_path
 from pipeline.synthetic.ground_truth import SceneGroundTruth, save_ground_truth, sidecar_path
 from pipeline.synthetic.questions import scene_samples
 from pipeline.synthetic.render import render
 from pipeline.synthetic.scene import Scene, sample_scene
+from shards.local_path import local_path
 
 VIDEO_DIR = "videos"
 CRF = 17
