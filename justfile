@@ -51,6 +51,13 @@ ablation seeds="0 1 2": venv
 test *args: venv
     HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 {{py}} -m pytest {{args}}
 
+# Mutation testing (mutmut) of the named modules, each against the tests mapped to it in
+# tests/mutants.py (default: every mapped module); prints each surviving mutant's diff and the counts.
+# Minutes per module; not part of `just test` or CI.
+mutants *modules: venv
+    {{py}} -c "import mutmut" 2>/dev/null || {{py}} -m pip install -q -e '.[test,mutation]' 2>&1 | grep -v "is ignored" || true
+    OMP_NUM_THREADS=1 {{py}} tests/mutants.py {{modules}}
+
 # Benchmarks (print figures; never part of the tests).
 bench: venv
     {{py}} bench/storage.py

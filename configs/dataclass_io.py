@@ -43,7 +43,9 @@ def convert(tp, value, where: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return convert(args[0], value, where)
     if isinstance(value, Text):
-        value = value.text if tp is str else value.parsed()
+        # A tuple's short form stays text: YAML would read "0x224" as the hex number 548.
+        short_form = origin is tuple and not value.text.lstrip().startswith("[")
+        value = value.text if tp is str or short_form else value.parsed()
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")

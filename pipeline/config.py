@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from configs.dataclass_io import Shorthand, add_config_arguments, config_from_args
 from pipeline.sampling import SamplingConfig
 from shards.formats import FORMATS
+from shards.local_path import local_path
 from shards.schema import FieldStorage
 from shards.teacher_fields import TEACHER_FIELDS, default_storage
 
@@ -38,6 +39,8 @@ class TeacherConfig:
             raise ValueError("teacher l4p needs its weights: --teacher-checkpoint PATH (.ckpt or .safetensors)")
         if self.batch_size < 1 or self.num_actors < 1:
             raise ValueError("teacher.batch_size and teacher.num_actors must be >= 1")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError(f"teacher.num_gpus and teacher.num_cpus must be >= 0, got {self.num_gpus} and {self.num_cpus}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class OutputConfig:
         object.__setattr__(self, "storage", {**default_storage(), **self.storage})
         if self.clips_per_shard < 1:
             raise ValueError("output.clips_per_shard must be >= 1")
+        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
+            raise ValueError(f"output.frame_size must be HxW with both >= 1, got {self.frame_size}")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"output.fields: each field once, got {list(self.fields)}")
 
 
 @dataclass(frozen=True)
@@ -100,10 +107,20 @@ class JobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
+        # 0 would crash mid-job (no writer) or silently mean the default (max_inflight).
+        if self.num_writers < 1 or (self.max_inflight is not None and self.max_inflight < 1):
+            raise ValueError(f"num_writers and max_inflight must be >= 1, got {self.num_writers} and {self.max_inflight}")
         # Fewer clips in flight than a teacher batch would never fill a batch while videos remain.
         if self.max_inflight is not None and self.max_inflight < self.teacher.batch_size:
             raise ValueError(f"max_inflight ({self.max_inflight}) must be >= teacher.batch_size "
                              f"({self.teacher.batch_size})")
+        local_path(self.out, "out")
+        for name in ("videos", "samples"):
+            if getattr(self, name) is not None:
+                local_path(getattr(self, name), name)
+        for source in self.sources:
+            name, _, root = source.partition("=")
+            local_path(root, f"source {name!r}")
 
 
 # The command line's flags: each is a shorthand for `--set <dotted key>=VALUE`, and every key of the

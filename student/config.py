@@ -77,6 +77,10 @@ class LossConfig:
     )
 
     def __post_init__(self):
+        negative = {k: v for k, v in [("ce_weight", self.ce_weight), ("ld_weight", self.ld_weight),
+                                      ("ed_weight", self.ed_weight), *self.task_weights.items()] if v < 0}
+        if negative:
+            raise ValueError(f"loss weights must be >= 0 (a negative one maximizes its term), got {negative}")
         if self.ld_kind not in ("mse", "smooth_l1"):
             raise ValueError(f"loss.ld_kind must be 'mse' or 'smooth_l1', got {self.ld_kind!r}")
         unknown = set(self.task_weights) - set(MAP_TASKS)

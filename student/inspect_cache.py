@@ -19,6 +19,7 @@ from manifests.regions import check_marks, parse_regions
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from manifests.schemas import CLIP_OK
 from shards.cache_reader import read_cached_clip
+from shards.local_path import local_path
 from shards.teacher_fields import CLIP_FIELDS, MAP_TASKS
 from student.marks import MarkStyle, draw_clip_marks
 from student.visualize import render_clip_png
@@ -80,9 +81,9 @@ def render(cache_root: Path, row: dict, out: Path, marks: dict | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("cache", type=Path, help="cache directory")
+    p.add_argument("cache", type=local_path, help="cache directory")
     p.add_argument("--clip", help="cache_key or clip_id (or a unique prefix) to render")
-    p.add_argument("--png", type=Path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
+    p.add_argument("--png", type=local_path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
     p.add_argument("--pictures", type=int, default=0, help="render this many ok clips into CACHE/pictures/")
     p.add_argument("--marks", action="store_true", help="with --clip: draw a sample's region marks on the frames")
     p.add_argument("--sample", help="with --marks: the sample_id (default: the clip's first sample with regions)")

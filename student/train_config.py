@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from configs.dataclass_io import load_config
+from shards.local_path import local_path
 from student.augment import AugmentConfig
 from student.config import StudentConfig
 from student.marks import MarkStyle
@@ -29,6 +30,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # off by default (probabilities 0)
 
     def __post_init__(self):
+        local_path(self.cache, "data.cache")
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
             raise ValueError("data.batch_size must be >= 1, data.num_workers and data.shuffle_buffer >= 0")
 
@@ -54,6 +56,7 @@ class RunConfig:
     export: bool = True  # consolidate and export the final model without the P4D branch
 
     def __post_init__(self):
+        local_path(self.out, "run.out")
         if self.max_steps < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("run.max_steps, run.checkpoint_every and run.keep_checkpoints must be >= 1")
 

@@ -32,6 +32,7 @@ from pipeline.synthetic.ground_truth import SceneGroundTruth, save_ground_truth,
 from pipeline.synthetic.questions import scene_samples
 from pipeline.synthetic.render import render
 from pipeline.synthetic.scene import Scene, sample_scene
+from shards.local_path import local_path
 
 VIDEO_DIR = "videos"
 CRF = 17
@@ -167,7 +168,7 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig, workers: int 
 
 def add_scene_arguments(parser: argparse.ArgumentParser, defaults: SyntheticConfig) -> None:
     """The options the data set's and the benchmark's commands share, with their own defaults."""
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=local_path, required=True)
     parser.add_argument("--scenes", type=int, required=True)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--frames", type=int, default=defaults.num_frames)

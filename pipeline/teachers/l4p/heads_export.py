@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from shards.atomic import atomic_write_bytes, commit_temporary, remove_temporary, temporary_path
+from shards.local_path import local_path
 from shards.teacher_fields import HEAD_PROGRAM_FILE
 
 from .checkpoint import state_dict_sha256
@@ -140,7 +141,7 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Write the exported L4P heads as torch.export programs.")
-    p.add_argument("directory", help="CACHE/teacher (holds l4p_heads.safetensors and l4p_heads.json)")
+    p.add_argument("directory", type=local_path, help="CACHE/teacher (holds l4p_heads.safetensors and l4p_heads.json)")
     for path in export_head_programs(p.parse_args().directory):
         print(f"wrote {path}")
 
