@@ -1,15 +1,16 @@
 """Train the student from a teacher cache with DeepSpeed ZeRO-3; the teacher never loads.
 
-    deepspeed --num_gpus 8 student/train.py --config configs/train/demo.yaml
+    deepspeed --num_gpus 8 student/train.py --config configs/train/4drgpt.yaml --set student.model.path=...
     torchrun --standalone --nproc_per_node 2 student/train.py --config ... --set run.max_steps=10
     (CPU boxes: DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 ...; gloo is used)
 
 Every step: data.global_batch / (data.batch_size x ranks) passes (gradient accumulation) of: next batch
 (this rank's slice of a deterministic stream), the valid-sample counts of each auxiliary term summed
 over ranks (exact global weighting within the pass), forward (uniform across ranks), backward; then
-DeepSpeed's optimizer step. A checkpoint every run.checkpoint_every steps holds model, optimizer, scheduler, step and the
-loader position, and counts once its `complete` marker exists; a rerun resumes from the newest one.
-At the end the weights are consolidated (gathered module by module) and exported without the branch.
+DeepSpeed's optimizer step. A checkpoint every run.checkpoint_every steps holds model, optimizer,
+scheduler, step and the loader position, and counts once its `complete` marker exists; a rerun
+resumes from the newest one. At the end the weights are consolidated (gathered module by module) and
+exported without the branch.
 """
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ class Trainer:
         import torch.distributed as dist
         from transformers.integrations import HfDeepSpeedConfig
 
-        from student.cache_index import CacheMismatchError, check_shapes, load_cache_index, record_summary
+        from student.cache_index import check_shapes, load_cache_index, record_summary
         from student.loader import StudentLoader
         from student.model import StudentModel, load_tokenizer
 
@@ -131,10 +132,7 @@ class Trainer:
         if self.index.teacher_id is not None:
             check_shapes(self.index.root, self.index.specs, fields, cfg.student.branch.hooks,
                          cfg.student.branch.latent_dim)
-            frames = self.index.specs["frames"].shape[0]
-            if cfg.data.num_frames not in (None, frames):
-                raise CacheMismatchError(f"{self.index.root}: clips of {frames} frames, data.num_frames is "
-                                         f"{cfg.data.num_frames} (null: any)")
+            cfg.data.check_frames(self.index.root, self.index.specs["frames"].shape[0])
         log.info("data: %s", record_summary(self.index))
 
         ds_config = deepspeed_config(cfg, self.world)

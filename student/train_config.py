@@ -10,6 +10,7 @@ from pathlib import Path
 from configs.dataclass_io import load_config
 from shards.local_path import local_path
 from student.augment import AugmentConfig
+from student.cache_index import CacheMismatchError
 from student.config import StudentConfig
 from student.marks import MarkStyle
 
@@ -40,8 +41,14 @@ class DataConfig:
         local_path(self.cache, "data.cache")
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
             raise ValueError("data.batch_size must be >= 1, data.num_workers and data.shuffle_buffer >= 0")
-        if (self.global_batch is not None and self.global_batch < 1) or (self.num_frames is not None and self.num_frames < 1):
+        if min(self.global_batch or 1, self.num_frames or 1) < 1:
             raise ValueError("data.global_batch and data.num_frames must be >= 1 (or null)")
+
+    def check_frames(self, cache: Path, frames: int) -> None:
+        """Refuse a cache whose clips have another frame count than data.num_frames."""
+        if self.num_frames not in (None, frames):
+            raise CacheMismatchError(f"{cache}: clips of {frames} frames, data.num_frames is {self.num_frames} "
+                                     "(null: any)")
 
     def accumulation(self, world: int) -> int:
         """Forward / backward passes per optimizer step on each of `world` ranks."""

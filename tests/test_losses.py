@@ -97,20 +97,24 @@ def test_depth_compares_log_depth_plus_1e_8_on_both_sides_where_there_is_depth(k
         assert expected == pytest.approx((0.886294 + 0.004542 + 0.0 + 0.886294) / 4, rel=1e-5)
 
 
-def test_depth_of_a_sample_without_any_depth_is_zero_and_samples_stay_apart():
+def test_depth_is_a_mean_over_each_samples_own_pixels_with_depth():
     pred, target, _ = depth_case()
+    one = torch.zeros_like(target)
+    one[..., 0] = 8.0  # a single pixel with depth: its own error, log(2) - log(8)
     empty = torch.zeros_like(target)
-    loss = map_loss_per_sample("depth", torch.cat([pred, pred]), torch.cat([target, empty]))
-    assert loss[1].item() == 0.0
+    loss = map_loss_per_sample("depth", torch.cat([pred, pred, pred]), torch.cat([target, one, empty]))
     assert loss[0].item() == pytest.approx((0.886294 + 0.004542 + 0.886294) / 4, rel=1e-5)
+    assert loss[1].item() == pytest.approx(0.886294, rel=1e-5)
+    assert loss[2].item() == 0.0
 
 
 # -- L_ED, kept alternatives ----------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["smooth_l1", "l1"])
 def test_flow_over_the_map_side(kind):
-    pred, target = pair((2, 2, 1, 1, 2))  # the map's side (last dim) is 2
+    pred, target = pair((1, 2, 1, 1, 4))  # one sample, 2 channels; the map's side (width) is 4
+    diffs = [DIFFS[0] + DIFFS[1]]
     torch.testing.assert_close(map_loss_per_sample("flow", pred, target, kind, "map_side"),
-                               torch.tensor(by_hand(kind, DIFFS, scale=0.5)))
+                               torch.tensor(by_hand(kind, diffs, scale=0.25)))
 
 
 def test_motion_bce_against_the_sigmoid_of_the_cached_logit():
@@ -138,6 +142,7 @@ def test_masked_mean_counts_only_valid_samples_or_the_given_count():
     values = torch.tensor([2.0, 100.0, 5.0], requires_grad=True)
     valid = torch.tensor([True, False, True])
     assert masked_mean(values, valid).item() == 3.5  # (2 + 5) / 2
+    assert masked_mean(values, torch.tensor([False, False, True])).item() == 5.0
     assert masked_mean(values, valid, torch.tensor(4.0)).item() == 1.75  # the global count
     none = masked_mean(values, torch.zeros(3, dtype=torch.bool))
     none.backward()

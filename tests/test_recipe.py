@@ -74,7 +74,8 @@ def test_docs_state_the_recipe_pinned_here():
                         rf"dyn_mask {number}, camray {number}", text)
     assert weights, "docs/distillation.md no longer states the released weights"
     stated = [float(x) for x in weights.groups()]
-    assert stated == [RELEASED["student.loss.ld_weight"], *(WEIGHTS[t] for t in ("depth", "flow", "dyn_mask", "camray"))]
+    tasks = ("depth", "flow", "dyn_mask", "camray")
+    assert stated == [RELEASED["student.loss.ld_weight"], *(WEIGHTS[t] for t in tasks)]
     schedule = re.search(rf"lr {number} with a cosine schedule and {number} % warmup, weight decay {number}, bf16, "
                          rf"DeepSpeed ZeRO-3, gradient checkpointing, global batch {number}, {number} epochs, "
                          rf"{number} frames; data mixture SAT \+ VSTI-Bench \+ RoboFAC \+ Wolf", text)
@@ -124,6 +125,15 @@ def test_ablation_rows_derive_from_the_preset():
                    light_hidden=preset.branch.light_hidden) == preset.branch
 
 
+def test_a_cache_of_other_clip_lengths_is_refused():
+    from student.cache_index import CacheMismatchError
+
+    DataConfig().check_frames(Path("CACHE"), 16)
+    DataConfig(num_frames=None).check_frames(Path("CACHE"), 32)
+    with pytest.raises(CacheMismatchError, match="CACHE: clips of 32 frames, data.num_frames is 16"):
+        DataConfig().check_frames(Path("CACHE"), 32)
+
+
 def test_global_batch_and_epochs_make_the_passes_and_steps():
     assert DataConfig(batch_size=2, global_batch=1024).accumulation(world=8) == 64
     assert DataConfig(batch_size=2, global_batch=None).accumulation(world=8) == 1
@@ -155,7 +165,8 @@ def test_d4dp_resizes_each_frame_grid_as_torchvision_antialiased_bilinear(side):
     decoder = LatentDecoder(channels, BranchConfig(hooks=1, latent_dim=channels))
     with torch.no_grad():  # the head made the identity: what comes out is the resized grid
         decoder.heads[0].weight.copy_(torch.eye(channels))
-    grid = torch.from_numpy(np.random.default_rng(side).standard_normal((1, 2, side, side, channels)).astype(np.float32))
+    grid = np.random.default_rng(side).standard_normal((1, 2, side, side, channels)).astype(np.float32)
+    grid = torch.from_numpy(grid)
     slot_index = torch.tensor([1, 0])
     with torch.no_grad():
         out = decoder(grid, slot_index)[0, 0].reshape(2, 16, 16, channels)

@@ -229,3 +229,26 @@ def test_ablation_rows():
     assert rows["ld"].uses_latents() and rows["ld"].map_tasks() == ()
     assert not rows["ed"].uses_latents() and rows["ed"].map_tasks() == ("depth", "flow", "dyn_mask", "camray")
     assert rows["ld_ed"].uses_latents() and rows["ld_ed"].loss.ed_weight == base.loss.ed_weight
+
+
+def test_the_configured_penalties_and_forms_reach_the_terms(model_dirs):
+    """Not the released forms: MSE for L_LD, L1 for L_ED, flow over the map side, motion as a BCE; each
+    term against its formula written out on the branch's own predictions."""
+    model, tok = build(model_dirs, "qwen2_5_vl", ld_kind="mse", ed_kind="l1",
+                       ed_forms={"flow": "map_side", "dyn_mask": "bce"}, task_weights={"depth": 1.0, "flow": 1.0, "dyn_mask": 1.0, "camray": 1.0})
+    sample = video_sample()
+    batch = collate([sample], model.adapter, tok, FIELDS)
+    terms = model(batch).terms
+    pred = {k: v[0].double() for k, v in model.predict_maps(batch).items()}
+    t = {k: torch.from_numpy(v).double() for k, v in sample["targets"].items()}
+    p = t["dyn_mask"].sigmoid()
+    by_hand = {
+        "ld": ((pred["latents"] - t["latents"]) ** 2).mean(),
+        "ed_depth": ((pred["depth"].exp() + 1e-8).log() - (t["depth"] + 1e-8).log()).abs().mean(),
+        "ed_flow": ((pred["flow"] - t["flow"]) / 224).abs().mean(),
+        "ed_dyn_mask": (p * torch.nn.functional.softplus(-pred["dyn_mask"])
+                        + (1 - p) * torch.nn.functional.softplus(pred["dyn_mask"])).mean(),
+        "ed_camray": (pred["camray"] - t["camray"]).abs().mean(),
+    }
+    for term, expected in by_hand.items():
+        assert terms[term].item() == pytest.approx(expected.item(), rel=1e-5), term
