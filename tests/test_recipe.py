@@ -190,6 +190,17 @@ def tiny_heads(tmp_path_factory):
     return directory, TINY.embed_dim
 
 
+def test_heads_that_cannot_decode_the_branch_are_refused(tiny_heads, tmp_path):
+    from student.teacher_heads import FrozenTeacherHeads
+
+    heads, width = tiny_heads
+    with pytest.raises(ValueError, match=f"take {width}-wide latents, student.branch.latent_dim is 1408"):
+        FrozenTeacherHeads(heads, ("depth",), 1408)
+    (tmp_path / "teacher").mkdir()  # what an oracle cache has: no heads
+    with pytest.raises(FileNotFoundError, match="holds no exported L4P heads.*student.branch.decoders=light"):
+        FrozenTeacherHeads(tmp_path / "teacher", ("depth",), width)
+
+
 def smooth_l1_mean(diff: torch.Tensor, keep: torch.Tensor | None = None) -> float:
     """Smooth-L1 (beta 1) written out, averaged over the kept elements."""
     a = diff.abs()
