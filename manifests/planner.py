@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-from manifests.schemas import CLIP_OK
+from manifests.schemas import CLIP_OK, CLIP_TRANSIENT
 
 T = TypeVar("T")
 
@@ -16,7 +16,8 @@ def plan_missing(
 
     status: cache_key -> status of its current row (clips_table.current_status).
     Done = an ok row, or a failed row unless retry_failed: most failures are deterministic (a
-    corrupt file stays corrupt), and a repaired video has new bytes, hence a new key.
+    corrupt file stays corrupt), and a repaired video has new bytes, hence a new key. A transient
+    row (the machine failed the clip, not the clip itself) is never done.
     """
     todo, seen = [], set()
     for clip in wanted:
@@ -25,6 +26,6 @@ def plan_missing(
             continue
         seen.add(key)
         state = status.get(key)
-        if state is None or (retry_failed and state != CLIP_OK):
+        if state is None or state == CLIP_TRANSIENT or (retry_failed and state != CLIP_OK):
             todo.append(clip)
     return todo
