@@ -71,7 +71,7 @@ def tiny_qwen(tmp_path_factory):
     return make_tiny_vlm("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "qwen")
 
 
-def loader_for(cache, model_dir, rank=0, world=1, fields=("latents", "depth"), **data):
+def loader_for(cache, model_dir, rank=0, world=1, fields=("latents", "depth"), accumulation=1, **data):
     from transformers import AutoConfig
 
     from student.adapters import build_adapter
@@ -79,7 +79,7 @@ def loader_for(cache, model_dir, rank=0, world=1, fields=("latents", "depth"), *
     index = load_cache_index(cache, needed=fields)
     cfg = DataConfig(cache=str(cache), **{"batch_size": 2, "num_workers": 0, "shuffle_buffer": 8, **data})
     adapter = build_adapter("qwen2_5_vl", AutoConfig.from_pretrained(model_dir), model_dir, (56, 56))
-    return StudentLoader(index, cfg, rank, world, adapter, load_tokenizer(model_dir), fields)
+    return StudentLoader(index, cfg, rank, world, adapter, load_tokenizer(model_dir), fields, accumulation=accumulation)
 
 
 def take(iterator, n):
@@ -116,6 +116,14 @@ def test_ranks_get_disjoint_equal_slices_and_workers_do_not_change_the_stream(tr
 
     serial = ids(loader_for(train_cache, tiny_qwen, 1, 2, num_workers=0), 5)
     assert ids(loader_for(train_cache, tiny_qwen, 1, 2, num_workers=2), 5) == serial
+
+
+def test_one_rank_with_accumulation_reads_the_steps_of_two_ranks(train_cache, tiny_qwen):
+    """Global batch 4: 2 ranks x 2 samples, or 1 rank x 2 samples x 2 passes: each step the same samples."""
+    two = [loader_for(train_cache, tiny_qwen, rank, 2).epoch_batches(0) for rank in (0, 1)]
+    one = loader_for(train_cache, tiny_qwen, 0, 1, accumulation=2).epoch_batches(0)
+    assert len(one) == 2 * len(two[0]) > 0
+    assert [two[0][s] + two[1][s] for s in range(len(two[0]))] == [one[2 * s] + one[2 * s + 1] for s in range(len(two[0]))]
 
 
 def test_loader_state_round_trip_gives_the_same_next_batches(train_cache, tiny_qwen):
