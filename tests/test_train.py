@@ -119,27 +119,42 @@ def test_ranks_get_disjoint_equal_slices_and_workers_do_not_change_the_stream(tr
 
 
 def test_one_rank_with_accumulation_reads_the_steps_of_two_ranks(train_cache, tiny_qwen):
-    """Global batch 4: 2 ranks x 2 samples, or 1 rank x 2 samples x 2 passes: each step the same samples."""
+    """Global batch 4: 2 ranks x 2 samples, or 1 rank x 2 samples x 2 passes: each step the same samples,
+    each drawn the same view (augmentation is seeded by the global position, not by a rank's batch)."""
+    from student.augment import AugmentConfig
+
     two = [loader_for(train_cache, tiny_qwen, rank, 2).epoch_batches(0) for rank in (0, 1)]
     one = loader_for(train_cache, tiny_qwen, 0, 1, accumulation=2).epoch_batches(0)
     assert len(one) == 2 * len(two[0]) > 0
     assert [two[0][s] + two[1][s] for s in range(len(two[0]))] == [one[2 * s] + one[2 * s + 1] for s in range(len(two[0]))]
 
+    flips = dict(fields=("flow",), weights={"sat": 0.0}, draw_marks=False, augment=AugmentConfig(hflip_prob=0.5))
+    steps = 3
+
+    def flows(batches) -> dict[str, object]:
+        return {sid: b.targets["flow"][k] for b in batches for k, sid in enumerate(b.sample_ids)}
+
+    on_two = {**flows(take(iter(loader_for(train_cache, tiny_qwen, 0, 2, **flips)), steps)),
+              **flows(take(iter(loader_for(train_cache, tiny_qwen, 1, 2, **flips)), steps))}
+    on_one = flows(take(iter(loader_for(train_cache, tiny_qwen, 0, 1, accumulation=2, **flips)), 2 * steps))
+    assert on_two.keys() == on_one.keys() and len(on_one) == 4 * steps
+    assert all(torch_equal(on_two[sid], on_one[sid]) for sid in on_one)
+
 
 def test_loader_state_round_trip_gives_the_same_next_batches(train_cache, tiny_qwen):
     """torchtitan's test: read N batches, save the state, rebuild, the next batches are identical
-    (across the epoch boundary too)."""
-    reference = loader_for(train_cache, tiny_qwen, num_workers=2)
+    (across the epoch boundary too); rank 1 of 2, so the global position counts both ranks' samples."""
+    reference = loader_for(train_cache, tiny_qwen, 1, 2, num_workers=2)
     per_epoch = len(reference.epoch_batches(0))
     stream = iter(reference)
     take(stream, per_epoch - 2)
     state = reference.state_dict()
     expected = [b.sample_ids for b in take(stream, 4)]
-    resumed = loader_for(train_cache, tiny_qwen, num_workers=2)
+    resumed = loader_for(train_cache, tiny_qwen, 1, 2, num_workers=2)
     resumed.load_state_dict(state)
     got = take(iter(resumed), 4)
     assert [b.sample_ids for b in got] == expected
-    assert resumed.state_dict() == {"epoch": 1, "position": 4}  # 2 batches of 2 into epoch 1, on 1 rank
+    assert resumed.state_dict() == {"epoch": 1, "position": 8}  # 2 passes of 2 ranks x 2 samples into epoch 1
 
 
 def test_mixture_weights_repeat_and_subsample(train_cache):
