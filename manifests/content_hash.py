@@ -6,8 +6,14 @@ taken to hold the same bytes; any change of size or mtime re-reads it. The hash 
 cache_key, so a reused hash never reuses a teacher output it should not: a different teacher, sampling
 or storage spec still gives a different key.
 
-Stored as CACHE/manifests/content_hashes.parquet (path, size, mtime_ns, sha256), rewritten atomically
-(shards.atomic) after planning; a missing or unreadable file is rebuilt (it is derived data).
+In columns, for millions of videos: `file_stats` stats the files (threads: a network filesystem
+answers many stats at once, one at a time is its latency times the count), `ContentHashes.identify`
+matches them against the remembered table (kept sorted by path: a sorted search, not a hash table of
+every path) and reads only the misses.
+
+Stored as CACHE/manifests/content_hashes.parquet (path, size, mtime_ns, sha256 as hex), sorted by
+path, rewritten atomically (shards.atomic) after planning; a missing or unreadable file is rebuilt (it
+is derived data).
 """
 from __future__ import annotations
 
@@ -15,13 +21,17 @@ import logging
 import os
 import stat
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
-from manifests.cache_key import file_sha256
-from shards.atomic import atomic_write_bytes
+from manifests.cache_key import DIGEST, DIGEST_BYTES, digest_bytes, digests_of_hex, file_sha256, hex_digests
+from shards.atomic import commit_temporary, temporary_path
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,61 @@ HASHES_SCHEMA = pa.schema([
     pa.field("mtime_ns", pa.int64(), nullable=False),
     pa.field("sha256", pa.string(), nullable=False),
 ])
+# What planning knows of each file before reading it (file_stats; or a listing that already has it).
+STATS_SCHEMA = pa.schema([
+    pa.field("size", pa.int64()),  # null when the file could not be stat-ed
+    pa.field("mtime_ns", pa.int64()),
+    pa.field("regular", pa.bool_()),  # a regular file (not a directory, a device, ...)
+    pa.field("error", pa.string()),  # why it could not be stat-ed, naming the file
+])
+IDENTITIES_SCHEMA = pa.schema([
+    pa.field("video_sha256", DIGEST),  # null when the bytes could not be read
+    pa.field("read_error", pa.string()),  # why, naming the file
+])
+_STAT_THREADS = 8
+_STAT_CHUNK = 4096
+_KNOWN_SCHEMA = pa.schema([HASHES_SCHEMA.field("path"), HASHES_SCHEMA.field("size"),
+                           HASHES_SCHEMA.field("mtime_ns"), pa.field("sha256", DIGEST, nullable=False)])
+
+
+def read_error(path: str, error: OSError) -> str:
+    """Why a file's bytes cannot be read, as a clip's failure reason."""
+    if isinstance(error, FileNotFoundError):
+        return f"file not found: {path}"
+    if isinstance(error, IsADirectoryError):
+        return f"not a file but a directory: {path}"
+    if isinstance(error, PermissionError):
+        return f"permission denied: {path}"
+    return f"cannot read {path}: {error.strerror or error}"
+
+
+def file_stats(paths: pa.Array) -> pa.Table:
+    """size, mtime_ns and kind of each file (symlinks followed), or why it cannot be stat-ed
+    (STATS_SCHEMA), in the order of `paths`."""
+
+    def stat_chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        chunk = paths.slice(start, _STAT_CHUNK).to_pylist()
+        sizes, mtimes, regular = (np.zeros(len(chunk), np.int64) for _ in range(3))
+        errors = [None] * len(chunk)
+        for i, path in enumerate(chunk):
+            try:
+                info = os.stat(path)
+            except OSError as e:
+                errors[i] = read_error(path, e)
+                continue
+            sizes[i], mtimes[i], regular[i] = info.st_size, info.st_mtime_ns, stat.S_ISREG(info.st_mode)
+        return sizes, mtimes, regular, errors
+
+    starts = range(0, len(paths), _STAT_CHUNK)
+    with ThreadPoolExecutor(_STAT_THREADS) as pool:
+        chunks = list(tqdm(pool.map(stat_chunk, starts), total=len(starts), desc="stat videos", unit="chunk",
+                           disable=len(starts) < 64))
+    sizes, mtimes, regular = (np.concatenate([c[k] for c in chunks]) if chunks else np.zeros(0, np.int64)
+                              for k in range(3))
+    errors = pa.array([e for c in chunks for e in c[3]], pa.string())
+    failed = errors.is_valid().to_numpy(zero_copy_only=False)
+    return pa.table([pa.array(sizes, mask=failed), pa.array(mtimes, mask=failed),
+                     pa.array(regular.astype(bool), mask=failed), errors], schema=STATS_SCHEMA)
 
 
 class ContentHashes:
@@ -44,55 +109,111 @@ class ContentHashes:
     def __init__(self, path: Path | None = None, hasher: Callable[[str | Path], str] = file_sha256):
         self.path = path
         self._hasher = hasher
-        self._entries: dict[str, tuple[int, int, str]] = {}
-        self._changed = False
-        if path is not None and path.exists():
-            self._entries = _read(path)
+        self._known = _read(path) if path is not None and path.exists() else _KNOWN_SCHEMA.empty_table()
+        self._new: dict[str, tuple[int, int, bytes]] = {}  # hashed since loading, by path
 
     @classmethod
     def of_cache(cls, cache_root: str | Path, hasher: Callable[[str | Path], str] = file_sha256) -> ContentHashes:
         return cls(Path(cache_root) / HASHES_FILE, hasher)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def sha256(self, path: str | Path) -> str:
-        """The file's content hash; OSError (missing, a directory, no permission) as open() raises it."""
-        key = os.fspath(path)
-        info = os.stat(key)
-        if not stat.S_ISREG(info.st_mode):
-            return self._hasher(path)  # a directory or a device: let open() say what it is
-        entry = self._entries.get(key)
-        if entry is not None and entry[:2] == (info.st_size, info.st_mtime_ns):
-            return entry[2]
-        # Stat before reading: a file rewritten while being hashed gets a new mtime, so the next run
-        # sees a mismatch and re-reads it rather than trusting a hash of half-old bytes.
-        digest = self._hasher(path)
-        self._entries[key] = (info.st_size, info.st_mtime_ns, digest)
-        self._changed = True
-        return digest
+    def identify(self, paths: pa.Array, stats: pa.Table) -> pa.Table:
+        """Each file's sha256 or the reason its bytes cannot be read (IDENTITIES_SCHEMA), in the order
+        of `paths` (absolute, as strings), given their `stats` (file_stats). Remembered hashes whose
+        path, size and mtime_ns match are taken as they are; every other file is read."""
+        n = len(paths)
+        # Sorted needles make the sorted search walk the table once (random ones: ~20x slower).
+        order = None if _is_sorted(paths) else pc.sort_indices(paths)
+        if order is not None:
+            paths, stats = paths.take(order), stats.take(order)
+        known = self._known
+        if known.num_rows:
+            at = np.minimum(pc.search_sorted(known["path"], paths).to_numpy(), known.num_rows - 1)
+            hit = (pc.equal(known["path"].take(at), paths).to_numpy(zero_copy_only=False)
+                   & (known["size"].to_numpy()[at] == stats["size"].fill_null(-1).to_numpy())
+                   & (known["mtime_ns"].to_numpy()[at] == stats["mtime_ns"].fill_null(-1).to_numpy())
+                   & stats["regular"].fill_null(False).to_numpy(zero_copy_only=False))
+            digests = digest_bytes(known["sha256"].combine_chunks())[at]
+        else:
+            hit, digests = np.zeros(n, bool), np.zeros((n, DIGEST_BYTES), np.uint8)
+        readable = hit.copy()
+        unread: dict[int, str] = {}  # row -> why its bytes could not be read
+        misses = np.flatnonzero(~hit & stats["error"].is_null().to_numpy(zero_copy_only=False))
+        regular = stats["regular"].fill_null(False).to_numpy(zero_copy_only=False)
+        sizes, mtimes = stats["size"].fill_null(0).to_numpy(), stats["mtime_ns"].fill_null(0).to_numpy()
+        for i in tqdm(misses, desc="hash videos", unit="video", disable=len(misses) < 100):
+            path = paths[i].as_py()
+            # Stat before reading (file_stats did): a file rewritten while being hashed gets a new
+            # mtime, so the next run sees a mismatch and re-reads it rather than trusting a hash of
+            # half-old bytes.
+            try:
+                digest = bytes.fromhex(self._hasher(path))
+            except OSError as e:
+                unread[i] = read_error(path, e)
+                continue
+            digests[i], readable[i] = np.frombuffer(digest, np.uint8), True
+            if regular[i]:  # a directory or a device is not remembered: its next read says what it is
+                self._new[path] = (int(sizes[i]), int(mtimes[i]), digest)
+        validity = pa.py_buffer(np.packbits(readable, bitorder="little"))
+        sha = pa.FixedSizeBinaryArray.from_buffers(DIGEST, n, [validity, pa.py_buffer(np.ascontiguousarray(digests))],
+                                                   null_count=int(n - readable.sum()))
+        errors = stats["error"].combine_chunks()
+        if unread:
+            mask = np.zeros(n, bool)
+            mask[list(unread)] = True
+            errors = pc.replace_with_mask(errors, pa.array(mask), pa.array([unread[i] for i in sorted(unread)]))
+        identities = pa.table([sha, errors], schema=IDENTITIES_SCHEMA)
+        if order is not None:
+            identities = identities.take(pc.sort_indices(order))
+        return identities
 
     def save(self) -> None:
-        """Write the hashes (atomically) if any was computed since loading."""
-        if self.path is None or not self._changed:
+        """Write the hashes (atomically, sorted by path) if any was computed since loading."""
+        if self.path is None or not self._new:
             return
-        paths = list(self._entries)
-        columns = list(zip(*self._entries.values())) if paths else [[], [], []]
-        table = pa.table([paths, *columns], schema=HASHES_SCHEMA)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        paths = sorted(self._new)
+        sizes, mtimes, digests = zip(*(self._new[p] for p in paths))
+        new = pa.table([paths, sizes, mtimes, pa.array(digests, DIGEST)], schema=_KNOWN_SCHEMA)
+        known = self._known
+        if known.num_rows:
+            # A path hashed again (its file changed) replaces its old entry.
+            at = np.minimum(pc.search_sorted(known["path"], new["path"]).to_numpy(), known.num_rows - 1)
+            replaced = at[pc.equal(known["path"].take(at), new["path"]).to_numpy(zero_copy_only=False)]
+            keep = np.ones(known.num_rows, bool)
+            keep[replaced] = False
+            known = known.filter(pa.array(keep))
+        merged = pa.concat_tables([known, new]).sort_by("path")
+        merged = merged.set_column(3, _KNOWN_SCHEMA.field("sha256"), merged["sha256"].combine_chunks())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path, sink.getvalue().to_pybytes(), replace=True)
-        self._changed = False
+        temp = temporary_path(self.path)
+        try:
+            pq.write_table(merged.set_column(3, HASHES_SCHEMA.field("sha256"), hex_digests(merged["sha256"].chunk(0))),
+                           temp)
+            commit_temporary(temp, self.path, replace=True)
+        finally:
+            temp.unlink(missing_ok=True)
+        self._known, self._new = merged, {}
 
 
-def _read(path: Path) -> dict[str, tuple[int, int, str]]:
+def _is_sorted(strings: pa.Array) -> bool:
+    return len(strings) < 2 or pc.all(pc.less_equal(strings.slice(0, len(strings) - 1), strings.slice(1))).as_py()
+
+
+def _read(path: Path) -> pa.Table:
     try:
-        table = pq.read_table(path)
-        if not table.schema.equals(HASHES_SCHEMA, check_metadata=False):
-            raise ValueError(f"schema {table.schema} differs from {HASHES_SCHEMA}")
+        file = pq.ParquetFile(path)
+        if not file.schema_arrow.equals(HASHES_SCHEMA, check_metadata=False):
+            raise ValueError(f"schema {file.schema_arrow} differs from {HASHES_SCHEMA}")
+        table = file.read(columns=["path", "size", "mtime_ns"])
+        # The hex column a batch at a time: never all of it as text at once.
+        sha, offset = [], 0
+        for batch in file.iter_batches(columns=["sha256"]):
+            sha.append(digests_of_hex(batch.column(0), lambda row: f"{path}: row {offset + row}: field 'sha256'"))
+            offset += batch.num_rows
     except (OSError, ValueError, pa.ArrowException) as e:
         log.warning("%s: unreadable content-hash cache, every video will be re-hashed (%s)", path, e)
-        return {}
-    columns = [table[name].to_pylist() for name in HASHES_SCHEMA.names]
-    return {p: (size, mtime, sha) for p, size, mtime, sha in zip(*columns)}
+        return _KNOWN_SCHEMA.empty_table()
+    table = table.append_column(_KNOWN_SCHEMA.field("sha256"), pa.chunked_array(sha, DIGEST).combine_chunks())
+    if not _is_sorted(table["path"]):  # written by an older version, in no order
+        table = table.sort_by("path")
+        table = table.set_column(3, _KNOWN_SCHEMA.field("sha256"), table["sha256"].combine_chunks())
+    return table

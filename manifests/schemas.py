@@ -64,3 +64,16 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("meta", pa.string()),  # JSON: question type, exact answer value, units, ...
     ]
 )
+
+# The clips a job wants, as planning holds them in memory (pipeline.sources.build_requests): one row
+# per clip, its cache key and content hash as their 32 raw bytes (half their hex text: ten million
+# rows must fit beside everything else planning holds).
+CLIP_REQUESTS_SCHEMA = pa.schema(
+    [
+        pa.field("video_uri", pa.string(), nullable=False),  # absolute path
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("video_sha256", pa.binary(32)),  # null when the bytes could not be read
+        pa.field("read_error", pa.string()),  # why, naming the file
+        pa.field("cache_key", pa.binary(32), nullable=False),
+    ]
+)

@@ -17,19 +17,21 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import yaml
 from tqdm import tqdm
 
 from manifests.cache_key import PREPROCESS_VERSION
-from manifests.clips_table import PLAN_COLUMNS, current_status, read_clips_table
+from manifests.compaction import JOB_MIN_PARTS, compact_clips
 from manifests.content_hash import ContentHashes
 from manifests.dataclass_io import to_dict
-from manifests.planner import plan_missing
+from manifests.planner import missing_clips, unique_clips
 from manifests.samples_table import merge_samples
+from manifests.schemas import CLIP_REQUESTS_SCHEMA
 from pipeline.cache_dir import CONFIG_FILE, SUMMARY_FILE, TEACHER_DIR, CacheDir
 from pipeline.config import JobConfig
-from pipeline.datasets.mixture import load_mixture, skipped_summary, unique_requests
-from pipeline.sources import attach_cache_keys, build_requests, load_sources
+from pipeline.datasets.mixture import load_mixture, skipped_summary
+from pipeline.sources import attach_cache_keys, build_requests, clip_requests, load_sources
 from pipeline.teachers import registry
 from shards.schema import FieldSpec, specs_to_json
 
@@ -130,50 +132,53 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             json.dumps({"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
                         "preprocess_version": PREPROCESS_VERSION}, indent=2))
 
-        requests, mixture, hash_seconds = [], None, 0.0
+        requests, mixture, hash_seconds = CLIP_REQUESTS_SCHEMA.empty_table(), None, 0.0
         # Unchanged videos (same path, size, mtime) are not re-read: their hashes are remembered.
         hashes = ContentHashes.of_cache(cache.root)
         if config.videos is not None or not config.sources:
             root, videos, samples, samples_path = load_sources(config.videos, config.samples)
             t_hash = time.perf_counter()
-            requests = build_requests(videos, root, sampling, identity.teacher_id, spec_json, hashes.sha256)
+            requests = build_requests(videos, root, sampling, identity.teacher_id, spec_json, hashes)
             hash_seconds = time.perf_counter() - t_hash
             if samples is not None:
-                keyed = attach_cache_keys(samples, samples_path, root, {r.video_uri: r.cache_key for r in requests})
+                keyed = attach_cache_keys(samples, samples_path, root, requests)
                 merge_samples(cache.root, keyed)
                 log.info("samples: %d rows joined to clips -> %s", keyed.num_rows, cache.samples_path)
         if config.sources:
             t_hash = time.perf_counter()
             # Image-only samples (SAT) get their images written under the cache root.
             mixture = load_mixture(config.sources, cache.root, config.lenient, sampling, identity.teacher_id,
-                                   spec_json, hashes.sha256)
+                                   spec_json, hashes)
             hash_seconds += time.perf_counter() - t_hash
-            requests = unique_requests(requests + mixture.requests)
+            requests = unique_clips(pa.concat_tables([requests, mixture.requests]))
             merge_samples(cache.root, mixture.samples)
         hashes.save()
 
-        status = current_status(read_clips_table(cache.root, PLAN_COLUMNS))
-        todo = plan_missing(requests, lambda r: r.cache_key, status, config.retry_failed)
-        log.info("plan: %d clips wanted, %d already cached, %d to compute",
-                 len(requests), len(requests) - len(todo), len(todo))
+        wanted = requests.num_rows
+        todo = clip_requests(missing_clips(requests, cache.root, config.retry_failed))
+        del requests  # planning's columns, ~100 bytes a clip: not held while the clips are computed
+        log.info("plan: %d clips wanted, %d already cached, %d to compute", wanted, wanted - len(todo), len(todo))
         stats = RunStats()
         stats.seconds["hash"] = hash_seconds
         writer_stats = []
         if todo:
             writer_stats = _compute(config, address, cache, identity, specs, spec_json, todo, stats,
                                     teacher_class)
+        # The parts this run committed, folded with earlier ones once there are enough (see compaction.py).
+        compaction = compact_clips(cache.root, min_parts=JOB_MIN_PARTS)
 
         summary = {
             "cache": str(cache.root.resolve()),
             "format": config.output.format,
             "teacher": config.teacher.name,
             "teacher_id": identity.teacher_id,
-            "clips": {"wanted": len(requests), "already_cached": len(requests) - len(todo),
+            "clips": {"wanted": wanted, "already_cached": wanted - len(todo),
                       "computed": stats.computed, "ok": stats.ok, "failed": stats.failed},
             "failures_by_reason": dict(stats.failures_by_reason.most_common()),
             "failure_examples": stats.failure_examples,
             "samples": skipped_summary(mixture),
             "shards_written": [s for w in writer_stats for s in w["shards"]],
+            "manifest_compaction": compaction.summary(),
             "bytes_written": sum(w["bytes"] for w in writer_stats),
             "bytes_on_disk": sum(w["bytes_on_disk"] for w in writer_stats),
             "seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},

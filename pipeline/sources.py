@@ -8,13 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
-from manifests.cache_key import cache_key_function, file_sha256
+from manifests.cache_key import cache_keys, hex_digests
+from manifests.content_hash import ContentHashes, file_stats
 from manifests.regions import check_table_marks
 from manifests.samples_table import read_samples
+from manifests.schemas import CLIP_REQUESTS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,10 @@ class ClipRequest:
     cache_key: str
 
 
-def find_videos(root: Path) -> list[Path]:
-    """Video files under root (recursively, symlinks followed, hidden entries skipped), resolved to
-    absolute real paths, in a stable order. Dangling symlinks are kept (absolute, unresolved): they
-    become failed rows that say the file is missing. Unreadable folders are skipped, as os.walk does."""
+def find_videos(root: Path) -> list[str]:
+    """Video files under root (recursively, symlinks followed, hidden entries skipped), as absolute
+    real paths, sorted. Dangling symlinks are kept (absolute, unresolved): they become failed rows
+    that say the file is missing. Unreadable folders are skipped, as os.walk does."""
     found = []
     # scandir's entry types and one realpath per folder, not a stat and a Path.resolve() per file:
     # 100k files in ~1 s, not ~25 s.
@@ -58,7 +60,7 @@ def find_videos(root: Path) -> list[Path]:
                     found.append(os.path.realpath(entry.path))
                 else:
                     found.append(os.path.abspath(entry.path))
-    return [Path(p) for p in sorted(set(found))]  # two links to one file are one video
+    return sorted(set(found))  # two links to one file are one video
 
 
 def resolve_inside(root: Path, relative: str, where: str) -> Path:
@@ -69,61 +71,107 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
     return path
 
 
-def read_video_identity(path: Path, hash_file: Callable[[Path], str] = file_sha256) -> tuple[str | None, str | None]:
-    """(sha256 of the content, None) or (None, the reason the bytes cannot be read)."""
-    try:
-        return hash_file(path), None
-    except FileNotFoundError:
-        return None, f"file not found: {path}"
-    except IsADirectoryError:
-        return None, f"not a file but a directory: {path}"
-    except PermissionError:
-        return None, f"permission denied: {path}"
-    except OSError as e:
-        return None, f"cannot read {path}: {e.strerror or e}"
+def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], str]) -> pa.Array:
+    """resolve_inside for many paths at once (absolute real paths, in the order of `relative`, no
+    nulls): one realpath per folder and one listing per folder to find the files that are symlinks,
+    not one realpath (a stat per path component) per file. where(i): the place of row i in errors."""
+    real_root = os.path.realpath(root)
+
+    def inside(path: str) -> bool:
+        return path == real_root or path.startswith(os.path.join(real_root, ""))
+
+    def escapes(i: int) -> ValueError:
+        return ValueError(f"{where(i)}: path {relative[i].as_py()!r} escapes the dataset root {root}")
+
+    # Lexically: an absolute path or a '..' component may leave the root whatever the links are.
+    outside = pc.or_(pc.starts_with(relative, "/"), pc.match_substring_regex(relative, r"(^|/)\.\.(/|$)"))
+    if pc.any(outside).as_py():
+        raise escapes(pc.index(outside, True).as_py())
+    folders = pc.replace_substring_regex(relative, r"/*[^/]*$", "")
+    names = pc.replace_substring_regex(relative, r"^.*/", "")
+    unique = pc.unique(folders)
+    real_folders, links = [], []
+    for folder in unique.to_pylist():
+        real = os.path.realpath(os.path.join(real_root, folder))
+        if not inside(real):
+            raise escapes(pc.index(folders, folder).as_py())
+        real_folders.append(os.path.join(real, ""))
+        try:
+            with os.scandir(real) as entries:
+                links += [f"{folder}/{e.name}" for e in entries if e.is_symlink()]
+        except OSError:  # not there (yet): its files will be missing
+            pass
+    resolved = pc.binary_join_element_wise(pa.array(real_folders, pa.string()).take(pc.index_in(folders, unique)),
+                                           names, "")
+    # A symlinked file resolves on its own, and where it points must be inside the root too. Matched
+    # by (folder as written, name): "a//b.mp4" names the link a/b.mp4 as well.
+    linked = pc.is_in(pc.binary_join_element_wise(folders, names, "/"), value_set=pa.array(links, pa.string()))
+    reals = []
+    for i in np.flatnonzero(linked.to_numpy(zero_copy_only=False)):
+        real = os.path.realpath(os.path.join(real_root, relative[i].as_py()))
+        if not inside(real):
+            raise escapes(int(i))
+        reals.append(real)
+    return pc.replace_with_mask(resolved, linked, pa.array(reals, pa.string())) if reals else resolved
 
 
-def build_requests(
-    videos: list[Path], root: Path, sampling: dict, teacher_id: str, output_spec: str,
-    hash_file: Callable[[Path], str] = file_sha256,
-) -> list[ClipRequest]:
-    """hash_file: the content hash of a video; manifests.content_hash.ContentHashes(...).sha256 skips
-    re-reading videos whose size and mtime did not change."""
-    requests = []
-    # String operations, not Path.relative_to / with_suffix: 100k videos in ~1 s, not ~4 s.
+def build_requests(videos: list[str] | pa.Array, root: Path, sampling: dict, teacher_id: str, output_spec: str,
+                   hashes: ContentHashes | None = None) -> pa.Table:
+    """One clip request per video (CLIP_REQUESTS_SCHEMA), in the order of `videos` (absolute paths).
+    hashes: the remembered content hashes (ContentHashes.of_cache skips re-reading videos whose size
+    and mtime did not change); None reads every video."""
+    paths = videos if isinstance(videos, pa.Array) else pa.array([os.fspath(v) for v in videos], pa.string())
+    hashes = hashes or ContentHashes()
+    identities = hashes.identify(paths, file_stats(paths))
+    keys = cache_keys(identities["video_sha256"].combine_chunks(), paths, sampling, teacher_id, output_spec)
+    # clip_id: the path under root without its extension (as os.path.splitext cuts it), "-", the key's
+    # first 8 hex characters. String kernels, not a Path per video.
     prefix = os.path.join(os.fspath(root.resolve()), "")
-    key_of = cache_key_function(sampling, teacher_id, output_spec)
-    for path in tqdm(videos, desc="hash videos", unit="video", disable=not videos):
-        sha, error = read_video_identity(path, hash_file)
-        uri = os.fspath(path)
-        identity = f"sha256:{sha}" if sha else f"unreadable:{uri}"
-        key = key_of(identity)
-        relative = uri[len(prefix):] if uri.startswith(prefix) else os.path.basename(uri)
-        requests.append(ClipRequest(uri, f"{os.path.splitext(relative)[0]}-{key[:8]}", sha, error, key))
-    return requests
+    relative = pc.if_else(pc.starts_with(paths, prefix), pc.utf8_slice_codeunits(paths, len(prefix)),
+                          pc.replace_substring_regex(paths, r"^.*/", ""))
+    stem = pc.replace_substring_regex(relative, r"([^/.])\.[^./]*$", r"\1")
+    clip_ids = pc.binary_join_element_wise(stem, hex_digests(keys, 4), "-")
+    return pa.table([paths, clip_ids, identities["video_sha256"], identities["read_error"], keys],
+                    schema=CLIP_REQUESTS_SCHEMA)
 
 
-def attach_cache_keys(samples: pa.Table, samples_path: Path, root: Path, key_by_video: dict[str, str]) -> pa.Table:
+def clip_requests(requests: pa.Table) -> list[ClipRequest]:
+    """The rows of a requests table as ClipRequest objects (keys and hashes as hex), for the clips a job
+    computes: ten million objects would not fit where ten million rows do."""
+    columns = {
+        "video_uri": requests["video_uri"].to_pylist(),
+        "clip_id": requests["clip_id"].to_pylist(),
+        "video_sha256": hex_digests(requests["video_sha256"].combine_chunks()).to_pylist(),
+        "read_error": requests["read_error"].to_pylist(),
+        "cache_key": hex_digests(requests["cache_key"].combine_chunks()).to_pylist(),
+    }
+    return [ClipRequest(*values) for values in zip(*columns.values())]
+
+
+def attach_cache_keys(samples: pa.Table, samples_path: Path, root: Path, requests: pa.Table) -> pa.Table:
     """Fill each sample's cache_key from its video (image-only samples keep a null key)."""
-    keys = []
-    for i, video in enumerate(samples["video"].to_pylist()):
-        if video is None:
-            keys.append(None)
-            continue
-        path = str(resolve_inside(root, video, f"{samples_path}: row {i}: field 'video'"))
-        keys.append(key_by_video[path])
-    return samples.set_column(samples.schema.get_field_index("cache_key"), "cache_key", pa.array(keys, pa.string()))
+    videos = samples["video"].combine_chunks()
+    named = pc.unique(videos.drop_null())
+    real = resolve_all_inside(root, named, lambda i: _sample_row(samples_path, videos, named[i]))
+    keys = hex_digests(requests["cache_key"].combine_chunks()).take(pc.index_in(real, requests["video_uri"]))
+    filled = keys.take(pc.index_in(videos, named))
+    return samples.set_column(samples.schema.get_field_index("cache_key"), "cache_key", filled)
 
 
-def sample_videos(samples: pa.Table, samples_path: Path, root: Path) -> list[Path]:
+def sample_videos(samples: pa.Table, samples_path: Path, root: Path) -> pa.Array:
     """Videos named by the samples (validated to stay inside root), even ones not on disk."""
-    videos = pc.unique(samples["video"].drop_null()).to_pylist()
-    rows = {v: i for i, v in reversed(list(enumerate(samples["video"].to_pylist())))}
-    return [resolve_inside(root, v, f"{samples_path}: row {rows[v]}: field 'video'") for v in videos]
+    videos = samples["video"].combine_chunks()
+    named = pc.unique(videos.drop_null())
+    return resolve_all_inside(root, named, lambda i: _sample_row(samples_path, videos, named[i]))
 
 
-def load_sources(videos_root: str | None, samples_path: str | None) -> tuple[Path, list[Path], pa.Table | None, Path | None]:
-    """The videos to cache: every video file of the folder plus every video the samples name."""
+def _sample_row(samples_path: Path, videos: pa.Array, video: pa.Scalar) -> str:
+    return f"{samples_path}: row {pc.index(videos, video).as_py()}: field 'video'"
+
+
+def load_sources(videos_root: str | None, samples_path: str | None) -> tuple[Path, pa.Array, pa.Table | None, Path | None]:
+    """The videos to cache (absolute paths, sorted): every video file of the folder plus every video
+    the samples name."""
     if videos_root is None:
         raise ValueError("no input: give --videos DIR (and optionally --samples FILE)")
     root = Path(videos_root)
@@ -135,8 +183,8 @@ def load_sources(videos_root: str | None, samples_path: str | None) -> tuple[Pat
     samples = read_samples(spath) if spath.exists() else None
     if samples is not None:
         check_table_marks(samples["conversations"].to_pylist(), samples["regions"].to_pylist(), str(spath))
-    found = find_videos(root)
-    named = sample_videos(samples, spath, root) if samples is not None else []
-    videos = found if not named else [Path(p) for p in sorted({*map(str, found), *map(str, named)})]
+    found = pa.array(find_videos(root), pa.string())
+    named = sample_videos(samples, spath, root) if samples is not None else pa.array([], pa.string())
+    videos = pc.unique(pa.concat_arrays([found, named])).sort() if len(named) else found
     log.info("%d videos (%d in %s, %d named by samples)", len(videos), len(found), root, len(named))
     return root, videos, samples, spath if samples is not None else None

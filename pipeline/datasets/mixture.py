@@ -4,42 +4,43 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from manifests.cache_key import file_sha256
-from manifests.schemas import SAMPLES_SCHEMA
+from manifests.cache_key import hex_digests
+from manifests.content_hash import ContentHashes
+from manifests.planner import unique_clips
+from manifests.schemas import CLIP_REQUESTS_SCHEMA, SAMPLES_SCHEMA
 from pipeline.datasets.registry import parse_source, read_dataset
-from pipeline.sources import ClipRequest, build_requests
+from pipeline.sources import build_requests
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Mixture:
-    requests: list[ClipRequest]
+    requests: pa.Table  # CLIP_REQUESTS_SCHEMA, one row per unique clip
     samples: pa.Table
     skipped: list[dict]  # {dataset, file, row, field, reason}
     rows: dict[str, int]  # samples per dataset
 
 
 def load_mixture(sources: tuple[str, ...], media_dir: Path, lenient: bool, sampling: dict, teacher_id: str,
-                 output_spec: str, hash_file: Callable[[Path], str] = file_sha256) -> Mixture:
-    """hash_file: the content hash of a video (the runner passes the cache's ContentHashes, so unchanged
-    videos are not re-read)."""
-    requests: list[ClipRequest] = []
+                 output_spec: str, hashes: ContentHashes | None = None) -> Mixture:
+    """hashes: the remembered content hashes (the runner passes the cache's, so unchanged videos are
+    not re-read)."""
+    requests = [CLIP_REQUESTS_SCHEMA.empty_table()]
     rows, skipped, counts = [], [], Counter()
     for name, root in (parse_source(s) for s in sources):
         result = read_dataset(name, root, lenient, media_dir)
         base = root.resolve()
-        videos = sorted({base / r["video"] for r in result.rows if r["video"] is not None})
-        keys = {}
-        for request in build_requests(videos, base, sampling, teacher_id, output_spec, hash_file):
-            keys[request.video_uri] = request.cache_key
-            requests.append(replace(request, clip_id=f"{name}/{request.clip_id}"))
+        videos = sorted({str(base / r["video"]) for r in result.rows if r["video"] is not None})
+        table = build_requests(videos, base, sampling, teacher_id, output_spec, hashes)
+        keys = dict(zip(table["video_uri"].to_pylist(), hex_digests(table["cache_key"]).to_pylist()))
+        requests.append(table.set_column(1, "clip_id", pc.binary_join_element_wise(name, table["clip_id"], "/")))
         for row in result.rows:
             if row["video"] is not None:
                 row["cache_key"] = keys[str(base / row["video"])]
@@ -53,7 +54,8 @@ def load_mixture(sources: tuple[str, ...], media_dir: Path, lenient: bool, sampl
     if repeated:
         raise ValueError(f"sample_id {repeated[0]!r} appears {ids[repeated[0]]} times across the sources")
     # The same bytes under two datasets are one clip.
-    return Mixture(unique_requests(requests), pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), skipped, dict(counts))
+    return Mixture(unique_clips(pa.concat_tables(requests)), pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA),
+                   skipped, dict(counts))
 
 
 def skipped_summary(mixture: Mixture | None) -> dict:
@@ -63,11 +65,3 @@ def skipped_summary(mixture: Mixture | None) -> dict:
     reasons = Counter(f"{s['dataset']}: field {s['field']!r}" for s in mixture.skipped)
     return {"rows": mixture.rows, "skipped": len(mixture.skipped), "skipped_by_reason": dict(reasons),
             "skipped_rows": mixture.skipped}
-
-
-def unique_requests(requests: list[ClipRequest]) -> list[ClipRequest]:
-    """One request per cache_key, the first kept (a video given by --videos and by a source)."""
-    first: dict[str, ClipRequest] = {}
-    for request in requests:
-        first.setdefault(request.cache_key, request)
-    return list(first.values())
