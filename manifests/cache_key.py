@@ -27,8 +27,10 @@ _PAYLOAD_BYTES = len('"sha256:"}') + 2 * DIGEST_BYTES
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 # byte -> its two hex characters as one little-endian uint16 (the first character in the low byte)
 _HEX_PAIRS = (_HEX[np.arange(256) >> 4].astype("<u2") | (_HEX[np.arange(256) & 15].astype("<u2") << 8))
-_NIBBLE = np.full(256, 255, np.uint8)  # hex character -> its value; 255 for any other byte
-_NIBBLE[_HEX] = np.arange(16, dtype=np.uint8)
+# two characters read as one little-endian uint16 -> the byte they write; 0xFFFF if either is not hex
+_PAIR_VALUE = np.full(1 << 16, 0xFFFF, np.uint16)
+_PAIR_VALUE[_HEX_PAIRS] = np.arange(256, dtype=np.uint16)
+_KEY_CHUNK = 1 << 16
 
 
 def file_sha256(path: str | Path) -> str:
@@ -77,25 +79,29 @@ def cache_keys(
     identity "sha256:<hex>" where video_sha256 (32 raw bytes) is set, else "unreadable:<uri>".
     Same keys as compute_cache_key; one hash-state copy per video is the whole per-row cost."""
     state = _fixed_state(sampling, teacher_id, output_spec, preprocess_version)
-    n = len(video_sha256)
-    readable = video_sha256.is_valid().to_numpy(zero_copy_only=False)
-    # The identity's JSON is '"sha256:<64 hex>"' (hex needs no escaping), then the payload's closing brace.
-    payload = np.empty((n, _PAYLOAD_BYTES), np.uint8)
-    payload[:, :8] = np.frombuffer(b'"sha256:', np.uint8)
-    payload[:, 8:72] = _hex_bytes(digest_bytes(video_sha256))
-    payload[:, 72:] = np.frombuffer(b'"}', np.uint8)
-    flat = memoryview(payload.reshape(-1))
     copy = state.copy
-    digests = []
-    for offset in range(0, n * _PAYLOAD_BYTES, _PAYLOAD_BYTES):
-        digest = copy()
-        digest.update(flat[offset:offset + _PAYLOAD_BYTES])
-        digests.append(digest.digest())
+    sha = digest_bytes(video_sha256)
+    readable = video_sha256.is_valid().to_numpy(zero_copy_only=False)
+    keys = np.empty((len(sha), DIGEST_BYTES), np.uint8)
+    for start in range(0, len(sha), _KEY_CHUNK):  # the payloads a chunk at a time: 74 bytes a video
+        chunk = sha[start:start + _KEY_CHUNK]
+        # The identity's JSON is '"sha256:<64 hex>"' (hex needs no escaping), then the payload's closing brace.
+        payload = np.empty((len(chunk), _PAYLOAD_BYTES), np.uint8)
+        payload[:, :8] = np.frombuffer(b'"sha256:', np.uint8)
+        payload[:, 8:72] = _hex_bytes(chunk)
+        payload[:, 72:] = np.frombuffer(b'"}', np.uint8)
+        flat = memoryview(payload.reshape(-1))
+        digests = []
+        for offset in range(0, len(flat), _PAYLOAD_BYTES):
+            digest = copy()
+            digest.update(flat[offset:offset + _PAYLOAD_BYTES])
+            digests.append(digest.digest())
+        keys[start:start + len(chunk)] = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, DIGEST_BYTES)
     for i in np.flatnonzero(~readable):
         digest = copy()
         digest.update((json.dumps(f"unreadable:{video_uri[i].as_py()}") + "}").encode())
-        digests[i] = digest.digest()
-    return _fixed_binary(np.frombuffer(b"".join(digests), np.uint8).reshape(n, DIGEST_BYTES))
+        keys[i] = np.frombuffer(digest.digest(), np.uint8)
+    return _fixed_binary(keys)
 
 
 def hex_digests(digests: pa.Array, length: int = DIGEST_BYTES) -> pa.Array:
@@ -123,17 +129,18 @@ def digests_of_hex(text: pa.Array, where: Callable[[int], str]) -> pa.Array:
     if not bad.size:
         # Every row is 64 bytes long, so the rows lie back to back from the first offset.
         first = np.frombuffer(text.buffers()[1], np.int32, 1, text.offset * 4)[0]
-        chars = np.frombuffer(text.buffers()[2], np.uint8, n * 2 * DIGEST_BYTES, first).reshape(n, 2 * DIGEST_BYTES)
-        nibbles = _NIBBLE[chars]
-        bad = np.flatnonzero((nibbles > 15).any(axis=1))
+        pairs = np.frombuffer(text.buffers()[2], "<u2", n * DIGEST_BYTES, first).reshape(n, DIGEST_BYTES)
+        values = _PAIR_VALUE[pairs]
+        bad = np.flatnonzero((values > 255).any(axis=1))
     if bad.size:
         raise ValueError(f"{where(int(bad[0]))}: {text[bad[0]].as_py()!r} is not a 64-character lowercase hex digest")
-    return _fixed_binary((nibbles[:, 0::2] << 4) | nibbles[:, 1::2])
+    return _fixed_binary(values.astype(np.uint8))
 
 
 def digest_bytes(digests: pa.Array) -> np.ndarray:
     """The (rows, 32) uint8 view of a binary(32) array (a null row's bytes are unspecified)."""
-    digests = digests.combine_chunks() if isinstance(digests, pa.ChunkedArray) else digests
+    if isinstance(digests, pa.ChunkedArray):
+        digests = digests.chunk(0) if digests.num_chunks == 1 else digests.combine_chunks()
     data = digests.buffers()[1]
     if data is None:
         return np.zeros((len(digests), DIGEST_BYTES), np.uint8)

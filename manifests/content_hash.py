@@ -11,15 +11,18 @@ answers many stats at once, one at a time is its latency times the count), `Cont
 matches them against the remembered table (kept sorted by path: a sorted search, not a hash table of
 every path) and reads only the misses.
 
-Stored as CACHE/manifests/content_hashes.parquet (path, size, mtime_ns, sha256 as hex), sorted by
-path, rewritten atomically (shards.atomic) after planning; a missing or unreadable file is rebuilt (it
-is derived data).
+Stored as CACHE/manifests/content_hashes.parquet (path, size, mtime_ns, sha256 as hex) sorted by path,
+plus the entries hashed by later runs as additions, CACHE/manifests/content_hashes/part-*.parquet (the
+same columns), folded into the first file now and then; every file is written atomically
+(shards.atomic). A missing or unreadable file is rebuilt (it is derived data).
 """
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import stat
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +34,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from manifests.cache_key import DIGEST, DIGEST_BYTES, digest_bytes, digests_of_hex, file_sha256, hex_digests
-from shards.atomic import commit_temporary, temporary_path
+from shards.atomic import commit_temporary, fsync_dir, is_temporary, temporary_path
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,13 @@ IDENTITIES_SCHEMA = pa.schema([
     pa.field("video_sha256", DIGEST),  # null when the bytes could not be read
     pa.field("read_error", pa.string()),  # why, naming the file
 ])
+# The additions are folded into the entries file once they hold more than 1/FOLD_EVERY of its rows,
+# or once there are this many files of them: a rerun that hashed 1 % of the videos writes 1 %.
+FOLD_EVERY = 8
+MAX_ADDITION_FILES = 32
 _STAT_THREADS = 8
 _STAT_CHUNK = 4096
+_WRITE_ROWS = 1 << 16
 _KNOWN_SCHEMA = pa.schema([HASHES_SCHEMA.field("path"), HASHES_SCHEMA.field("size"),
                            HASHES_SCHEMA.field("mtime_ns"), pa.field("sha256", DIGEST, nullable=False)])
 
@@ -107,14 +115,31 @@ class ContentHashes:
     """
 
     def __init__(self, path: Path | None = None, hasher: Callable[[str | Path], str] = file_sha256):
-        self.path = path
+        self.path = path  # the entries file; its additions live in the folder beside it, named like it
         self._hasher = hasher
-        self._known = _read(path) if path is not None and path.exists() else _KNOWN_SCHEMA.empty_table()
+        self._tables: list[pa.Table] | None = None  # the file's entries, then its additions: read when needed
         self._new: dict[str, tuple[int, int, bytes]] = {}  # hashed since loading, by path
 
     @classmethod
     def of_cache(cls, cache_root: str | Path, hasher: Callable[[str | Path], str] = file_sha256) -> ContentHashes:
         return cls(Path(cache_root) / HASHES_FILE, hasher)
+
+    @property
+    def additions_dir(self) -> Path:
+        return self.path.with_suffix("")
+
+    def _known(self) -> list[pa.Table]:
+        """The remembered entries as tables sorted by path: the file's, then its additions' (newer)."""
+        if self._tables is None:
+            base = _read(self.path) if self.path is not None and self.path.exists() else _KNOWN_SCHEMA.empty_table()
+            added = [_read(p) for p in self._addition_files()]
+            self._tables = [base, _newest_per_path(added)]
+        return self._tables
+
+    def _addition_files(self) -> list[Path]:
+        if self.path is None or not self.additions_dir.is_dir():
+            return []
+        return sorted(p for p in self.additions_dir.glob("part-*.parquet") if not is_temporary(p))
 
     def identify(self, paths: pa.Array, stats: pa.Table) -> pa.Table:
         """Each file's sha256 or the reason its bytes cannot be read (IDENTITIES_SCHEMA), in the order
@@ -125,21 +150,21 @@ class ContentHashes:
         order = None if _is_sorted(paths) else pc.sort_indices(paths)
         if order is not None:
             paths, stats = paths.take(order), stats.take(order)
-        known = self._known
-        if known.num_rows:
-            at = np.minimum(pc.search_sorted(known["path"], paths).to_numpy(), known.num_rows - 1)
-            hit = (pc.equal(known["path"].take(at), paths).to_numpy(zero_copy_only=False)
-                   & (known["size"].to_numpy()[at] == stats["size"].fill_null(-1).to_numpy())
-                   & (known["mtime_ns"].to_numpy()[at] == stats["mtime_ns"].fill_null(-1).to_numpy())
-                   & stats["regular"].fill_null(False).to_numpy(zero_copy_only=False))
-            digests = digest_bytes(known["sha256"].combine_chunks())[at]
-        else:
-            hit, digests = np.zeros(n, bool), np.zeros((n, DIGEST_BYTES), np.uint8)
+        sizes, mtimes = stats["size"].fill_null(-1).to_numpy(), stats["mtime_ns"].fill_null(-1).to_numpy()
+        regular = stats["regular"].fill_null(False).to_numpy(zero_copy_only=False)
+        hit, digests = np.zeros(n, bool), np.zeros((n, DIGEST_BYTES), np.uint8)
+        for known in self._known():
+            if not known.num_rows:
+                continue
+            at, listed = _positions(known["path"], paths)
+            at = np.minimum(at, known.num_rows - 1)  # a path after the last one is not listed anyway
+            found = (listed & ~hit & regular & (known["size"].to_numpy()[at] == sizes)
+                     & (known["mtime_ns"].to_numpy()[at] == mtimes))
+            digests[found] = digest_bytes(known["sha256"])[at[found]]
+            hit |= found
         readable = hit.copy()
         unread: dict[int, str] = {}  # row -> why its bytes could not be read
         misses = np.flatnonzero(~hit & stats["error"].is_null().to_numpy(zero_copy_only=False))
-        regular = stats["regular"].fill_null(False).to_numpy(zero_copy_only=False)
-        sizes, mtimes = stats["size"].fill_null(0).to_numpy(), stats["mtime_ns"].fill_null(0).to_numpy()
         for i in tqdm(misses, desc="hash videos", unit="video", disable=len(misses) < 100):
             path = paths[i].as_py()
             # Stat before reading (file_stats did): a file rewritten while being hashed gets a new
@@ -154,7 +179,7 @@ class ContentHashes:
             if regular[i]:  # a directory or a device is not remembered: its next read says what it is
                 self._new[path] = (int(sizes[i]), int(mtimes[i]), digest)
         validity = pa.py_buffer(np.packbits(readable, bitorder="little"))
-        sha = pa.FixedSizeBinaryArray.from_buffers(DIGEST, n, [validity, pa.py_buffer(np.ascontiguousarray(digests))],
+        sha = pa.FixedSizeBinaryArray.from_buffers(DIGEST, n, [validity, pa.py_buffer(digests)],
                                                    null_count=int(n - readable.sum()))
         errors = stats["error"].combine_chunks()
         if unread:
@@ -167,31 +192,72 @@ class ContentHashes:
         return identities
 
     def save(self) -> None:
-        """Write the hashes (atomically, sorted by path) if any was computed since loading."""
+        """Remember the hashes computed since loading: as one more additions file (a rerun writes what
+        it hashed, not every entry again), or, once the additions hold more than 1/FOLD_EVERY of the
+        entries, folded with them into a new entries file (the newest entry of a path wins)."""
         if self.path is None or not self._new:
             return
         paths = sorted(self._new)
         sizes, mtimes, digests = zip(*(self._new[p] for p in paths))
         new = pa.table([paths, sizes, mtimes, pa.array(digests, DIGEST)], schema=_KNOWN_SCHEMA)
-        known = self._known
-        if known.num_rows:
-            # A path hashed again (its file changed) replaces its old entry.
-            at = np.minimum(pc.search_sorted(known["path"], new["path"]).to_numpy(), known.num_rows - 1)
-            replaced = at[pc.equal(known["path"].take(at), new["path"]).to_numpy(zero_copy_only=False)]
-            keep = np.ones(known.num_rows, bool)
-            keep[replaced] = False
-            known = known.filter(pa.array(keep))
-        merged = pa.concat_tables([known, new]).sort_by("path")
-        merged = merged.set_column(3, _KNOWN_SCHEMA.field("sha256"), merged["sha256"].combine_chunks())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = temporary_path(self.path)
-        try:
-            pq.write_table(merged.set_column(3, HASHES_SCHEMA.field("sha256"), hex_digests(merged["sha256"].chunk(0))),
-                           temp)
-            commit_temporary(temp, self.path, replace=True)
-        finally:
-            temp.unlink(missing_ok=True)
-        self._known, self._new = merged, {}
+        base, added = self._known()
+        additions = self._addition_files()
+        if (added.num_rows + new.num_rows) * FOLD_EVERY > base.num_rows or len(additions) >= MAX_ADDITION_FILES:
+            _write_merged(base, _newest_per_path([added, new]), self.path)
+            for path in additions:  # folded: a kill before this leaves entries twice, which is harmless
+                path.unlink()
+            if additions:
+                fsync_dir(self.additions_dir)
+        else:
+            _write_merged(_KNOWN_SCHEMA.empty_table(), new,
+                          self.additions_dir / f"part-{time.time_ns()}-{secrets.token_hex(4)}.parquet")
+        self._tables, self._new = None, {}  # read again if asked again
+
+
+def _newest_per_path(tables: list[pa.Table]) -> pa.Table:
+    """The entries of `tables` (oldest first), sorted by path, a path's last entry only."""
+    rows = pa.concat_tables(tables) if tables else _KNOWN_SCHEMA.empty_table()
+    rows = rows.take(pc.sort_indices(rows, [("path", "ascending")]))  # stable: a path's entries stay in order
+    paths = rows["path"]
+    if rows.num_rows > 1:
+        last = pc.not_equal(paths.slice(0, rows.num_rows - 1), paths.slice(1)).to_numpy(zero_copy_only=False)
+        rows = rows.filter(pa.array(np.append(last, True)))
+    return rows.combine_chunks()
+
+
+def _write_merged(base: pa.Table, extra: pa.Table, path: Path) -> None:
+    """Write base's entries (sorted by path) with `extra` (sorted, unique paths, replacing base's
+    entries of the same paths) to `path`, sorted by path, atomically. Streams: the entries are never
+    all copied at once (ten million are ~1.2 GB)."""
+    # Where each extra entry goes among the kept base ones: a merge of two sorted tables as a row order.
+    kept = np.arange(base.num_rows)
+    inserted = np.zeros(extra.num_rows, np.int64)
+    if base.num_rows:
+        at, listed = _positions(base["path"], extra["path"])
+        kept = np.delete(kept, at[listed])
+        inserted = np.searchsorted(kept, at)  # kept entries before each extra one
+    order = np.empty(len(kept) + extra.num_rows, np.int64)
+    order[inserted + np.arange(extra.num_rows)] = base.num_rows + np.arange(extra.num_rows)
+    order[np.arange(len(kept)) + np.searchsorted(inserted, np.arange(len(kept)), side="right")] = kept
+    rows = pa.concat_tables([base, extra])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temporary_path(path)
+    try:
+        with pq.ParquetWriter(temp, HASHES_SCHEMA) as writer:
+            for start in range(0, len(order), _WRITE_ROWS):
+                chunk = rows.take(order[start:start + _WRITE_ROWS])
+                writer.write_table(chunk.set_column(3, HASHES_SCHEMA.field("sha256"), hex_digests(chunk["sha256"])))
+        commit_temporary(temp, path, replace=True)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _positions(sorted_paths: pa.ChunkedArray, paths: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `paths` (sorted): the first row of `sorted_paths` not before it, and whether that
+    row holds it. Two sorted searches, so the matched strings are never copied out to be compared."""
+    left = pc.search_sorted(sorted_paths, paths).to_numpy()
+    right = pc.search_sorted(sorted_paths, paths, side="right").to_numpy()
+    return left, right > left
 
 
 def _is_sorted(strings: pa.Array) -> bool:
@@ -210,7 +276,7 @@ def _read(path: Path) -> pa.Table:
             sha.append(digests_of_hex(batch.column(0), lambda row: f"{path}: row {offset + row}: field 'sha256'"))
             offset += batch.num_rows
     except (OSError, ValueError, pa.ArrowException) as e:
-        log.warning("%s: unreadable content-hash cache, every video will be re-hashed (%s)", path, e)
+        log.warning("%s: unreadable content-hash cache, its videos will be re-hashed (%s)", path, e)
         return _KNOWN_SCHEMA.empty_table()
     table = table.append_column(_KNOWN_SCHEMA.field("sha256"), pa.chunked_array(sha, DIGEST).combine_chunks())
     if not _is_sorted(table["path"]):  # written by an older version, in no order

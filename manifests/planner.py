@@ -1,8 +1,9 @@
 """Planning: of the clips a job wants, which are not cached yet.
 
 In columns, so that ten million clips plan in seconds and in memory proportional to the two columns
-it needs: the clips table's cache_key and status are read as columns (manifests/clips_table.py),
-turned into 32-byte keys, and the wanted clips are matched against them with Arrow's hash lookup.
+it needs: the clips table's cache_key and status are read as columns (manifests/clips_table.py) and
+turned into 32-byte keys; a wanted key is looked up by its first 8 bytes (Arrow's hash lookup on
+integers, ~4x faster and ~3x smaller than on the whole keys), then compared whole.
 """
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from manifests.cache_key import digest_bytes, digests_of_hex
 from manifests.clips_table import manifest_files, read_clips_table
 from manifests.schemas import CLIP_OK
 
+_COMPARE_ROWS = 1 << 20  # whole-key comparisons a chunk at a time: bounded temporaries
+
 
 def unique_clips(requests: pa.Table) -> pa.Table:
     """One row per cache_key, its first (a video named twice, or the same bytes under two names)."""
     keys = digest_bytes(requests["cache_key"])
-    # Equal keys have equal first 8 bytes: only rows whose prefix repeats (duplicates, or a 64-bit
-    # prefix shared by different keys) need their whole key compared.
-    prefixes = np.ascontiguousarray(keys[:, :8]).view(np.uint64).ravel()
+    # Equal keys have equal prefixes: only rows whose prefix repeats (duplicates, or a 64-bit prefix
+    # shared by different keys) need their whole key compared.
+    prefixes = _prefixes(keys)
     ordered = np.sort(prefixes)
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     if not repeated.size:
@@ -48,8 +51,35 @@ def missing_clips(requests: pa.Table, cache_root: str | Path, retry_failed: bool
     done = digests_of_hex(table["cache_key"], lambda row: f"{_locate(cache_root, row)}: field 'cache_key'")
     if retry_failed:
         done = done.filter(pc.equal(table["status"], CLIP_OK))
+    del table  # the keys as text: twice their bytes
     requests = unique_clips(requests)
-    return requests.filter(pc.invert(pc.is_in(requests["cache_key"], value_set=done)))
+    return requests.filter(pa.array(~contains(done, requests["cache_key"])))
+
+
+def contains(done: pa.Array, keys: pa.Array) -> np.ndarray:
+    """Whether each of `keys` is one of `done` (both binary(32), exactly)."""
+    done_bytes, key_bytes = digest_bytes(done), digest_bytes(keys)
+    done_prefixes = _prefixes(done_bytes)
+    # The first done row with the same first 8 bytes, or -1.
+    at = pc.index_in(pa.array(_prefixes(key_bytes)), value_set=pa.array(done_prefixes)).fill_null(-1).to_numpy()
+    found = np.zeros(len(at), bool)
+    for start in range(0, len(at), _COMPARE_ROWS):
+        rows = slice(start, start + _COMPARE_ROWS)
+        hit = at[rows] >= 0
+        found[rows][hit] = (done_bytes[at[rows][hit]] == key_bytes[rows][hit]).all(axis=1)
+    # A prefix found whose first done row holds another key: a prefix two keys share. Compared whole
+    # with every done key of that prefix (astronomically rare with SHA-256, but then exact).
+    unsure = np.flatnonzero((at >= 0) & ~found)
+    if unsure.size:
+        same_prefix = np.flatnonzero(np.isin(done_prefixes, _prefixes(key_bytes[unsure])))
+        candidates = {done_bytes[row].tobytes() for row in same_prefix}
+        found[unsure] = [key_bytes[row].tobytes() in candidates for row in unsure]
+    return found
+
+
+def _prefixes(keys: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each (rows, 32) key as one integer."""
+    return np.ascontiguousarray(keys[:, :8]).view(np.uint64).ravel() if len(keys) else np.zeros(0, np.uint64)
 
 
 def _locate(cache_root: str | Path, row: int) -> str:

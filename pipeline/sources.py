@@ -84,7 +84,9 @@ def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], st
         return ValueError(f"{where(i)}: path {relative[i].as_py()!r} escapes the dataset root {root}")
 
     # Lexically: an absolute path or a '..' component may leave the root whatever the links are.
-    outside = pc.or_(pc.starts_with(relative, "/"), pc.match_substring_regex(relative, r"(^|/)\.\.(/|$)"))
+    # (The plain substring first: the pattern is only looked for where ".." is.)
+    outside = pc.or_(pc.starts_with(relative, "/"), pc.and_(pc.match_substring(relative, ".."), pc.match_substring_regex(
+        relative, r"(^|/)\.\.(/|$)")))
     if pc.any(outside).as_py():
         raise escapes(pc.index(outside, True).as_py())
     folders = pc.replace_substring_regex(relative, r"/*[^/]*$", "")
@@ -103,6 +105,8 @@ def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], st
             pass
     resolved = pc.binary_join_element_wise(pa.array(real_folders, pa.string()).take(pc.index_in(folders, unique)),
                                            names, "")
+    if not links:
+        return resolved
     # A symlinked file resolves on its own, and where it points must be inside the root too. Matched
     # by (folder as written, name): "a//b.mp4" names the link a/b.mp4 as well.
     linked = pc.is_in(pc.binary_join_element_wise(folders, names, "/"), value_set=pa.array(links, pa.string()))
@@ -116,16 +120,22 @@ def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], st
 
 
 def build_requests(videos: list[str] | pa.Array, root: Path, sampling: dict, teacher_id: str, output_spec: str,
-                   hashes: ContentHashes | None = None) -> pa.Table:
+                   hashes: ContentHashes | None = None, stats: pa.Table | None = None) -> pa.Table:
     """One clip request per video (CLIP_REQUESTS_SCHEMA), in the order of `videos` (absolute paths).
     hashes: the remembered content hashes (ContentHashes.of_cache skips re-reading videos whose size
-    and mtime did not change); None reads every video."""
+    and mtime did not change); None reads every video. stats: the videos' file_stats when a listing
+    already gave them; None stats every file."""
     paths = videos if isinstance(videos, pa.Array) else pa.array([os.fspath(v) for v in videos], pa.string())
-    hashes = hashes or ContentHashes()
-    identities = hashes.identify(paths, file_stats(paths))
+    identities = (hashes or ContentHashes()).identify(paths, file_stats(paths) if stats is None else stats)
+    return keyed_requests(paths, identities, root, sampling, teacher_id, output_spec)
+
+
+def keyed_requests(paths: pa.Array, identities: pa.Table, root: Path, sampling: dict, teacher_id: str,
+                   output_spec: str) -> pa.Table:
+    """build_requests once the videos' identities (ContentHashes.identify) are known: their cache
+    keys and clip ids. clip_id: the path under root without its extension (as os.path.splitext cuts
+    it), "-", the key's first 8 hex characters; string kernels, not a Path per video."""
     keys = cache_keys(identities["video_sha256"].combine_chunks(), paths, sampling, teacher_id, output_spec)
-    # clip_id: the path under root without its extension (as os.path.splitext cuts it), "-", the key's
-    # first 8 hex characters. String kernels, not a Path per video.
     prefix = os.path.join(os.fspath(root.resolve()), "")
     relative = pc.if_else(pc.starts_with(paths, prefix), pc.utf8_slice_codeunits(paths, len(prefix)),
                           pc.replace_substring_regex(paths, r"^.*/", ""))
@@ -159,9 +169,13 @@ def attach_cache_keys(samples: pa.Table, samples_path: Path, root: Path, request
 
 
 def sample_videos(samples: pa.Table, samples_path: Path, root: Path) -> pa.Array:
-    """Videos named by the samples (validated to stay inside root), even ones not on disk."""
+    """Videos named by the samples (validated to stay inside root), even ones not on disk: sorted
+    unless a folder is a symlink (sorted names under real folders are sorted paths)."""
     videos = samples["video"].combine_chunks()
-    named = pc.unique(videos.drop_null())
+    named = videos.drop_null().sort()
+    if len(named) > 1:  # sorted, so a repeat follows its first
+        later = pc.not_equal(named.slice(1), named.slice(0, len(named) - 1)).to_numpy(zero_copy_only=False)
+        named = named.filter(pa.array(np.append(True, later)))
     return resolve_all_inside(root, named, lambda i: _sample_row(samples_path, videos, named[i]))
 
 
@@ -185,6 +199,8 @@ def load_sources(videos_root: str | None, samples_path: str | None) -> tuple[Pat
         check_table_marks(samples["conversations"].to_pylist(), samples["regions"].to_pylist(), str(spath))
     found = pa.array(find_videos(root), pa.string())
     named = sample_videos(samples, spath, root) if samples is not None else pa.array([], pa.string())
-    videos = pc.unique(pa.concat_arrays([found, named])).sort() if len(named) else found
+    videos = found
+    if len(named) and not pc.all(pc.is_in(named, value_set=found)).as_py():  # named, not (yet) on disk
+        videos = pc.unique(pa.concat_arrays([found, named])).sort()
     log.info("%d videos (%d in %s, %d named by samples)", len(videos), len(found), root, len(named))
     return root, videos, samples, spath if samples is not None else None

@@ -15,10 +15,11 @@ import pytest
 from manifests.cache_key import DIGEST, cache_keys, compute_cache_key, digests_of_hex, file_sha256, hex_digests
 from manifests.clips_table import current_clips, read_clips_table, write_clips_part
 from manifests.compaction import compact_clips
-from manifests.content_hash import HASHES_FILE, HASHES_SCHEMA, ContentHashes, file_stats
-from manifests.planner import missing_clips, unique_clips
+from manifests.content_hash import HASHES_FILE, HASHES_SCHEMA, IDENTITIES_SCHEMA, ContentHashes, file_stats
+from manifests.planner import contains, missing_clips, unique_clips
 from manifests.schemas import CLIP_REQUESTS_SCHEMA
-from pipeline.sources import build_requests, clip_requests, find_videos, resolve_all_inside, resolve_inside
+from pipeline.sources import (build_requests, clip_requests, find_videos, keyed_requests, resolve_all_inside,
+                              resolve_inside)
 
 SAMPLING = {"num_frames": 16}
 SPEC = '[{"name": "depth"}]'
@@ -103,6 +104,52 @@ def test_changed_bytes_under_the_same_path_are_re_read(tmp_path):
         assert r.video_sha256 == file_sha256(r.video_uri)
     assert requests_of(videos, cache)[1] == [], "the new hashes are remembered in turn"
     assert pq.read_table(cache / HASHES_FILE).num_rows == 4, "a re-read path replaces its entry"
+
+
+def test_new_entries_merge_into_the_sorted_hash_file_before_among_and_after_the_old(tmp_path):
+    videos, cache = tmp_path / "videos", tmp_path / "cache"
+    videos.mkdir()
+    for name in ("c.mp4", "e.mp4", "g.mp4"):
+        (videos / name).write_bytes(name.encode())
+    requests_of(videos, cache)
+    for name in ("a.mp4", "d.mp4", "f.mp4", "h.mp4", "i.mp4"):
+        (videos / name).write_bytes(name.encode())
+    (videos / "e.mp4").write_bytes(b"changed")  # replaced in place
+    _, read = requests_of(videos, cache)
+    assert sorted(os.path.basename(p) for p in read) == ["a.mp4", "d.mp4", "e.mp4", "f.mp4", "h.mp4", "i.mp4"]
+    stored = pq.read_table(cache / HASHES_FILE)
+    on_disk = sorted(str(p) for p in videos.iterdir())
+    assert stored["path"].to_pylist() == on_disk
+    assert stored["sha256"].to_pylist() == [file_sha256(p) for p in on_disk]
+    assert stored["size"].to_pylist() == [os.stat(p).st_size for p in on_disk]
+
+
+def test_reruns_add_what_they_hashed_and_fold_it_in_later(tmp_path):
+    videos, cache = tmp_path / "videos", tmp_path / "cache"
+    make_videos(videos, 40)
+    additions = cache / HASHES_FILE.with_suffix("")
+
+    def added() -> list[int]:
+        return [pq.read_metadata(p).num_rows for p in sorted(additions.glob("part-*.parquet"))]
+
+    assert len(requests_of(videos, cache)[1]) == 40 and added() == []
+    first_file = (cache / HASHES_FILE).read_bytes()
+    (videos / "new1.mp4").write_bytes(b"new 1")
+    (videos / "new2.mp4").write_bytes(b"new 2")
+    assert len(requests_of(videos, cache)[1]) == 2 and added() == [2]
+    assert (cache / HASHES_FILE).read_bytes() == first_file, "a rerun writes what it hashed, not every entry"
+    (videos / "v0.mp4").write_bytes(b"changed v0")
+    assert requests_of(videos, cache)[1] == [str(videos / "v0.mp4")] and added() == [2, 1]
+    again, read = requests_of(videos, cache)
+    assert read == [], "entries and additions both serve; v0's newer entry matches its file"
+    assert {r.video_uri: r.video_sha256 for r in again} == {p: file_sha256(p) for p in find_videos(videos)}
+    for i in range(3, 7):  # 2 + 1 + 4 added > 40 / 8: folded in
+        (videos / f"new{i}.mp4").write_bytes(f"new {i}".encode())
+    assert len(requests_of(videos, cache)[1]) == 4 and added() == []
+    stored = pq.read_table(cache / HASHES_FILE)
+    assert stored["path"].to_pylist() == find_videos(videos), "one entry per path, sorted"
+    assert stored["sha256"].to_pylist() == [file_sha256(p) for p in find_videos(videos)], "the newest entry won"
+    assert requests_of(videos, cache)[1] == []
 
 
 def test_identify_answers_in_the_order_asked_and_an_old_unsorted_hash_file_still_serves(tmp_path):
@@ -190,6 +237,14 @@ def test_the_same_bytes_twice_are_one_clip_and_shared_key_prefixes_are_compared_
                                                                  same_prefix[2]]
 
 
+def test_keys_sharing_their_first_8_bytes_are_told_apart_by_the_rest():
+    shared = "ab" * 8
+    done = [shared + hex_key(0)[16:], shared + hex_key(1)[16:], hex_key(2)]
+    asked = [shared + hex_key(1)[16:], shared + hex_key(3)[16:], hex_key(2), hex_key(4), shared + hex_key(0)[16:]]
+    found = contains(digests_of_hex(pa.array(done), str), digests_of_hex(pa.array(asked), str))
+    assert found.tolist() == [True, False, True, False, True]
+
+
 def test_planning_20k_clips_from_the_table_state_compacted_or_not(tmp_path):
     """The rerun of a 20k-clip cache: done keys skipped, failed not retried unless asked, new ones planned,
     the same answer before and after compaction. (Timings are bench/planning.py's business.)"""
@@ -262,3 +317,14 @@ def test_requests_round_trip_to_objects(tmp_path):
     objects = clip_requests(table)
     assert [(o.cache_key, o.video_sha256, o.clip_id) for o in objects] == list(zip(keys, keys[::-1], keys))
     assert np.all([o.read_error is None for o in objects])
+
+
+def test_clip_ids_cut_the_extension_as_splitext_does(tmp_path):
+    names = ["a.mp4", "d/b.c.mkv", "d/.hidden.mp4", "d/..x", "e.f/noext", "g/name.", "h/.mp4", "x/y/z.webm"]
+    paths = pa.array([str(tmp_path / n) for n in names] + ["/elsewhere/w.mp4"])
+    identities = pa.table([pa.nulls(len(paths), DIGEST), pa.array(["e"] * len(paths))],
+                          schema=IDENTITIES_SCHEMA)
+    table = keyed_requests(paths, identities, tmp_path, SAMPLING, "t", SPEC)
+    keys = hex_digests(table["cache_key"].combine_chunks()).to_pylist()
+    expected = [f"{os.path.splitext(n)[0]}-{k[:8]}" for n, k in zip(names + ["w.mp4"], keys)]
+    assert table["clip_id"].to_pylist() == expected

@@ -40,7 +40,8 @@ def load_mixture(sources: tuple[str, ...], media_dir: Path, lenient: bool, sampl
         videos = sorted({str(base / r["video"]) for r in result.rows if r["video"] is not None})
         table = build_requests(videos, base, sampling, teacher_id, output_spec, hashes)
         keys = dict(zip(table["video_uri"].to_pylist(), hex_digests(table["cache_key"]).to_pylist()))
-        requests.append(table.set_column(1, "clip_id", pc.binary_join_element_wise(name, table["clip_id"], "/")))
+        requests.append(table.set_column(1, CLIP_REQUESTS_SCHEMA.field("clip_id"),
+                                        pc.binary_join_element_wise(name, table["clip_id"], "/")))
         for row in result.rows:
             if row["video"] is not None:
                 row["cache_key"] = keys[str(base / row["video"])]
