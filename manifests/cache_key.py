@@ -126,15 +126,20 @@ def digests_of_hex(text: pa.Array, where: Callable[[int], str]) -> pa.Array:
         return pa.array([], DIGEST)
     lengths = pc.binary_length(text).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(text.is_null().to_numpy(zero_copy_only=False) | (lengths != 2 * DIGEST_BYTES))
+    digests = np.empty((n, DIGEST_BYTES), np.uint8)
     if not bad.size:
         # Every row is 64 bytes long, so the rows lie back to back from the first offset.
         first = np.frombuffer(text.buffers()[1], np.int32, 1, text.offset * 4)[0]
         pairs = np.frombuffer(text.buffers()[2], "<u2", n * DIGEST_BYTES, first).reshape(n, DIGEST_BYTES)
-        values = _PAIR_VALUE[pairs]
-        bad = np.flatnonzero((values > 255).any(axis=1))
+        for start in range(0, n, _KEY_CHUNK):  # a chunk at a time: the lookups are 2 bytes a character pair
+            values = _PAIR_VALUE[pairs[start:start + _KEY_CHUNK]]
+            bad = start + np.flatnonzero((values > 255).any(axis=1))
+            if bad.size:
+                break
+            digests[start:start + len(values)] = values
     if bad.size:
         raise ValueError(f"{where(int(bad[0]))}: {text[bad[0]].as_py()!r} is not a 64-character lowercase hex digest")
-    return _fixed_binary(values.astype(np.uint8))
+    return _fixed_binary(digests)
 
 
 def digest_bytes(digests: pa.Array) -> np.ndarray:

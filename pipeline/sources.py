@@ -71,10 +71,13 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
     return path
 
 
-def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], str]) -> pa.Array:
-    """resolve_inside for many paths at once (absolute real paths, in the order of `relative`, no
-    nulls): one realpath per folder and one listing per folder to find the files that are symlinks,
-    not one realpath (a stat per path component) per file. where(i): the place of row i in errors."""
+def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], str], unique: bool = False) -> pa.Array:
+    """resolve_inside for many paths at once (absolute real paths, no nulls): one realpath per folder
+    and one listing per folder to find the files that are symlinks, not one realpath (a stat per path
+    component) per file. In the order of `relative`; or, with unique=True, each path once (a
+    symlinked file may still alias another), sorted (exactly path order unless a folder holds files
+    beside a subfolder that does: the sort is by real folder, then name, twice as fast as by whole
+    path). where(i): the place of `relative`'s row i in errors."""
     real_root = os.path.realpath(root)
 
     def inside(path: str) -> bool:
@@ -91,32 +94,49 @@ def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], st
         raise escapes(pc.index(outside, True).as_py())
     folders = pc.replace_substring_regex(relative, r"/*[^/]*$", "")
     names = pc.replace_substring_regex(relative, r"^.*/", "")
-    unique = pc.unique(folders)
-    real_folders, links = [], []
-    for folder in unique.to_pylist():
-        real = os.path.realpath(os.path.join(real_root, folder))
-        if not inside(real):
+    written = pc.unique(folders)
+    real_of = {}  # folder as written -> its real path
+    for folder in written.to_pylist():
+        real_of[folder] = os.path.realpath(os.path.join(real_root, folder))
+        if not inside(real_of[folder]):
             raise escapes(pc.index(folders, folder).as_py())
-        real_folders.append(os.path.join(real, ""))
+    # Real folders in the order of their paths' prefixes ("a.b/" before "a/"), as whole paths sort;
+    # two spellings of a folder ("a", "./a", a link to it) are one.
+    real_folders = sorted(set(real_of.values()), key=lambda f: f + "/")
+    rank_of = {folder: rank for rank, folder in enumerate(real_folders)}
+    ranks = pa.array([rank_of[real_of[f]] for f in written.to_pylist()], pa.int32()).take(pc.index_in(folders, written))
+    rows = pa.array(np.arange(len(relative)))  # row of `relative` behind each row below
+    if unique:
+        rows = pc.sort_indices(pa.table({"rank": ranks, "name": names}), [("rank", "ascending"), ("name", "ascending")])
+        ranks, names = ranks.take(rows), names.take(rows)
+        if len(rows) > 1:  # sorted, so a repeat follows its first
+            repeat = pc.and_(pc.equal(ranks.slice(1), ranks.slice(0, len(rows) - 1)),
+                             pc.equal(names.slice(1), names.slice(0, len(rows) - 1))).to_numpy(zero_copy_only=False)
+            first = pa.array(np.append(True, ~repeat))
+            rows, ranks, names = rows.filter(first), ranks.filter(first), names.filter(first)
+    links = []
+    for rank, real in enumerate(real_folders):
         try:
             with os.scandir(real) as entries:
-                links += [f"{folder}/{e.name}" for e in entries if e.is_symlink()]
+                links += [f"{rank}/{e.name}" for e in entries if e.is_symlink()]
         except OSError:  # not there (yet): its files will be missing
             pass
-    resolved = pc.binary_join_element_wise(pa.array(real_folders, pa.string()).take(pc.index_in(folders, unique)),
-                                           names, "")
+    real_folders = [os.path.join(real, "") for real in real_folders]
+    resolved = pc.binary_join_element_wise(pa.array(real_folders, pa.string()).take(ranks), names, "")
     if not links:
         return resolved
     # A symlinked file resolves on its own, and where it points must be inside the root too. Matched
-    # by (folder as written, name): "a//b.mp4" names the link a/b.mp4 as well.
-    linked = pc.is_in(pc.binary_join_element_wise(folders, names, "/"), value_set=pa.array(links, pa.string()))
+    # by (real folder, name): "a//b.mp4" names the link a/b.mp4 as well.
+    linked = pc.is_in(pc.binary_join_element_wise(pc.cast(ranks, pa.string()), names, "/"),
+                      value_set=pa.array(links, pa.string()))
     reals = []
     for i in np.flatnonzero(linked.to_numpy(zero_copy_only=False)):
-        real = os.path.realpath(os.path.join(real_root, relative[i].as_py()))
+        row = rows[i].as_py()
+        real = os.path.realpath(os.path.join(real_root, relative[row].as_py()))
         if not inside(real):
-            raise escapes(int(i))
+            raise escapes(row)
         reals.append(real)
-    return pc.replace_with_mask(resolved, linked, pa.array(reals, pa.string())) if reals else resolved
+    return pc.replace_with_mask(resolved, linked, pa.array(reals, pa.string()))
 
 
 def build_requests(videos: list[str] | pa.Array, root: Path, sampling: dict, teacher_id: str, output_spec: str,
@@ -137,8 +157,10 @@ def keyed_requests(paths: pa.Array, identities: pa.Table, root: Path, sampling: 
     it), "-", the key's first 8 hex characters; string kernels, not a Path per video."""
     keys = cache_keys(identities["video_sha256"].combine_chunks(), paths, sampling, teacher_id, output_spec)
     prefix = os.path.join(os.fspath(root.resolve()), "")
-    relative = pc.if_else(pc.starts_with(paths, prefix), pc.utf8_slice_codeunits(paths, len(prefix)),
-                          pc.replace_substring_regex(paths, r"^.*/", ""))
+    under = pc.starts_with(paths, prefix)
+    relative = pc.utf8_slice_codeunits(paths, len(prefix))
+    if not pc.all(under).as_py():  # a video outside root (named by a samples table): its file name
+        relative = pc.if_else(under, relative, pc.replace_substring_regex(paths, r"^.*/", ""))
     stem = pc.replace_substring_regex(relative, r"([^/.])\.[^./]*$", r"\1")
     clip_ids = pc.binary_join_element_wise(stem, hex_digests(keys, 4), "-")
     return pa.table([paths, clip_ids, identities["video_sha256"], identities["read_error"], keys],
@@ -169,14 +191,11 @@ def attach_cache_keys(samples: pa.Table, samples_path: Path, root: Path, request
 
 
 def sample_videos(samples: pa.Table, samples_path: Path, root: Path) -> pa.Array:
-    """Videos named by the samples (validated to stay inside root), even ones not on disk: sorted
-    unless a folder is a symlink (sorted names under real folders are sorted paths)."""
+    """Videos named by the samples (validated to stay inside root), even ones not on disk; each once,
+    sorted (see resolve_all_inside)."""
     videos = samples["video"].combine_chunks()
-    named = videos.drop_null().sort()
-    if len(named) > 1:  # sorted, so a repeat follows its first
-        later = pc.not_equal(named.slice(1), named.slice(0, len(named) - 1)).to_numpy(zero_copy_only=False)
-        named = named.filter(pa.array(np.append(True, later)))
-    return resolve_all_inside(root, named, lambda i: _sample_row(samples_path, videos, named[i]))
+    named = videos.drop_null()
+    return resolve_all_inside(root, named, lambda i: _sample_row(samples_path, videos, named[i]), unique=True)
 
 
 def _sample_row(samples_path: Path, videos: pa.Array, video: pa.Scalar) -> str:

@@ -303,6 +303,16 @@ def test_annotation_paths_resolve_a_folder_at_a_time_as_one_at_a_time(tmp_path):
     got = resolve_all_inside(root, pa.array(good), str).to_pylist()
     assert got == [str(resolve_inside(root, p, "")) for p in good]
     assert got[1] == str(root / "a" / "v.mp4") and got[7] == str(root / "a" / "v.mp4")
+    once = resolve_all_inside(root, pa.array(good + good[::-1]), str, unique=True).to_pylist()
+    # One per real folder and name: the four spellings of a/v.mp4 are one; a/inner.mp4 (one, by two
+    # spellings) is a link to it, and stays an alias (its key will be the same: one clip).
+    assert sorted(once) == sorted([str(root / "a" / "v.mp4")] * 2 + [str(root / "a" / "missing.mp4"),
+                                                                   str(root / "top.mp4")])
+    flat = ["linked/v.mp4", "c/b/w.mp4", "a/v.mp4", "a.b/x.mp4", "a/v.mp4", "c/b/w.mp4"]  # no file beside a subfolder
+    assert resolve_all_inside(root, pa.array(flat), str, unique=True).to_pylist() == sorted(
+        {str(resolve_inside(root, p, "")) for p in flat}), "sorted as whole paths"
+    with pytest.raises(ValueError, match=r"^row 2: path 'a/out.mp4' escapes"):
+        resolve_all_inside(root, pa.array(["a/v.mp4", "top.mp4", "a/out.mp4"]), lambda i: f"row {i}", unique=True)
     for bad in ("a/out.mp4", "a//out.mp4", "linked/out.mp4", "away/x.mp4", "../outside/x.mp4", "a/../../x.mp4",
                 str(outside / "x.mp4")):
         with pytest.raises(ValueError, match="escapes the dataset root"):
