@@ -276,7 +276,7 @@ def plan(workdir: Path, case: str) -> dict:
     else:
         annotations = workdir / "annotations.parquet"
         paths = stages.run("inputs", lambda: sample_videos(pq.read_table(annotations, columns=["video"]), annotations,
-                                                           videos).sort())
+                                                           videos))
 
         def listed_then_new():
             listing = pq.read_table(workdir / "listing.parquet")

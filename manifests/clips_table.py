@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ FOLDS_KEY = b"p4d.folds"
 _READ_THREADS = 4  # parts are small files: pyarrow decodes them without the GIL, so threads overlap the I/O
 # A compaction may remove a listed file while it is being read (it folded it): list again, this often.
 _READ_ATTEMPTS = 5
+_CONVERT_ROWS = 1 << 16
+# convert(rows, where) -> rows: see read_clips_table
+Convert = Callable[[pa.Table, Callable[[int], str]], pa.Table]
 
 
 def utc_now() -> dt.datetime:
@@ -109,30 +113,48 @@ def manifest_files(cache_root: str | Path) -> ManifestFiles:
     return ManifestFiles(tuple(live), tuple(p for p in [*compacted, *parts] if p.name in folded))
 
 
-def read_clips_file(path: Path, columns: tuple[str, ...] | None = None) -> pa.Table:
+def read_clips_file(path: Path, columns: tuple[str, ...] | None = None, convert: Convert | None = None) -> pa.Table:
+    """One file of the clips table (see read_clips_table)."""
     # One open per file: the footer gives the schema, then only the asked columns are read.
     with pq.ParquetFile(path) as f:
         if not f.schema_arrow.equals(CLIPS_SCHEMA, check_metadata=False):
             raise ValueError(f"{path}: schema differs from the clips schema; got {f.schema_arrow}")
-        # A compacted file's footer (the names it folds) is no part of the rows.
-        return f.read(columns=None if columns is None else list(columns), use_threads=False).replace_schema_metadata()
+        names = None if columns is None else list(columns)
+        if convert is None:
+            # A compacted file's footer (the names it folds) is no part of the rows.
+            return f.read(columns=names, use_threads=False).replace_schema_metadata()
+        pieces, offset = [], 0
+        for batch in f.iter_batches(batch_size=_CONVERT_ROWS, columns=names, use_threads=False):
+            table = pa.Table.from_batches([batch]).replace_schema_metadata()
+            pieces.append(convert(table, lambda row, first=offset: f"{path}: row {first + row}"))
+            offset += batch.num_rows
+        return pa.concat_tables(pieces) if pieces else _empty(columns, convert)
 
 
-def read_clips_table(cache_root: str | Path, columns: tuple[str, ...] | None = None) -> pa.Table:
+def read_clips_table(cache_root: str | Path, columns: tuple[str, ...] | None = None,
+                     convert: Convert | None = None) -> pa.Table:
     """Every row of the clips table (history included: a retried clip has several rows), all columns
-    or only `columns`: the compacted files, then the parts written since, each row once."""
-    schema = CLIPS_SCHEMA if columns is None else pa.schema([CLIPS_SCHEMA.field(c) for c in columns])
+    or only `columns`: the compacted files, then the parts written since, each row once.
+
+    convert(table, where): applied to the rows a batch at a time as they are read (where(row) names a
+    row's file and place, for errors), so that what it drops or shrinks is never all in memory."""
     for _ in range(_READ_ATTEMPTS):
         try:
             files = manifest_files(cache_root).live
             if not files:
-                return schema.empty_table()
+                return _empty(columns, convert)
             with ThreadPoolExecutor(min(_READ_THREADS, len(files))) as pool:
-                return pa.concat_tables(list(pool.map(lambda p: read_clips_file(p, columns), files)))
+                return pa.concat_tables(list(pool.map(lambda p: read_clips_file(p, columns, convert), files)))
         except FileNotFoundError as e:
             log.info("a clips file was removed by a compaction while being read (%s); listing them again", e)
     raise RuntimeError(f"{Path(cache_root) / CLIPS_DIR}: files kept vanishing while being read "
                        f"({_READ_ATTEMPTS} attempts); is something other than a compaction deleting them?")
+
+
+def _empty(columns: tuple[str, ...] | None, convert: Convert | None) -> pa.Table:
+    """What reading no row gives."""
+    empty = pa.schema([CLIPS_SCHEMA.field(c) for c in columns or CLIPS_SCHEMA.names]).empty_table()
+    return empty if convert is None else convert(empty, str)
 
 
 def _current_rows(table: pa.Table) -> pa.Table:

