@@ -387,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(("folder, parts", n, got))
                     compactions.append((n, prepared[case, n], run_child("compact", workdir, n, args.rows_per_part)))
                     shutil.copy(workdir / "hashes-before-the-rerun.parquet", hashes)
+                    shutil.rmtree(hashes.with_suffix(""))  # the additions the first plan wrote
                 got = run_child(f"plan-{case}", workdir, n, args.rows_per_part)
                 check(n, got)
                 rows.append((f"{case}, compacted", n, got))
