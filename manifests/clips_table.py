@@ -116,7 +116,8 @@ def manifest_files(cache_root: str | Path) -> ManifestFiles:
 def read_clips_file(path: Path, columns: tuple[str, ...] | None = None, convert: Convert | None = None) -> pa.Table:
     """One file of the clips table (see read_clips_table)."""
     # One open per file: the footer gives the schema, then only the asked columns are read.
-    with pq.ParquetFile(path) as f:
+    # pre_buffer reads every asked column chunk of the file at once: batch by batch it must not.
+    with pq.ParquetFile(path, pre_buffer=convert is None) as f:
         if not f.schema_arrow.equals(CLIPS_SCHEMA, check_metadata=False):
             raise ValueError(f"{path}: schema differs from the clips schema; got {f.schema_arrow}")
         names = None if columns is None else list(columns)

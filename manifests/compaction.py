@@ -171,10 +171,10 @@ class _SortedInput:
     """One file sorted by cache_key, read a batch at a time; `table` holds the rows not yet merged."""
 
     def __init__(self, path: Path, batch_rows: int):
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(path, pre_buffer=False)  # else the whole file is read ahead
         if not file.schema_arrow.equals(CLIPS_SCHEMA, check_metadata=False):
             raise ValueError(f"{path}: schema differs from the clips schema; got {file.schema_arrow}")
-        self.batches = file.iter_batches(batch_size=batch_rows)
+        self.batches = file.iter_batches(batch_size=batch_rows, use_threads=False)
         self.table = CLIPS_SCHEMA.empty_table()
         self.exhausted = False
 
@@ -246,6 +246,6 @@ def _merge(inputs: list[Path], out: Path, folds: list[str], drop: pa.Array, memo
 def _row_bytes(path: Path) -> int:
     """Bytes per row in memory of a file's first rows (the footer's sizes are of dictionary-encoded
     pages: the field specs, ~900 bytes a row in memory, are a few bytes a row there)."""
-    with pq.ParquetFile(path) as f:
+    with pq.ParquetFile(path, pre_buffer=False) as f:
         batch = next(f.iter_batches(batch_size=256), None)
     return max(1, batch.nbytes // batch.num_rows) if batch is not None and batch.num_rows else 1

@@ -23,7 +23,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,7 +62,7 @@ FOLD_EVERY = 8
 MAX_ADDITION_FILES = 32
 _STAT_THREADS = 8
 _STAT_CHUNK = 4096
-_WRITE_ROWS = 1 << 16
+_BATCH_ROWS = 1 << 16
 _KNOWN_SCHEMA = pa.schema([HASHES_SCHEMA.field("path"), HASHES_SCHEMA.field("size"),
                            HASHES_SCHEMA.field("mtime_ns"), pa.field("sha256", DIGEST, nullable=False)])
 
@@ -111,14 +111,14 @@ class ContentHashes:
     """sha256 of files by path, recomputed only when a file's size or mtime_ns changed.
 
     `hasher` reads a file and returns its hex sha256 (manifests.cache_key.file_sha256; tests pass a
-    counting one).
+    counting one). Nothing is held between calls: ten million entries are ~1.5 GB, so `identify` reads
+    them a batch at a time.
     """
 
     def __init__(self, path: Path | None = None, hasher: Callable[[str | Path], str] = file_sha256):
         self.path = path  # the entries file; its additions live in the folder beside it, named like it
         self._hasher = hasher
-        self._tables: list[pa.Table] | None = None  # the file's entries, then its additions: read when needed
-        self._new: dict[str, tuple[int, int, bytes]] = {}  # hashed since loading, by path
+        self._new: dict[str, tuple[int, int, bytes]] = {}  # hashed since the last save, by path
 
     @classmethod
     def of_cache(cls, cache_root: str | Path, hasher: Callable[[str | Path], str] = file_sha256) -> ContentHashes:
@@ -128,25 +128,29 @@ class ContentHashes:
     def additions_dir(self) -> Path:
         return self.path.with_suffix("")
 
-    def _known(self) -> list[pa.Table]:
-        """The remembered entries as tables sorted by path: the file's, then its additions' (newer)."""
-        if self._tables is None:
-            base = _read(self.path) if self.path is not None and self.path.exists() else _KNOWN_SCHEMA.empty_table()
-            added = [_read(p) for p in self._addition_files()]
-            self._tables = [base, _newest_per_path(added)]
-        return self._tables
-
     def _addition_files(self) -> list[Path]:
         if self.path is None or not self.additions_dir.is_dir():
             return []
         return sorted(p for p in self.additions_dir.glob("part-*.parquet") if not is_temporary(p))
+
+    def _known(self) -> Iterator[pa.Table]:
+        """The remembered entries (_KNOWN_SCHEMA), each table sorted by path: the file's a batch at a
+        time, then every addition's, then what was hashed since the last save."""
+        if self.path is not None and self.path.exists():
+            yield from _batches(self.path)
+        yield _newest_per_path([t for p in self._addition_files() for t in _batches(p)] + [self._new_table()])
+
+    def _new_table(self) -> pa.Table:
+        paths = sorted(self._new)
+        columns = list(zip(*(self._new[p] for p in paths))) or [(), (), ()]
+        return pa.table([paths, columns[0], columns[1], pa.array(columns[2], DIGEST)], schema=_KNOWN_SCHEMA)
 
     def identify(self, paths: pa.Array, stats: pa.Table) -> pa.Table:
         """Each file's sha256 or the reason its bytes cannot be read (IDENTITIES_SCHEMA), in the order
         of `paths` (absolute, as strings), given their `stats` (file_stats). Remembered hashes whose
         path, size and mtime_ns match are taken as they are; every other file is read."""
         n = len(paths)
-        # Sorted needles make the sorted search walk the table once (random ones: ~20x slower).
+        # Sorted needles make each sorted search walk its table once (random ones: ~20x slower).
         order = None if _is_sorted(paths) else pc.sort_indices(paths)
         if order is not None:
             paths, stats = paths.take(order), stats.take(order)
@@ -154,14 +158,18 @@ class ContentHashes:
         regular = stats["regular"].fill_null(False).to_numpy(zero_copy_only=False)
         hit, digests = np.zeros(n, bool), np.zeros((n, DIGEST_BYTES), np.uint8)
         for known in self._known():
-            if not known.num_rows:
+            if not known.num_rows or not n:
                 continue
-            at, listed = _positions(known["path"], paths)
+            # Only the paths between the table's first and last can be in it.
+            first = pc.search_sorted(paths, known["path"][0]).as_py()
+            end = pc.search_sorted(paths, known["path"][-1], side="right").as_py()
+            at, listed = _positions(known["path"], paths.slice(first, end - first))
             at = np.minimum(at, known.num_rows - 1)  # a path after the last one is not listed anyway
-            found = (listed & ~hit & regular & (known["size"].to_numpy()[at] == sizes)
-                     & (known["mtime_ns"].to_numpy()[at] == mtimes))
-            digests[found] = digest_bytes(known["sha256"])[at[found]]
-            hit |= found
+            rows = np.arange(first, end)
+            found = (listed & ~hit[rows] & regular[rows] & (known["size"].to_numpy()[at] == sizes[rows])
+                     & (known["mtime_ns"].to_numpy()[at] == mtimes[rows]))
+            digests[rows[found]] = digest_bytes(known["sha256"])[at[found]]
+            hit[rows[found]] = True
         readable = hit.copy()
         unread: dict[int, str] = {}  # row -> why its bytes could not be read
         misses = np.flatnonzero(~hit & stats["error"].is_null().to_numpy(zero_copy_only=False))
@@ -192,26 +200,49 @@ class ContentHashes:
         return identities
 
     def save(self) -> None:
-        """Remember the hashes computed since loading: as one more additions file (a rerun writes what
-        it hashed, not every entry again), or, once the additions hold more than 1/FOLD_EVERY of the
-        entries, folded with them into a new entries file (the newest entry of a path wins)."""
+        """Remember the hashes computed since the last save: as one more additions file (a rerun
+        writes what it hashed, not every entry again), or, once the additions hold more than
+        1/FOLD_EVERY of the entries, folded with them into a new entries file (the newest entry of a
+        path wins)."""
         if self.path is None or not self._new:
             return
-        paths = sorted(self._new)
-        sizes, mtimes, digests = zip(*(self._new[p] for p in paths))
-        new = pa.table([paths, sizes, mtimes, pa.array(digests, DIGEST)], schema=_KNOWN_SCHEMA)
-        base, added = self._known()
         additions = self._addition_files()
-        if (added.num_rows + new.num_rows) * FOLD_EVERY > base.num_rows or len(additions) >= MAX_ADDITION_FILES:
-            _write_merged(base, _newest_per_path([added, new]), self.path)
+        added = sum(_rows(p) for p in additions) + len(self._new)
+        if added * FOLD_EVERY > _rows(self.path) or len(additions) >= MAX_ADDITION_FILES:
+            _fold(self.path, _newest_per_path([t for p in additions for t in _batches(p)] + [self._new_table()]))
             for path in additions:  # folded: a kill before this leaves entries twice, which is harmless
                 path.unlink()
             if additions:
                 fsync_dir(self.additions_dir)
         else:
-            _write_merged(_KNOWN_SCHEMA.empty_table(), new,
-                          self.additions_dir / f"part-{time.time_ns()}-{secrets.token_hex(4)}.parquet")
-        self._tables, self._new = None, {}  # read again if asked again
+            _fold(self.additions_dir / f"part-{time.time_ns()}-{secrets.token_hex(4)}.parquet", self._new_table())
+        self._new = {}
+
+
+def _rows(path: Path) -> int:
+    """Entries in a hashes file; 0 if there is none or it is unreadable."""
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException):
+        return 0
+
+
+def _batches(path: Path) -> Iterator[pa.Table]:
+    """A hashes file's entries (_KNOWN_SCHEMA), a batch at a time, each sorted by path. An unreadable
+    file yields nothing (its videos are read again)."""
+    try:
+        with pq.ParquetFile(path, pre_buffer=False) as file:  # else the whole file is read ahead
+            if not file.schema_arrow.equals(HASHES_SCHEMA, check_metadata=False):
+                raise ValueError(f"schema {file.schema_arrow} differs from {HASHES_SCHEMA}")
+            offset = 0
+            for batch in file.iter_batches(batch_size=_BATCH_ROWS):
+                sha = digests_of_hex(batch.column(3), lambda row: f"{path}: row {offset + row}: field 'sha256'")
+                table = pa.Table.from_batches([batch]).set_column(3, _KNOWN_SCHEMA.field("sha256"), sha)
+                offset += batch.num_rows
+                # A file of an older version is in no order: each batch is sorted as it comes.
+                yield table if _is_sorted(table["path"]) else table.sort_by("path").combine_chunks()
+    except (OSError, ValueError, pa.ArrowException) as e:
+        log.warning("%s: unreadable content-hash cache, its videos will be re-hashed (%s)", path, e)
 
 
 def _newest_per_path(tables: list[pa.Table]) -> pa.Table:
@@ -225,28 +256,27 @@ def _newest_per_path(tables: list[pa.Table]) -> pa.Table:
     return rows.combine_chunks()
 
 
-def _write_merged(base: pa.Table, extra: pa.Table, path: Path) -> None:
-    """Write base's entries (sorted by path) with `extra` (sorted, unique paths, replacing base's
-    entries of the same paths) to `path`, sorted by path, atomically. Streams: the entries are never
-    all copied at once (ten million are ~1.2 GB)."""
-    # Where each extra entry goes among the kept base ones: a merge of two sorted tables as a row order.
-    kept = np.arange(base.num_rows)
-    inserted = np.zeros(extra.num_rows, np.int64)
-    if base.num_rows:
-        at, listed = _positions(base["path"], extra["path"])
-        kept = np.delete(kept, at[listed])
-        inserted = np.searchsorted(kept, at)  # kept entries before each extra one
-    order = np.empty(len(kept) + extra.num_rows, np.int64)
-    order[inserted + np.arange(extra.num_rows)] = base.num_rows + np.arange(extra.num_rows)
-    order[np.arange(len(kept)) + np.searchsorted(inserted, np.arange(len(kept)), side="right")] = kept
-    rows = pa.concat_tables([base, extra])
+def _fold(path: Path, extra: pa.Table) -> None:
+    """Rewrite the hashes file `path` (or write it) with the entries of `extra` (sorted, one per path)
+    in place of its own entries of those paths, sorted by path, atomically. Streams the file: its
+    entries are never all in memory."""
+    extra_paths = extra["path"].combine_chunks()
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = temporary_path(path)
+
+    def write(writer, table: pa.Table) -> None:
+        writer.write_table(table.set_column(3, HASHES_SCHEMA.field("sha256"), hex_digests(table["sha256"])))
+
     try:
         with pq.ParquetWriter(temp, HASHES_SCHEMA) as writer:
-            for start in range(0, len(order), _WRITE_ROWS):
-                chunk = rows.take(order[start:start + _WRITE_ROWS])
-                writer.write_table(chunk.set_column(3, HASHES_SCHEMA.field("sha256"), hex_digests(chunk["sha256"])))
+            placed = 0  # entries of extra written so far
+            for table in _batches(path) if path.exists() else ():
+                kept = table.filter(pc.invert(pc.is_in(table["path"], value_set=extra_paths)))
+                # The extra entries up to this batch's last path go with it.
+                upto = max(placed, pc.search_sorted(extra_paths, table["path"][-1], side="right").as_py())
+                write(writer, pa.concat_tables([kept, extra.slice(placed, upto - placed)]).sort_by("path"))
+                placed = upto
+            write(writer, extra.slice(placed))
         commit_temporary(temp, path, replace=True)
     finally:
         temp.unlink(missing_ok=True)
@@ -262,24 +292,3 @@ def _positions(sorted_paths: pa.ChunkedArray, paths: pa.Array) -> tuple[np.ndarr
 
 def _is_sorted(strings: pa.Array) -> bool:
     return len(strings) < 2 or pc.all(pc.less_equal(strings.slice(0, len(strings) - 1), strings.slice(1))).as_py()
-
-
-def _read(path: Path) -> pa.Table:
-    try:
-        file = pq.ParquetFile(path)
-        if not file.schema_arrow.equals(HASHES_SCHEMA, check_metadata=False):
-            raise ValueError(f"schema {file.schema_arrow} differs from {HASHES_SCHEMA}")
-        table = file.read(columns=["path", "size", "mtime_ns"])
-        # The hex column a batch at a time: never all of it as text at once.
-        sha, offset = [], 0
-        for batch in file.iter_batches(columns=["sha256"]):
-            sha.append(digests_of_hex(batch.column(0), lambda row: f"{path}: row {offset + row}: field 'sha256'"))
-            offset += batch.num_rows
-    except (OSError, ValueError, pa.ArrowException) as e:
-        log.warning("%s: unreadable content-hash cache, its videos will be re-hashed (%s)", path, e)
-        return _KNOWN_SCHEMA.empty_table()
-    table = table.append_column(_KNOWN_SCHEMA.field("sha256"), pa.chunked_array(sha, DIGEST).combine_chunks())
-    if not _is_sorted(table["path"]):  # written by an older version, in no order
-        table = table.sort_by("path")
-        table = table.set_column(3, _KNOWN_SCHEMA.field("sha256"), table["sha256"].combine_chunks())
-    return table

@@ -21,6 +21,7 @@ from manifests.schemas import CLIP_REQUESTS_SCHEMA
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
+_CLIP_ID_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,19 @@ def keyed_requests(paths: pa.Array, identities: pa.Table, root: Path, sampling: 
     it), "-", the key's first 8 hex characters; string kernels, not a Path per video."""
     keys = cache_keys(identities["video_sha256"].combine_chunks(), paths, sampling, teacher_id, output_spec)
     prefix = os.path.join(os.fspath(root.resolve()), "")
-    under = pc.starts_with(paths, prefix)
-    relative = pc.utf8_slice_codeunits(paths, len(prefix))
-    if not pc.all(under).as_py():  # a video outside root (named by a samples table): its file name
-        relative = pc.if_else(under, relative, pc.replace_substring_regex(paths, r"^.*/", ""))
-    stem = pc.replace_substring_regex(relative, r"([^/.])\.[^./]*$", r"\1")
-    clip_ids = pc.binary_join_element_wise(stem, hex_digests(keys, 4), "-")
-    return pa.table([paths, clip_ids, identities["video_sha256"], identities["read_error"], keys],
+
+    def clip_ids(start: int) -> pa.Array:
+        # A chunk at a time: the intermediate strings of ten million would be ~1 GB.
+        chunk = paths.slice(start, _CLIP_ID_CHUNK)
+        under = pc.starts_with(chunk, prefix)
+        relative = pc.utf8_slice_codeunits(chunk, len(prefix))
+        if not pc.all(under).as_py():  # a video outside root (named by a samples table): its file name
+            relative = pc.if_else(under, relative, pc.replace_substring_regex(chunk, r"^.*/", ""))
+        stem = pc.replace_substring_regex(relative, r"([^/.])\.[^./]*$", r"\1")
+        return pc.binary_join_element_wise(stem, hex_digests(keys.slice(start, _CLIP_ID_CHUNK), 4), "-")
+
+    ids = pa.chunked_array([clip_ids(start) for start in range(0, len(paths), _CLIP_ID_CHUNK)], pa.string())
+    return pa.table([paths, ids, identities["video_sha256"], identities["read_error"], keys],
                     schema=CLIP_REQUESTS_SCHEMA)
 
 

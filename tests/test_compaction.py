@@ -101,7 +101,7 @@ def test_too_few_parts_or_nothing_new_leave_the_table_as_it_is(tmp_path):
 
 
 def test_parts_written_since_are_read_after_and_compacted_sizes_double_going_back(tmp_path):
-    first, second, third = make_rows(100, 100), make_rows(30, 50, start=100), make_rows(80, 60, start=130)
+    first, second, third = make_rows(100, 100), make_rows(30, 50, start=100), make_rows(70, 60, start=130)
     write_parts(tmp_path, first, per_part=10, prefix="a")
     compact_clips(tmp_path)
     write_parts(tmp_path, second, per_part=10, prefix="b")
@@ -112,8 +112,8 @@ def test_parts_written_since_are_read_after_and_compacted_sizes_double_going_bac
     assert view(tmp_path) == as_view(by_key(first) + by_key(second))
     write_parts(tmp_path, third, per_part=10, prefix="c")
     c3 = compact_clips(tmp_path)
-    # 80 new rows take the 30-row file (30 <= 80), then the 100-row one (100 <= 110).
-    assert c3.folded[:2] == ("compacted-00000001.parquet", "compacted-00000002.parquet") and c3.rows == 210
+    # 70 new rows take the 30-row file (30 <= 70), then the 100-row one (100 <= 100).
+    assert c3.folded[:2] == ("compacted-00000001.parquet", "compacted-00000002.parquet") and c3.rows == 200
     assert listing(tmp_path) == ["compacted-00000003.parquet"]
     assert view(tmp_path) == as_view(by_key(by_key(first) + by_key(second) + third))
 
