@@ -53,7 +53,8 @@ def missing_clips(requests: pa.Table, cache_root: str | Path, retry_failed: bool
             keys = keys.filter(pc.equal(rows["status"], CLIP_OK))
         return pa.table({"cache_key": keys})
 
-    done = read_clips_table(cache_root, ("cache_key", "status"), convert=done_keys)["cache_key"].combine_chunks()
+    columns = ("cache_key", "status") if retry_failed else ("cache_key",)
+    done = read_clips_table(cache_root, columns, convert=done_keys)["cache_key"].combine_chunks()
     requests = unique_clips(requests)
     return requests.filter(pa.array(~contains(done, requests["cache_key"])))
 

@@ -114,8 +114,9 @@ def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], st
         if len(rows) > 1:  # sorted, so a repeat follows its first
             repeat = pc.and_(pc.equal(ranks.slice(1), ranks.slice(0, len(rows) - 1)),
                              pc.equal(names.slice(1), names.slice(0, len(rows) - 1))).to_numpy(zero_copy_only=False)
-            first = pa.array(np.append(True, ~repeat))
-            rows, ranks, names = rows.filter(first), ranks.filter(first), names.filter(first)
+            if repeat.any():
+                first = pa.array(np.append(True, ~repeat))
+                rows, ranks, names = rows.filter(first), ranks.filter(first), names.filter(first)
     links = []
     for rank, real in enumerate(real_folders):
         try:
