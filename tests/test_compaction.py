@@ -246,3 +246,23 @@ def test_the_job_compacts_its_parts_at_its_end(synthetic_set, ray_session, tmp_p
     assert len(rows) == 2
     for row in rows.values():
         read_cached_clip(cache, row, ["depth"])  # the shard is there and its checksums hold
+
+
+def test_a_reader_that_listed_the_files_just_before_a_compaction_lists_them_again(tmp_path, monkeypatch):
+    """The race of a reader (not under the cache lock: a trainer, the inspect CLI) with a compaction
+    that removes the parts it listed: the read starts over and sees the compacted file, each row once."""
+    import manifests.clips_table as clips_table
+
+    rows = make_rows(60, distinct=60)
+    write_parts(tmp_path, rows, per_part=20)
+    stale = clips_table.manifest_files(tmp_path)  # listed ...
+    compact_clips(tmp_path)  # ... then the parts were folded and removed
+    listings = []
+
+    def listed_before_then_now(root):
+        listings.append(root)
+        return stale if len(listings) == 1 else real_listing(root)
+
+    real_listing = clips_table.manifest_files
+    monkeypatch.setattr(clips_table, "manifest_files", listed_before_then_now)
+    assert view(tmp_path) == as_view(by_key(rows)) and len(listings) == 2

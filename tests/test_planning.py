@@ -96,8 +96,12 @@ def test_changed_bytes_under_the_same_path_are_re_read(tmp_path):
     same_size.write_bytes(same_size.read_bytes().upper())  # same size, new bytes
     os.utime(same_size, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a coarse clock must not hide it
     longer.write_bytes(longer.read_bytes() + b"!")
+    same_time = videos / "v2.mp4"  # new size, mtime put back: the size alone must tell
+    stat = same_time.stat()
+    same_time.write_bytes(same_time.read_bytes() * 2)
+    os.utime(same_time, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     after, read = requests_of(videos, cache)
-    changed = {str(same_size), str(longer)}
+    changed = {str(same_size), str(longer), str(same_time)}
     assert sorted(read) == sorted(changed)
     for r in after:
         assert (r.cache_key != before[r.video_uri].cache_key) == (r.video_uri in changed)
