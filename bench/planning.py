@@ -204,7 +204,7 @@ def setup_table(workdir: Path, n: int) -> dict:
     import pyarrow.parquet as pq
 
     from manifests.cache_key import DIGEST, hex_digests
-    from manifests.clips_table import CLIPS_DIR, FOLDS_KEY
+    from manifests.clips_table import CLIPS_DIR, folds_metadata
     from manifests.compaction import ROW_GROUP_ROWS
     from manifests.content_hash import HASHES_FILE, HASHES_SCHEMA, IDENTITIES_SCHEMA
     from manifests.schemas import CLIPS_SCHEMA
@@ -233,10 +233,10 @@ def setup_table(workdir: Path, n: int) -> dict:
     requests = requests.take(pc.sort_indices(hex_digests(requests["cache_key"].combine_chunks())))
     compacted = cache / CLIPS_DIR / "compacted-00000001.parquet"
     compacted.parent.mkdir(parents=True)
-    schema = CLIPS_SCHEMA.with_metadata({FOLDS_KEY: b"[]"})
-    with pq.ParquetWriter(compacted, schema) as writer:
+    with pq.ParquetWriter(compacted, CLIPS_SCHEMA) as writer:
         for table in clips_rows(requests, spec_json, stored, sampling, 8):
             writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        writer.add_key_value_metadata(folds_metadata([]))
     return {"cold_hash_s": float("nan"), "parts": 0, "manifest_mb": dir_mb(compacted.parent)}
 
 

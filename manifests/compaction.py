@@ -12,7 +12,7 @@ One compaction, under the cache lock with no shard writer alive:
    is merged so far, so each compacted file holds at least twice the rows of the next newer one and a
    table of N rows has about log2(N / rows per compaction) of them;
 4. merge the runs and those files, streaming, into compacted-<n>.parquet; its footer names every file
-   it folds (manifests/clips_table.py: FOLDS_KEY);
+   it folds (manifests/clips_table.py: folds_metadata);
 5. commit it by a rename (the one atomic step), then remove the files it folds.
 A kill before 5 leaves only temporaries, a kill after it leaves folded files that readers skip: either
 way every row is seen exactly once. Rows are kept as they are (history included), in their table
@@ -20,7 +20,6 @@ order among equal keys, except the rows of `drop_keys`: the way a repair marks c
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Collection, Iterator
@@ -33,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from manifests.clips_table import (CLIPS_DIR, COMPACTED_PREFIX, FOLDS_KEY, compacted_sequence, is_compacted,
+from manifests.clips_table import (CLIPS_DIR, COMPACTED_PREFIX, compacted_sequence, folds_metadata, is_compacted,
                                    manifest_files, read_clips_file)
 from manifests.schemas import CLIPS_SCHEMA
 from shards.atomic import commit_temporary, fsync_dir, remove_temporaries, temporary_path
@@ -184,7 +183,7 @@ class _SortedInput:
         if batch is None:
             self.exhausted = True
         else:
-            self.table = pa.concat_tables([self.table, pa.Table.from_batches([batch]).replace_schema_metadata()])
+            self.table = pa.concat_tables([self.table, pa.Table.from_batches([batch])])
 
     def last_key(self) -> str:
         return self.table["cache_key"][-1].as_py()
@@ -202,11 +201,10 @@ def _merge(inputs: list[Path], out: Path, folds: list[str], drop: pa.Array, memo
     row_bytes = max((_row_bytes(p) for p in inputs), default=1)
     batch_rows = max(64, memory_bytes // (2 * row_bytes * max(len(inputs), 1)))
     sources = [_SortedInput(p, batch_rows) for p in inputs]
-    schema = CLIPS_SCHEMA.with_metadata({FOLDS_KEY: json.dumps(folds).encode()})
     written = dropped = 0
     pending: list[pa.Table] = []
     total = sum(_rows(p) for p in inputs)
-    with pq.ParquetWriter(out, schema) as writer, tqdm(total=total, desc="compact: merge", unit="row",
+    with pq.ParquetWriter(out, CLIPS_SCHEMA) as writer, tqdm(total=total, desc="compact: merge", unit="row",
                                                        disable=total < 1_000_000) as bar:
         def write(final: bool) -> None:
             nonlocal pending
@@ -240,6 +238,7 @@ def _merge(inputs: list[Path], out: Path, folds: list[str], drop: pa.Array, memo
             if bound is None:
                 break
         write(final=True)
+        writer.add_key_value_metadata(folds_metadata(folds))  # the footer's own entry: not in the rows' schema
     return written, dropped
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, copy_scenes
-from manifests.clips_table import CLIPS_DIR, FOLDS_KEY, current_clips, read_clips_table, write_clips_part
+from manifests.clips_table import CLIPS_DIR, current_clips, folded_names, read_clips_table, write_clips_part
 from manifests.compaction import compact_clips, drop_clips
 from pipeline.cache_dir import CacheDir
 from pipeline.compact import main as compact_main
@@ -88,7 +87,7 @@ def test_parts_fold_into_one_sorted_file_that_stock_readers_open(tmp_path):
     assert current_clips(read_clips_table(tmp_path)) == current_clips(before)
     stock = pq.read_table(result.path)  # a stock reader of the file alone
     assert stock["clip_id"].to_pylist() == [r["clip_id"] for r in by_key(rows)]
-    assert sorted(json.loads(pq.read_metadata(result.path).metadata[FOLDS_KEY])) == parts
+    assert sorted(folded_names(result.path)) == parts
 
 
 def test_too_few_parts_or_nothing_new_leave_the_table_as_it_is(tmp_path):
