@@ -30,7 +30,7 @@ venv:
 demo format="zarr": venv
     {{py}} -m pipeline.synthetic.dataset --out {{data}}/sample --scenes 8 --seed 0
     {{py}} pipeline/cache_teacher.py --config configs/demo.yaml --format {{format}} --out {{data}}/cache-{{format}}
-    {{py}} -m pipeline.inspect {{data}}/cache-{{format}} --pictures 3
+    {{py}} -m student.inspect_cache {{data}}/cache-{{format}} --pictures 3
     @echo "cache: {{data}}/cache-{{format}} (summary.json, manifests/, shards/{{format}}/, pictures/)"
     {{py}} -m student.tiny --adapter qwen2_5_vl --out {{data}}/tiny-qwen2_5_vl
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 {{venv}}/bin/deepspeed --num_gpus 2 student/train.py \
@@ -51,11 +51,19 @@ ablation seeds="0 1 2": venv
 test *args: venv
     HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 {{py}} -m pytest {{args}}
 
+# Mutation testing (mutmut) of the named modules, each against the tests mapped to it in
+# tests/mutants.py (default: every mapped module); prints each surviving mutant's diff and the counts.
+# Minutes per module; not part of `just test` or CI.
+mutants *modules: venv
+    {{py}} -c "import mutmut" 2>/dev/null || {{py}} -m pip install -q -e '.[test,mutation]' 2>&1 | grep -v "is ignored" || true
+    OMP_NUM_THREADS=1 {{py}} tests/mutants.py {{modules}}
+
 # Benchmarks (print figures; never part of the tests).
 bench: venv
     {{py}} bench/storage.py
     {{py}} bench/fidelity.py
     {{py}} bench/planning.py
+    {{py}} bench/preflight.py
     {{py}} bench/throughput.py
     {{py}} bench/l4p_teacher.py
     {{py}} bench/loader.py

@@ -1,12 +1,15 @@
-"""The L4P teacher: what the full model costs per window and stores per clip (computed from the
-config, not hard-coded), and how fast l4p-tiny runs on this CPU next to the machine's matmul rate.
+"""The L4P teacher: what the full model holds and costs per window (computed from the config, not
+hard-coded) beside the released model's figures, what a clip stores, and how fast l4p-tiny runs on this
+CPU next to the machine's matmul rate.
 
   python bench/l4p_teacher.py [--repeats 5] [--batch 1]
 
-Read it as: FLOPs table = the work a GPU does per 16-frame window (encoder up to the last hook, every
-head); bytes table = what one 16-frame clip stores at the default precision; l4p-tiny clips/s = a
-test-size model, useful only to compare runs of this machine; GFLOP/s beside the matmul limit says
-how far the tiny model's many small ops are from the CPU's peak.
+Read it as: the heads table = parameters and FLOPs of each DPT head for one 16-frame window, counted
+three ways (the analytic dpt_flops, torch's FlopCounterMode over a meta-device forward of our module,
+and the released model's figure, tests/data/l4p_head_cost.md) with the ratio to the released figure;
+bytes table = what one 16-frame clip stores at the default precision; l4p-tiny clips/s = a test-size
+model, useful only to compare runs of this machine; GFLOP/s beside the matmul limit says how far the
+tiny model's many small ops are from the CPU's peak.
 """
 from __future__ import annotations
 
@@ -20,28 +23,67 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.conditions import median, print_conditions  # noqa: E402
-from pipeline.config import TeacherConfig, default_storage  # noqa: E402
-from pipeline.teachers.base import TeacherInput, output_shapes  # noqa: E402
+from pipeline.config import TeacherConfig  # noqa: E402
+from pipeline.teachers.base import TeacherInput  # noqa: E402
 from pipeline.teachers.l4p.config import FULL, TASKS, TINY  # noqa: E402
-from pipeline.teachers.l4p.dpt import dpt_flops  # noqa: E402
-from pipeline.teachers.l4p.encoder import encoder_flops  # noqa: E402
+from pipeline.teachers.l4p.dpt import DPTHead, dpt_flops  # noqa: E402
+from pipeline.teachers.l4p import model  # noqa: E402
+from pipeline.teachers.l4p.encoder import VideoEncoder, encoder_flops  # noqa: E402
 from pipeline.teachers.registry import build_teacher  # noqa: E402
+from shards.teacher_fields import default_storage, teacher_shapes  # noqa: E402
+
+# The released model (NVlabs/L4P 8701a4b, configs/model.yaml) per head: (unique parameters, FLOPs per
+# 16-frame window), measured on the official modules with FlopCounterMode (tests/data/l4p_head_cost.md).
+RELEASED_HEADS = {
+    "depth": (85_845_889, 2.8386e12),
+    "flow_2d_backward": (85_846_018, 2.8388e12),
+    "dyn_mask": (85_845_889, 2.8386e12),
+    "camray": (82_307_590, 0.2690e12),
+}
+RELEASED_ENCODER = (1_011_610_752, 4.5777e12)  # parameters, FLOPs through hook 36
 
 
 def window_flops(config) -> dict[str, float]:
-    flops = {"encoder (to last hook)": encoder_flops(config, config.hooks)}
-    for task in TASKS:
-        flops[f"head {task}"] = dpt_flops(config, config.task_channels[task], config.task_size[task])
+    parts = model.window_flops(config)
+    flops = {"encoder (to last hook)": parts.pop("encoder"), **{f"head {task}": f for task, f in parts.items()}}
     flops["total"] = sum(flops.values())
     return flops
 
 
 def clip_bytes(num_frames: int = 16) -> dict[str, int]:
     storage = default_storage()
-    shapes = output_shapes(num_frames, len(FULL.hooks), FULL.embed_dim)
+    shapes = teacher_shapes(num_frames, len(FULL.hooks), FULL.embed_dim)
     return {name: int(np.prod(shape)) * np.dtype(storage[name].dtype).itemsize for name, shape in shapes.items()}
+
+
+def counted_head(task: str) -> tuple[int, float]:
+    """(parameters, FlopCounterMode FLOPs) of the FULL head, built and run on the meta device."""
+    with torch.device("meta"):
+        head = DPTHead(FULL, FULL.heads[task])
+        taps = [torch.empty(1, FULL.num_tokens, FULL.embed_dim) for _ in FULL.hooks]
+        with FlopCounterMode(display=False) as counter:
+            head(taps)
+    return sum(p.numel() for p in head.parameters()), counter.get_total_flops()
+
+
+def print_heads() -> None:
+    print("\n-- FULL DPT heads per 16-frame window: ours vs the released model (tests/data/l4p_head_cost.md)")
+    print(f"{'head':18} {'params':>13} {'released':>13} {'ratio':>7} {'dpt_flops T':>12} {'counted T':>10} "
+          f"{'released T':>11} {'ratio':>7}")
+    for task in TASKS:
+        params, counted = counted_head(task)
+        analytic = dpt_flops(FULL, FULL.heads[task])
+        ref_params, ref_flops = RELEASED_HEADS[task]
+        print(f"{task:18} {params:13,d} {ref_params:13,d} {params / ref_params:7.4f} {analytic / 1e12:12.4f} "
+              f"{counted / 1e12:10.4f} {ref_flops / 1e12:11.4f} {analytic / ref_flops:7.4f}")
+    with torch.device("meta"):
+        params = sum(p.numel() for p in VideoEncoder(FULL).parameters())
+    flops = encoder_flops(FULL, FULL.hooks)
+    print(f"{'encoder (hook 36)':18} {params:13,d} {RELEASED_ENCODER[0]:13,d} {params / RELEASED_ENCODER[0]:7.4f} "
+          f"{flops / 1e12:12.4f} {'':>10} {RELEASED_ENCODER[1] / 1e12:11.4f} {flops / RELEASED_ENCODER[1]:7.4f}")
 
 
 def matmul_gflops(seconds: float = 1.0) -> float:
@@ -67,14 +109,13 @@ def main() -> None:
     full, tiny = window_flops(FULL), window_flops(TINY)
     for part in full:
         print(f"{part:28} {full[part] / 1e12:11.3f} {tiny[part] / 1e9:11.3f}")
-    print(f"(L4P.md: encoder ~5.1 TFLOP through all 40 blocks = {encoder_flops(FULL) / 1e12:.3f} here; "
-          "~2.8 TFLOP per head: the inferred DPT resamplers come out lower, see dpt.py)")
+    print_heads()
 
     print("\n-- bytes per 16-frame clip at FULL shapes, default storage dtypes (before compression)")
     sizes = clip_bytes()
     for name, n in sizes.items():
         print(f"{name:10} {n / 1e6:8.3f} MB")
-    print(f"{'total':10} {sum(sizes.values()) / 1e6:8.3f} MB  (L4P.md: ~29.5 MB in fp16)")
+    print(f"{'total':10} {sum(sizes.values()) / 1e6:8.3f} MB  (all five fields in fp16: 29.5 MB)")
 
     teacher = build_teacher(TeacherConfig(name="l4p-tiny"))
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ the next repetition; medians over --repeats):
                rate = clips in the cache / seconds, i.e. what a loader would reach if decoding, checking
                and collating were free. Each sample of the loader reads one whole clip, so the limit in
                samples/s is the same number.
-  read+decode  student.loader.ClipReader + build_sample over the first --samples samples of epoch 0's
+  read+decode  shards.cache_reader.ClipReader + student.loader.build_sample over the first --samples samples of epoch 0's
                order (StudentLoader.epoch_batches: mixture, shard groups, shuffle buffer, 1 rank),
                every field the default student's losses need (latents + the four maps) plus frames and
                timestamps, decoded to float32 and checksum-verified, as a loader worker does. A fresh
@@ -51,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.caches import BENCH_DATA, describe_specs, ensure_cache  # noqa: E402
 from bench.conditions import median, print_conditions  # noqa: E402
+from shards.teacher_fields import CLIP_FIELDS  # noqa: E402
 
 SCENE_SIZE = (320, 240)
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
@@ -130,10 +131,11 @@ class Subject:
         return seconds
 
     def read_decode(self) -> float:
-        from student.loader import ClipReader, build_sample
+        from shards.cache_reader import ClipReader
+        from student.loader import build_sample
 
         start = time.perf_counter()
-        reader = ClipReader(self.index.root, self.fields)
+        reader = ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields))
         for i in self.order:
             sample = build_sample(self.index.records[i], reader, self.index.root)
             if set(sample["targets"]) != set(self.fields):
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     clips_touched = len({first.index.records[i].clip["cache_key"] for i in first.order})
     print(f"sizes: {args.samples} samples per pass (epoch 0 order: {clips_touched} distinct clips, each sample reads "
           f"and decodes its clip whole), loader batches of {args.batch_size}, student video {args.video_size}x{args.video_size}, "
-          f"fields read {('frames', 'timestamps', *first.fields)}; {args.repeats} repetitions alternated per state "
+          f"fields read {(*CLIP_FIELDS, *first.fields)}; {args.repeats} repetitions alternated per state "
           f"({' -> '.join(f'{f}: raw, read+decode, loader' for f in formats)})")
 
     results = {(st, fmt, kind): [] for st in states for fmt in formats for kind in ("raw", "decode", "loader")}

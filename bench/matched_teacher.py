@@ -22,17 +22,17 @@ import torch
 
 from bench.storage import realistic_latents, realistic_maps
 from pipeline.config import TeacherConfig
-from pipeline.teachers.base import (
-    INPUT_SIZE, L4P_DIM, L4P_HOOKS, PATCH, TUBELET, Teacher, TeacherIdentity, TeacherInput, hash_id, output_shapes,
+from pipeline.teachers.base import Teacher, TeacherIdentity, TeacherInput, hash_id
+from shards.teacher_fields import (
+    INPUT_SIZE, L4P_DIM, L4P_HOOKS, MAP_SIZE, PATCH, TOKENS_PER_WINDOW, TUBELET, WINDOW, teacher_shapes,
 )
 
 PATCH_DIM = TUBELET * PATCH * PATCH * 3  # 1176 values per token, as L4P's patch embedding sees them
-TOKENS = 2048  # per 16-frame window
 
 
 def matmul_flops(blocks: int) -> float:
     """FLOP of one clip: the patch embedding then `blocks` 1408 x 1408 matmuls on 2048 tokens."""
-    return 2 * TOKENS * PATCH_DIM * L4P_DIM + blocks * 2 * TOKENS * L4P_DIM * L4P_DIM
+    return 2 * TOKENS_PER_WINDOW * PATCH_DIM * L4P_DIM + blocks * 2 * TOKENS_PER_WINDOW * L4P_DIM * L4P_DIM
 
 
 def blocks_for(gflop: float) -> int:
@@ -51,7 +51,7 @@ class MatchedTeacher(Teacher):
         return TeacherIdentity(
             teacher_id=hash_id("bench-matched", {"blocks": blocks_for(cls.gflop_per_clip), "seed": config.seed}),
             input_size=INPUT_SIZE,
-            shapes=output_shapes(num_frames, len(L4P_HOOKS), L4P_DIM),
+            shapes=teacher_shapes(num_frames),
         )
 
     def __init__(self, config: TeacherConfig):
@@ -66,8 +66,8 @@ class MatchedTeacher(Teacher):
         self.hook_blocks = set(np.linspace(0, self.blocks - 1, len(L4P_HOOKS)).round().astype(int).tolist())
         # Built once: values whose encoding and compression cost what real outputs cost; each clip's
         # latents add its own hooked activations, so no two clips store the same bytes.
-        self.latents = realistic_latents((len(L4P_HOOKS), TOKENS, L4P_DIM), rng)
-        self.maps = realistic_maps(16, INPUT_SIZE[0], rng)
+        self.latents = realistic_latents((len(L4P_HOOKS), TOKENS_PER_WINDOW, L4P_DIM), rng)
+        self.maps = realistic_maps(WINDOW, MAP_SIZE, rng)
 
     @torch.inference_mode()
     def predict(self, clips: list[TeacherInput]) -> list[dict[str, np.ndarray]]:

@@ -17,7 +17,7 @@ latents come from two sources:
              structured by construction. Shown only so nobody quotes their compression by mistake.
 
 Storage variants:
-  default         pipeline.config.default_storage() via pipeline.runner.field_specs (what the job writes)
+  default         shards.teacher_fields.default_storage() via pipeline.runner.field_specs (what the job writes)
   all compressed  every field zstd-3 in Zarr; in WebDataset every compressing codec becomes gzip-3
   all raw         every field uncompressed (same dtypes)
 
@@ -51,18 +51,17 @@ from pipeline.config import JobConfig, TeacherConfig  # noqa: E402
 from pipeline.runner import field_specs  # noqa: E402
 from pipeline.sampling import SamplingConfig  # noqa: E402
 from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset, scene_name  # noqa: E402
-from pipeline.teachers.base import INPUT_SIZE, TeacherInput  # noqa: E402
+from pipeline.teachers.base import TeacherInput  # noqa: E402
 from pipeline.teachers.oracle import OracleTeacher  # noqa: E402
 from pipeline.video_reader import read_clip, resize_frames  # noqa: E402
 from shards.codecs import SIDE_SEPARATOR, encode_arrays  # noqa: E402
 from shards.formats import FORMATS, open_writer, shard_filename  # noqa: E402
 from shards.integrity import array_checksum  # noqa: E402
 from shards.schema import FieldSpec  # noqa: E402
+from shards.teacher_fields import DENSE_MAPS, INPUT_SIZE, TEACHER_FIELDS  # noqa: E402
 
 NUM_FRAMES = 16
 SCENE_SIZE = (320, 240)  # width, height
-TEACHER_FIELDS = ("latents", "depth", "flow", "dyn_mask", "camray")
-MAPS = ("depth", "flow", "dyn_mask")
 LATENT_SOURCES = ("realistic", "oracle")
 T_DOF = 5
 OUTLIER_CHANNELS = 6
@@ -105,8 +104,9 @@ def smooth_field(shape: tuple[int, int, int], cells: tuple[int, int, int], rng: 
 
 def realistic_maps(num_frames: int, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A network-like depth / flow / dyn_mask / camray of one clip (float32), not easier than real:
-    smooth backgrounds with moving objects (discontinuities), soft motion probabilities, and
-    per-pixel noise of 0.5 % (depth) / 0.02 px (flow) that leaves no low bit constant.
+    smooth backgrounds with moving objects (discontinuities), soft motion logits (what L4P's head
+    gives), and per-pixel noise of 0.5 % (depth) / 0.02 px (flow) / 0.05 (logit) that leaves no low
+    bit constant; camray unit directions.
     """
     shape = (num_frames, size, size)
     cells = (num_frames // 4 + 2, 9, 9)
@@ -127,12 +127,12 @@ def realistic_maps(num_frames: int, size: int, rng: np.random.Generator) -> dict
         logit = np.maximum(logit, -dist / 1.5)
     depth = np.exp(log_depth) * (1 + 0.005 * rng.standard_normal(shape))
     flow = flow + 0.02 * rng.standard_normal(flow.shape)
-    dyn_mask = 1 / (1 + np.exp(-logit))
+    logit = logit + 0.05 * rng.standard_normal(shape)
     rays = rng.standard_normal((1, 3, 16, 16, 16))
     rays /= np.linalg.norm(rays, axis=1, keepdims=True)
     moments = np.cross(rng.standard_normal((1, 16, 16, 16, 3)), rays.transpose(0, 2, 3, 4, 1)).transpose(0, 4, 1, 2, 3)
     return {"depth": depth.astype(np.float32), "flow": flow.astype(np.float32),
-            "dyn_mask": dyn_mask.astype(np.float32), "camray": np.concatenate([rays, moments], 1).astype(np.float32)}
+            "dyn_mask": logit.astype(np.float32), "camray": np.concatenate([rays, moments], 1).astype(np.float32)}
 
 
 def make_clips(data_dir: Path, num_clips: int, specs: list[FieldSpec]) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -320,16 +320,16 @@ def print_sizes(specs: list[FieldSpec], sizes: dict, num_clips: int, clip_raw: i
     for source in LATENT_SOURCES:
         cells = "".join(cell(sum(sizes[(v, source, f)].values()) / num_clips, clip_raw) for v, f in columns)
         print(f"{'TOTAL [' + source + ']':<22}{amount(clip_raw):>9} |{cells}")
-    # The maps are exact ground truth of simple scenes (dyn_mask exactly 0/1): their ratios are upper
+    # The maps are exact ground truth of simple scenes (dyn_mask two logits, +-10): their ratios are upper
     # bounds, so bracket the realistic total with the maps counted at their raw size.
     cells = "".join(cell(sum(sizes[(v, "realistic", f)].values()) / num_clips
-                         + sum(raw[m] - sizes[(v, "realistic", f)][m] / num_clips for m in MAPS), clip_raw)
+                         + sum(raw[m] - sizes[(v, "realistic", f)][m] / num_clips for m in DENSE_MAPS), clip_raw)
                     for v, f in columns)
     print(f"{'TOTAL bound (maps raw)':<22}{amount(clip_raw):>9} |{cells}")
     print("(Zarr 'all compressed' = zstd-3; WebDataset stores every compressing codec as gzip, here gzip-3.\n"
           " Quote the [realistic] latents rows. The maps are the oracle's exact ground truth of simple synthetic\n"
-          " scenes: dyn_mask is exactly 0/1, depth piecewise smooth, so their ratios are best cases; a network's\n"
-          " outputs (sigmoid probabilities, noisy low bits) compress less. 'TOTAL bound (maps raw)' = realistic\n"
+          " scenes: dyn_mask holds two values (+-10), depth piecewise smooth, so their ratios are best cases; a\n"
+          " network's outputs (soft logits, noisy low bits) compress less. 'TOTAL bound (maps raw)' = realistic\n"
           " latents with depth, flow and dyn_mask counted at their raw size: the worst case for real maps.)")
 
 

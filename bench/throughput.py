@@ -65,9 +65,10 @@ from pipeline.config import JobConfig, OutputConfig, TeacherConfig  # noqa: E402
 from pipeline.runner import field_specs, run_job  # noqa: E402
 from pipeline.sampling import SamplingConfig  # noqa: E402
 from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset, scene_name  # noqa: E402
-from pipeline.teachers.base import L4P_DIM, L4P_HOOKS, PATCH, TUBELET, TeacherInput, output_shapes  # noqa: E402
+from pipeline.teachers.base import TeacherInput  # noqa: E402
 from pipeline.teachers.registry import teacher_class  # noqa: E402
 from shards.formats import FORMATS  # noqa: E402
+from shards.teacher_fields import L4P_DIM, L4P_HOOKS, PATCH, TOKENS_PER_WINDOW, TUBELET, teacher_shapes  # noqa: E402
 
 NUM_FRAMES = 16
 SCENE_SIZE = (320, 240)  # width, height
@@ -101,7 +102,7 @@ def bench_teacher(name: str, matched_gflop: float, l4p: TeacherConfig | None = N
     if name == "l4p-tiny":
         gflop = window_flops(TINY)["total"] / 1e9
     else:  # the oracle's latent projections (patch 2 x 14 x 14 x 4 -> 1408, per hook); maps are lookups
-        gflop = 2 * 2048 * TUBELET * PATCH * PATCH * 4 * L4P_DIM * len(L4P_HOOKS) / 1e9
+        gflop = 2 * TOKENS_PER_WINDOW * TUBELET * PATCH * PATCH * 4 * L4P_DIM * len(L4P_HOOKS) / 1e9
     return BenchTeacher(name, TeacherConfig(name=name), teacher_class(name), gflop)
 
 
@@ -114,7 +115,7 @@ def full_l4p_gflop_per_mb() -> float:
     from bench.l4p_teacher import window_flops
     from pipeline.teachers.l4p.config import FULL
 
-    return window_flops(FULL)["total"] / 1e9 / raw_fp16_mb(output_shapes(NUM_FRAMES, len(L4P_HOOKS), L4P_DIM))
+    return window_flops(FULL)["total"] / 1e9 / raw_fp16_mb(teacher_shapes(NUM_FRAMES))
 
 
 def clips_for_ratio(target: float, startup: float, alone_rate: float, steady_ratio: float) -> str:

@@ -1,18 +1,22 @@
-"""Student step time with cached teacher targets, beside the same step without the P4D branch and the
-same step with the l4p-tiny teacher run ONLINE inside it; peak memory per rank in each case. Real
-DeepSpeed ZeRO-3, 2 CPU ranks (gloo).
+"""Student step time with cached teacher targets (D_m: the light decoders, or the frozen L4P heads as
+released), beside the same step without the P4D branch and the same step with the l4p-tiny teacher run
+ONLINE inside it; peak memory per rank in each case. Real DeepSpeed ZeRO-3, 2 CPU ranks (gloo).
 
-    .venv/bin/python bench/train_step.py [--repeats 2] [--steps 6] [--warmup 2] [--clips 4]
+    .venv/bin/python bench/train_step.py [--repeats 2] [--steps 6] [--warmup 2] [--clips 4] [--cases ...]
 
-The three cases (one `deepspeed --num_gpus 2` launch each, DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1,
-alternated A B C A B C ... for --repeats rounds):
-  cached     the student as configured: the P4D branch on, L_LD + L_ED against the targets read from
-             the cache with the batch (what the trainer does).
+The four cases (one `deepspeed --num_gpus 2` launch each, DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1,
+alternated A B C D A B C D ... for --repeats rounds):
+  cached     the student as configured (D_m: the light decoders): the P4D branch on, L_LD + L_ED against
+             the targets read from the cache with the batch (what the trainer does).
+  heads      the same with D_m = the frozen DPT heads of the cache's l4p-tiny teacher (branch.decoders
+             teacher, the released D_m; the programs written once from CACHE/teacher): what the light
+             decoders save is heads / cached. The tiny heads are far cheaper than the released ones:
+             the FLOPs of both D_m at full size per sample follow the table.
   no-branch  the same student without the P4D branch (student.model.ablation "tpe": TPE on, branch
              disabled, so no teacher field is read): the branch's overhead is cached / no-branch.
   online     the branch on, but the cache's targets are NOT read: inside the timed step, before the
              student's forward, the l4p-tiny teacher (pipeline.teachers.l4p.L4PTinyTeacher, seeded
-             weights, built in each rank before the engine, frozen, inference mode, 1 thread like the
+             weights, built in each rank after the trainer's setup, frozen, inference mode, 1 thread like the
              rank) predicts the targets from the batch's frames, as a trainer without a cache must. What
              the cache saves: online / cached. The teacher is built here, in the benchmark: student/
              never imports pipeline/.
@@ -27,11 +31,12 @@ real caching job with l4p-tiny and the job's default storage into data/bench/tra
 (git-ignored; reused while its specs match, rebuilt otherwise).
 
 What a rank times, per step (the loop of student/train.py, run in the rank process):
-  data   the batch's samples read and decoded from the cache (student.loader.ClipReader + build_sample
+  data   the batch's samples read and decoded from the cache (shards.cache_reader.ClipReader + student.loader.build_sample
          over StudentLoader.epoch_batches, in-process as with num_workers=0: cached reads frames +
          latents + maps, the other two cases frames only) and collated (student.batch.collate)
   step   [online: teacher predict + targets stacked into the batch] + global valid-sample counts
-         (all-reduce) + engine forward + backward + optimizer step
+         (all-reduce) + engine forward + backward + optimizer step (student.train.Trainer.step, set
+         up by the Trainer itself)
 --warmup steps are run untimed first (first-step allocations, ZeRO-3 first gathers). A step's time is
 the slower rank's (ranks meet in every collective); per launch the median over its --steps steps;
 per case the median over launches. Ratios are taken per round (cases of one round run back to back),
@@ -54,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.conditions import PROJECT_ROOT, median, print_conditions  # noqa: E402
 
-CASES = ("cached", "no-branch", "online")
+CASES = ("cached", "heads", "no-branch", "online")
 TRAIN_CONFIG = PROJECT_ROOT / "configs" / "train" / "demo.yaml"
 SCENE_SIZE = (160, 120)
 TEACHER = "l4p-tiny"
@@ -71,33 +76,29 @@ def overrides(model_dir: Path, cache: Path, out: Path, latent_dim: int, hooks: i
 def rank_main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     import resource
-    import warnings
+    from dataclasses import replace
 
     import numpy as np
     import torch
-
-    warnings.filterwarnings("ignore", message=r".*torch.distributed.\w+ is deprecated", category=FutureWarning)
-    import deepspeed
-    import torch._dynamo  # noqa: F401  (before zero.Init: torch 2.13 signature mismatch otherwise)
     import torch.distributed as dist
-    from transformers.integrations import HfDeepSpeedConfig
 
-    from student.cache_index import check_shapes, load_cache_index
-    from student.loader import ClipReader, StudentLoader, build_sample
-    from student.model import StudentModel, ablation, load_tokenizer
+    from shards.cache_reader import ClipReader
+    from shards.teacher_fields import CLIP_FIELDS
     from student.batch import collate
-    from student.train import deepspeed_config, global_denominators, lr_lambda
+    from student.loader import build_sample
+    from student.model import ablation
+    from student.train import Trainer
     from student.train_config import load_train_config
 
     cfg = load_train_config(args.config, args.set)
-    student_cfg = ablation(cfg.student, "tpe") if args.case == "no-branch" else cfg.student
-    deepspeed.init_distributed(dist_backend="gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    fields = student_cfg.needed_fields()
-    index = load_cache_index(cfg.data.cache, cfg.data.split, tuple(cfg.data.weights), cfg.data.teacher_id,
-                             fields, cfg.data.field_dtypes)
-    if fields:
-        check_shapes(index.root, index.specs, fields, student_cfg.branch.hooks, student_cfg.branch.latent_dim)
+    if args.case == "no-branch":
+        cfg = replace(cfg, student=ablation(cfg.student, "tpe"))
+    if args.case == "heads":
+        cfg = replace(cfg, student=replace(cfg.student, branch=replace(cfg.student.branch, decoders="teacher")))
+    total_steps = args.warmup + args.steps
+    trainer = Trainer(replace(cfg, run=replace(cfg.run, max_steps=total_steps)))  # the trainer's own setup
+    index, model, tokenizer, rank = trainer.index, trainer.model, trainer.tokenizer, trainer.rank
+    fields = cfg.student.needed_fields()
     read_fields = () if args.case == "online" else fields
 
     teacher = None
@@ -110,19 +111,8 @@ def rank_main(args: argparse.Namespace) -> None:
         if index.teacher_id != type(teacher).identity(teacher.config, 16).teacher_id:
             raise RuntimeError(f"the cache was made by {index.teacher_id}, not by this {TEACHER} teacher")
 
-    ds_config = deepspeed_config(cfg, world)
-    torch.manual_seed(cfg.run.seed)
-    hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841  (kept alive while the model is built)
-    model = StudentModel.from_config(student_cfg)
-    tokenizer = load_tokenizer(student_cfg.model.path)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    total_steps = args.warmup + args.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.optim.warmup_ratio))
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           model_parameters=params, config=ds_config)
-    order = StudentLoader(index, cfg.data, rank, world, model.adapter, tokenizer, fields).epoch_batches(0)
-    reader = ClipReader(index.root, read_fields)
+    order = trainer.loader.epoch_batches(0)
+    reader = ClipReader(index.root, (*CLIP_FIELDS, *read_fields))
     rss_after_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     init_seconds = time.perf_counter() - started
 
@@ -143,14 +133,12 @@ def rank_main(args: argparse.Namespace) -> None:
         if teacher is not None:
             online_targets(batch, samples)
         t2 = time.perf_counter()
-        output = engine(batch, global_denominators(batch, model, world))
-        engine.backward(output.loss)
-        engine.step()
+        output = trainer.step(batch)
         t3 = time.perf_counter()
         if step >= args.warmup:
             records.append({"data": t1 - t0, "teacher": t2 - t1, "step": t3 - t1, "loss": output.loss.item()})
     dist.barrier()
-    result = {"rank": rank, "case": args.case, "steps": records, "fields_read": ["frames", "timestamps", *read_fields],
+    result = {"rank": rank, "case": args.case, "steps": records, "fields_read": [*CLIP_FIELDS, *read_fields],
               "params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
               "rss_after_init_kb": rss_after_init,
               "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -228,17 +216,23 @@ def run(args: argparse.Namespace, cases: list[str]) -> None:
     from bench.caches import BENCH_DATA, describe_specs, ensure_cache
     from pipeline.config import TeacherConfig
     from pipeline.teachers.registry import teacher_identity
+    from student.config import BranchConfig
     from student.tiny import make_tiny_vlm
     from student.train_config import load_train_config
 
     work = BENCH_DATA / "train-step"
-    print_conditions("bench/train_step.py: student step with cached targets vs no P4D branch vs the teacher online",
+    print_conditions("bench/train_step.py: student step with cached targets (light D_m or the frozen heads) vs no "
+                     "P4D branch vs the teacher online",
                      ["torch", "deepspeed", "transformers", "numpy", "zarr"], BENCH_DATA)
     model_dir = BENCH_DATA / "tiny-qwen2_5_vl"
     if not (model_dir / "config.json").exists():
         make_tiny_vlm("qwen2_5_vl", model_dir)
     t = time.perf_counter()
     cache, reused = ensure_cache("train-step", TEACHER, "zarr", args.clips, SCENE_SIZE)
+    if "heads" in cases:
+        from pipeline.teachers.l4p.heads_export import export_head_programs
+
+        export_head_programs(cache / "teacher")  # derived from the exported weights: rewritten each run
     shapes = teacher_identity(TeacherConfig(name=TEACHER), 16).shapes
     hooks, _, latent_dim = shapes["latents"]
     sets = overrides(model_dir, cache, work / "run", latent_dim, hooks)
@@ -297,11 +291,53 @@ def run(args: argparse.Namespace, cases: list[str]) -> None:
     print(f"\n-- ratios per round, median (per-round values)")
     print(f"branch overhead   cached / no-branch:  step {ratio('cached', 'no-branch', 'step')}   "
           f"data+step {ratio('cached', 'no-branch', 'total')}")
+    print(f"D_m frozen heads / light:  heads / cached:  step {ratio('heads', 'cached', 'step')}   "
+          f"data+step {ratio('heads', 'cached', 'total')}")
     print(f"what the cache saves  online / cached:  step {ratio('online', 'cached', 'step')}   "
           f"data+step {ratio('online', 'cached', 'total')}")
     print("(step = [online: teacher] + all-reduce of valid counts + forward + backward + optimizer step; data = read,\n"
           " decode and collate in the rank, as num_workers=0; max RSS = the rank process's high-water mark, "
           "interpreter and libraries included.)")
+    print_full_size_dm_flops(BranchConfig().light_hidden)
+
+
+def print_full_size_dm_flops(light_hidden: int) -> None:
+    """D_m's FLOPs per 16-frame sample and step at the released sizes (L4P FULL: 4 hooks x 1408, maps
+    224 x 224; the light decoders at the default width), forward and backward, counted by
+    FlopCounterMode on the meta device (nothing computed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.teachers.l4p.config import FULL
+    from pipeline.teachers.l4p.dpt import DPTHead
+    from pipeline.teachers.l4p.heads_export import TASK_FIELDS
+    from shards.teacher_fields import GRID, MAP_CHANNELS, MAP_SIZE
+    from student.p4d import LightMapDecoder
+
+    def counted(module, inputs) -> tuple[float, float]:
+        with FlopCounterMode(display=False) as forward:
+            out = module(*inputs)
+        with FlopCounterMode(display=False) as backward:
+            out.float().sum().backward()
+        return forward.get_total_flops(), backward.get_total_flops()
+
+    rows = {}
+    with torch.device("meta"):
+        taps = [torch.empty(1, FULL.num_tokens, FULL.embed_dim, requires_grad=True) for _ in FULL.hooks]
+        tokens = torch.empty(1, FULL.num_tokens, len(FULL.hooks) * FULL.embed_dim, requires_grad=True)
+        for task, field in TASK_FIELDS.items():
+            head = DPTHead(FULL, FULL.heads[task]).requires_grad_(False)  # frozen: input gradients only
+            light = LightMapDecoder(tokens.shape[-1], light_hidden, MAP_CHANNELS[field],
+                                    GRID if field == "camray" else MAP_SIZE)
+            rows[field] = (counted(lambda *t: head(list(t)), taps), counted(lambda t: light(t, 1), [tokens]))
+    print(f"\n-- D_m at the released sizes, per 16-frame sample and step (FlopCounterMode on the meta device; "
+          f"light_hidden {light_hidden}), TFLOP forward + backward")
+    print(f"{'task':10}{'frozen heads':>22}{'light':>22}")
+    for field, ((hf, hb), (lf, lb)) in rows.items():
+        print(f"{field:10}{hf / 1e12:>11.4f} + {hb / 1e12:<8.4f}{lf / 1e12:>11.4f} + {lb / 1e12:<8.4f}")
+    heads = sum(sum(h) for h, _ in rows.values())
+    light = sum(sum(lt) for _, lt in rows.values())
+    print(f"{'total':10}{heads / 1e12:>19.3f}{light / 1e12:>22.3f}   frozen heads / light = {heads / light:.0f}x")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +72,14 @@ def cache_key_function(
 
 
 def cache_keys(
-    video_sha256: pa.Array, video_uri: pa.Array, sampling: dict, teacher_id: str, output_spec: str,
-    preprocess_version: int = PREPROCESS_VERSION,
+    video_sha256: pa.Array, video_uri: pa.Array, samplings: Sequence[dict], teacher_id: str, output_spec: str,
+    which: np.ndarray | None = None, preprocess_version: int = PREPROCESS_VERSION,
 ) -> pa.Array:
-    """The cache keys of many videos at once, as 32 raw bytes each (hex_digests gives the text form):
-    identity "sha256:<hex>" where video_sha256 (32 raw bytes) is set, else "unreadable:<uri>".
-    Same keys as compute_cache_key; one hash-state copy per video is the whole per-row cost."""
-    state = _fixed_state(sampling, teacher_id, output_spec, preprocess_version)
-    copy = state.copy
+    """The cache keys of many clips at once, as 32 raw bytes each (hex_digests gives the text form):
+    identity "sha256:<hex>" where video_sha256 (32 raw bytes) is set, else "unreadable:<uri>"; clip i
+    sampled as samplings[which[i]] (which None: every clip as samplings[0]). Same keys as
+    compute_cache_key; one hash-state copy per clip is the whole per-row cost."""
+    copies = [_fixed_state(s, teacher_id, output_spec, preprocess_version).copy for s in samplings]
     sha = digest_bytes(video_sha256)
     readable = video_sha256.is_valid().to_numpy(zero_copy_only=False)
     keys = np.empty((len(sha), DIGEST_BYTES), np.uint8)
@@ -91,14 +91,22 @@ def cache_keys(
         payload[:, 8:72] = _hex_bytes(chunk)
         payload[:, 72:] = np.frombuffer(b'"}', np.uint8)
         flat = memoryview(payload.reshape(-1))
+        offsets = range(0, len(flat), _PAYLOAD_BYTES)
         digests = []
-        for offset in range(0, len(flat), _PAYLOAD_BYTES):
-            digest = copy()
-            digest.update(flat[offset:offset + _PAYLOAD_BYTES])
-            digests.append(digest.digest())
+        if which is None:  # one sampling: the loop without a lookup per clip
+            copy = copies[0]
+            for offset in offsets:
+                digest = copy()
+                digest.update(flat[offset:offset + _PAYLOAD_BYTES])
+                digests.append(digest.digest())
+        else:
+            for offset, sampling in zip(offsets, which[start:start + _KEY_CHUNK].tolist()):
+                digest = copies[sampling]()
+                digest.update(flat[offset:offset + _PAYLOAD_BYTES])
+                digests.append(digest.digest())
         keys[start:start + len(chunk)] = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, DIGEST_BYTES)
     for i in np.flatnonzero(~readable):
-        digest = copy()
+        digest = copies[0 if which is None else which[i]]()
         digest.update((json.dumps(f"unreadable:{video_uri[i].as_py()}") + "}").encode())
         keys[i] = np.frombuffer(digest.digest(), np.uint8)
     return _fixed_binary(keys)

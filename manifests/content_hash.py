@@ -61,6 +61,7 @@ IDENTITIES_SCHEMA = pa.schema([
 FOLD_EVERY = 8
 MAX_ADDITION_FILES = 32
 _STAT_THREADS = 8
+_READ_THREADS = 8
 _STAT_CHUNK = 4096
 _BATCH_ROWS = 1 << 16
 _KNOWN_SCHEMA = pa.schema([HASHES_SCHEMA.field("path"), HASHES_SCHEMA.field("size"),
@@ -173,15 +174,17 @@ class ContentHashes:
         readable = hit.copy()
         unread: dict[int, str] = {}  # row -> why its bytes could not be read
         misses = np.flatnonzero(~hit & stats["error"].is_null().to_numpy(zero_copy_only=False))
-        for i in tqdm(misses, desc="hash videos", unit="video", disable=len(misses) < 100):
-            path = paths[i].as_py()
-            # Stat before reading (file_stats did): a file rewritten while being hashed gets a new
-            # mtime, so the next run sees a mismatch and re-reads it rather than trusting a hash of
-            # half-old bytes.
-            try:
-                digest = bytes.fromhex(self._hasher(path))
-            except OSError as e:
-                unread[i] = read_error(path, e)
+        missed = paths.take(misses).to_pylist()
+        # Each file read once (a video with several spans is listed once per span), several at a time:
+        # a network filesystem serves many reads at once, and reading and hashing release the GIL.
+        distinct = list(dict.fromkeys(missed))
+        with ThreadPoolExecutor(_READ_THREADS) as pool:
+            read = dict(zip(distinct, tqdm(pool.map(self._read, distinct), total=len(distinct), desc="hash videos",
+                                           unit="video", disable=len(distinct) < 100)))
+        for i, path in zip(misses, missed):
+            digest, error = read[path]
+            if digest is None:
+                unread[i] = error
                 continue
             digests[i], readable[i] = np.frombuffer(digest, np.uint8), True
             if regular[i]:  # a directory or a device is not remembered: its next read says what it is
@@ -198,6 +201,15 @@ class ContentHashes:
         if order is not None:
             identities = identities.take(pc.sort_indices(order))
         return identities
+
+    def _read(self, path: str) -> tuple[bytes | None, str | None]:
+        """A file's sha256, or why its bytes cannot be read. Stat-ed before (file_stats): a file
+        rewritten while being hashed gets a new mtime, so the next run sees a mismatch and re-reads it
+        rather than trusting a hash of half-old bytes."""
+        try:
+            return bytes.fromhex(self._hasher(path)), None
+        except OSError as e:
+            return None, read_error(path, e)
 
     def save(self) -> None:
         """Remember the hashes computed since the last save: as one more additions file (a rerun

@@ -47,17 +47,22 @@ def missing_clips(requests: pa.Table, cache_root: str | Path, retry_failed: bool
     Done = an ok row in the clips table, or a failed row unless retry_failed: most failures are
     deterministic (a corrupt file stays corrupt), and a repaired video has new bytes, hence a new key.
     """
-    def done_keys(rows: pa.Table, where) -> pa.Table:
+    done = recorded_keys(cache_root, ok_only=retry_failed)
+    requests = unique_clips(requests)
+    return requests.filter(pa.array(~contains(done, requests["cache_key"])))
+
+
+def recorded_keys(cache_root: str | Path, ok_only: bool = False) -> pa.Array:
+    """The cache keys (binary(32)) of the clips table's rows, or of its ok rows only; a key once per row."""
+    def keys_of(rows: pa.Table, where) -> pa.Table:
         # The keys as 32 bytes as they are read: as text they take twice that.
         keys = digests_of_hex(rows["cache_key"], lambda row: f"{where(row)}: field 'cache_key'")
-        if retry_failed:
+        if ok_only:
             keys = keys.filter(pc.equal(rows["status"], CLIP_OK))
         return pa.table({"cache_key": keys})
 
-    columns = ("cache_key", "status") if retry_failed else ("cache_key",)
-    done = read_clips_table(cache_root, columns, convert=done_keys)["cache_key"].combine_chunks()
-    requests = unique_clips(requests)
-    return requests.filter(pa.array(~contains(done, requests["cache_key"])))
+    columns = ("cache_key", "status") if ok_only else ("cache_key",)
+    return read_clips_table(cache_root, columns, convert=keys_of)["cache_key"].combine_chunks()
 
 
 def contains(done: pa.Array, keys: pa.Array) -> np.ndarray:

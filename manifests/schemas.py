@@ -77,3 +77,9 @@ CLIP_REQUESTS_SCHEMA = pa.schema(
         pa.field("cache_key", pa.binary(32), nullable=False),
     ]
 )
+# A clip with its own part of its video (pipeline.sources.ClipRequest.span: an STI-Bench question's time
+# span) is sampled from span_start to span_end (seconds) instead of the job's sampling.start / end. Only
+# a table where some clip has a span holds these columns (null in the other rows): a table without
+# spans costs nothing for them.
+SPAN_FIELDS = (pa.field("span_start", pa.float64()), pa.field("span_end", pa.float64()))
+SPANNED_REQUESTS_SCHEMA = pa.schema([*CLIP_REQUESTS_SCHEMA, *SPAN_FIELDS])

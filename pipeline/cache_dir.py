@@ -2,6 +2,7 @@
 a crash finish the job (temporaries and shards without a manifest part are garbage)."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -27,11 +28,16 @@ WRITERS_LOCK_FILE = ".writers.lock"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 TEACHER_DIR = "teacher"
-PICTURES_DIR = "pictures"
+# What a full disk looks like from a writer: no space, quota exceeded, a file size limit.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class CacheLockedError(RuntimeError):
     pass
+
+
+class CacheFullError(RuntimeError):
+    """The cache directory took no more bytes; what was committed before is intact."""
 
 
 class CacheDir:

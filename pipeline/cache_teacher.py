@@ -1,12 +1,16 @@
 """Cache a frozen teacher's outputs for a folder of videos, once.
 
   python pipeline/cache_teacher.py --videos DIR --teacher oracle|l4p-tiny --format zarr|wds --out CACHE
-  python pipeline/cache_teacher.py --source robofac=ROOT --source sat=ROOT ... --out CACHE   # native datasets
+  python pipeline/cache_teacher.py --source robofac=ROOT --source sat=ROOT ... --out CACHE   # datasets as published
+  python pipeline/cache_teacher.py --source ... --out CACHE --check   # what it would compute and cost
 
 Runs on an in-process Ray, or under `ray job submit` on the cluster it was submitted to (the default
 --ray-address auto follows RAY_ADDRESS, which a submitted job has). Exit code 0 when every clip ended
-ok or failed with its reason (see CACHE/summary.json); 1 when the job itself could not run (bad
-config, cache locked, disk full, ...).
+ok or failed with its reason and every source yielded something (see CACHE/summary.json); 1 when the
+job itself could not run (bad config, a malformed annotation row in strict mode, cache locked, disk
+full, ...); 2 a command-line usage error; 3 when a source yielded nothing (every clip of it failed, or
+every row of it was left out): the cache is consistent, the log's last lines say which source and why.
+--check exits 0, 1 or 3 likewise.
 """
 from __future__ import annotations
 
@@ -16,13 +20,15 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a script (python pipeline/cache_teacher.py): import from the project root, and not
-    # from pipeline/ itself, whose module names (inspect) would shadow the standard library's.
+    # Run as a script (python pipeline/cache_teacher.py, as `ray job submit` does): import from the project root, and not from pipeline/ itself,
+    # whose module names (config, datasets, ...) would shadow installed packages.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipeline.cache_dir import CacheLockedError  # noqa: E402
+from pipeline.cache_dir import CacheFullError, CacheLockedError  # noqa: E402
 from pipeline.config import build_parser, load_config  # noqa: E402
-from pipeline.runner import CacheFullError, run_job  # noqa: E402
+from pipeline.preflight import check_exit_code, format_check, run_check  # noqa: E402
+from pipeline.runner import run_job  # noqa: E402
+from pipeline.source_report import LOST_EXIT_CODE, lost_sources, report_line  # noqa: E402
 
 log = logging.getLogger("p4d.cache_teacher")
 
@@ -42,6 +48,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"failed ({count}): {reason}")
     for reason, count in summary["samples"]["skipped_by_reason"].items():
         lines.append(f"skipped annotation rows ({count}): {reason} (listed in summary.json)")
+    lines += [report_line(report) for report in summary["sources"]]
     return "\n".join(lines)
 
 
@@ -58,14 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(__doc__.strip().splitlines()[0]).parse_args(argv)
     try:
         config = load_config(args)
+        if config.check:
+            report = run_check(config)
+            print(format_check(report))
+            return check_exit_code(report)
         summary = run_job(config)
     except (ValueError, CacheLockedError, CacheFullError, FileNotFoundError) as e:
         log.error("%s", e)
         return 1
     print(format_summary(summary))
     print(json.dumps({"summary": str(Path(summary["cache"]) / "summary.json")}))
+    for report in summary["sources"]:
+        (log.error if report["lost"] else log.info)("%s", report_line(report))
     log.info("%s", final_line(summary))
-    return 0
+    return LOST_EXIT_CODE if lost_sources(summary["sources"]) else 0
 
 
 if __name__ == "__main__":

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
-
-from manifests.dataclass_io import from_dict
+from configs.dataclass_io import Shorthand, add_config_arguments, config_from_args
 from pipeline.sampling import SamplingConfig
 from shards.formats import FORMATS
-from shards.schema import CODECS, ENCODINGS, STORAGE_DTYPES
+from shards.local_path import local_path
+from shards.schema import FieldStorage
+from shards.teacher_fields import TEACHER_FIELDS, default_storage
 
 TEACHERS = ("oracle", "l4p", "l4p-tiny")
 TEACHER_DTYPES = ("float32", "float16", "bfloat16")
-TEACHER_FIELDS = ("latents", "depth", "flow", "dyn_mask", "camray")
 
 
 @dataclass(frozen=True)
@@ -41,51 +39,8 @@ class TeacherConfig:
             raise ValueError("teacher l4p needs its weights: --teacher-checkpoint PATH (.ckpt or .safetensors)")
         if self.batch_size < 1 or self.num_actors < 1:
             raise ValueError("teacher.batch_size and teacher.num_actors must be >= 1")
-
-
-@dataclass(frozen=True)
-class FieldStorage:
-    """How one field is stored: storage dtype, encoding (+ its quantization step) and compression
-    (see shards.schema.FieldSpec, shards.codecs). The field's FieldSpec checks the combination."""
-
-    dtype: str = "float16"
-    codec: str = "zstd"
-    level: int = 3
-    encoding: str = "plain"
-    step: float = 0.0
-
-    def __post_init__(self):
-        if self.dtype not in STORAGE_DTYPES:
-            raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, got {self.dtype!r}")
-        if self.codec not in CODECS:
-            raise ValueError(f"storage codec must be one of {CODECS}, got {self.codec!r}")
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"storage encoding must be one of {tuple(ENCODINGS)}, got {self.encoding!r}")
-
-
-def default_storage() -> dict[str, FieldStorage]:
-    # Sized by bench/fidelity.py on data not easier than real (heavy-tailed latents with outlier
-    # channels, noisy smooth maps with moving objects): ~9 MB of teacher fields per 16-frame clip
-    # instead of 29.5 MB raw fp16, every L_LD / L_ED value within 1 % of the exact targets' for a
-    # good student (relative latent MSE 0.25) and within 0.1 % for an untrained one.
-    # latents: int8 after a per-channel centre/scale (outlier channels), per-token scale of
-    #   0.15 x the token's RMS: quantization noise ~2e-3 of the variance, ~4.9 bits per value after
-    #   zstd; the finest int8 (absmax / 127) costs ~9.4 MB alone, fp16 23 MB (incompressible).
-    # depth: log-depth, step 2**-8: relative error <= 0.2 % at every distance, in the log space
-    #   L_ED compares; depth 0 (invalid) stays 0.
-    # flow: fixed point, 1/16 px: absolute error <= 0.031 px (the L1 loss is absolute), 2.5x
-    #   smaller than bfloat16 which wastes bits on tiny values.
-    # dyn_mask: uint8 probability, uniform in logit (a BCE target; 0 and 1 exact).
-    # camray (49 KB) stays float16.
-    return {
-        "frames": FieldStorage("uint8", "zstd", 3),
-        "timestamps": FieldStorage("float64", "none", 0),
-        "latents": FieldStorage("int8", "zstd", 3, "int8-token", 0.15),
-        "depth": FieldStorage("uint16", "zstd", 3, "log-depth", 2**-8),
-        "flow": FieldStorage("int16", "zstd", 3, "fixed", 1 / 16),
-        "dyn_mask": FieldStorage("uint8", "zstd", 3, "prob-u8"),
-        "camray": FieldStorage("float16", "none", 0),
-    }
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError(f"teacher.num_gpus and teacher.num_cpus must be >= 0, got {self.num_gpus} and {self.num_cpus}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +64,10 @@ class OutputConfig:
         object.__setattr__(self, "storage", {**default_storage(), **self.storage})
         if self.clips_per_shard < 1:
             raise ValueError("output.clips_per_shard must be >= 1")
+        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
+            raise ValueError(f"output.frame_size must be HxW with both >= 1, got {self.frame_size}")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"output.fields: each field once, got {list(self.fields)}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +94,10 @@ class JobConfig:
     # Datasets in their native formats, "name=ROOT" (pipeline/datasets/registry.py), cached as one mixture.
     sources: tuple[str, ...] = ()
     lenient: bool = False  # skip malformed annotation rows (counted in summary.json) instead of failing
+    # Preflight (pipeline/preflight.py): validate every source and report what the job would compute,
+    # without Ray or a teacher; hours are priced at check_gpu_tflops sustained per GPU (an assumption).
+    check: bool = False
+    check_gpu_tflops: float = 400.0
     retry_failed: bool = False
     max_inflight: int | None = None  # clips between decode and write; None = from batch size
     num_writers: int = 1
@@ -143,14 +106,34 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
+    def __post_init__(self):
+        # 0 would crash mid-job (no writer) or silently mean the default (max_inflight).
+        if self.num_writers < 1 or (self.max_inflight is not None and self.max_inflight < 1):
+            raise ValueError(f"num_writers and max_inflight must be >= 1, got {self.num_writers} and {self.max_inflight}")
+        # Fewer clips in flight than a teacher batch would never fill a batch while videos remain.
+        if self.max_inflight is not None and self.max_inflight < self.teacher.batch_size:
+            raise ValueError(f"max_inflight ({self.max_inflight}) must be >= teacher.batch_size "
+                             f"({self.teacher.batch_size})")
+        local_path(self.out, "out")
+        for name in ("videos", "samples"):
+            if getattr(self, name) is not None:
+                local_path(getattr(self, name), name)
+        for source in self.sources:
+            name, _, root = source.partition("=")
+            local_path(root, f"source {name!r}")
 
-# (flag, dotted config path, help). Every option of the YAML file has a flag.
-FLAGS: list[tuple[str, str, str]] = [
+
+# The command line's flags: each is a shorthand for `--set <dotted key>=VALUE`, and every key of the
+# YAML file can be set with --set.
+FLAGS = [Shorthand(*flag) for flag in [
     ("--videos", "videos", "folder of videos to cache (searched recursively)"),
     ("--samples", "samples", "samples Parquet (default: VIDEOS/samples.parquet if present)"),
-    ("--source", "sources", "a dataset in its native format, NAME=ROOT (repeatable): robofac, sat, vsti, "
-     "wolf, r4d, stibench, vlm4d"),
+    ("--source", "sources", "a dataset as published, NAME=ROOT[,KEY=VALUE...] (repeatable): training robofac, "
+     "sat, vsti, wolf; evaluation r4d, stibench, vlm4d, vsti_test", True),
     ("--lenient", "lenient", "skip malformed annotation rows, counted in summary.json (true/false)"),
+    ("--check", "check", "validate every source, probe its videos and print what the job would compute and "
+     "cost, then exit (no Ray, no teacher)", False, True),
+    ("--check-gpu-tflops", "check_gpu_tflops", "sustained teacher TFLOP/s per GPU that --check prices hours at"),
     ("--out", "out", "cache directory (created if missing)"),
     ("--retry-failed", "retry_failed", "recompute clips whose earlier attempt failed (true/false)"),
     ("--max-inflight", "max_inflight", "clips in flight between decode and write"),
@@ -177,38 +160,19 @@ FLAGS: list[tuple[str, str, str]] = [
      "else in-process), 'local' (in-process) or a cluster address host:port"),
     ("--ray-num-cpus", "ray.num_cpus", "CPUs of the local Ray (default: all)"),
     ("--object-store-mb", "ray.object_store_mb", "object store size of the local Ray"),
-]
+]]
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=description,
         epilog="A YAML file given by --config holds the same options nested as in the dotted names "
-        "(e.g. teacher: {name: oracle}); command-line flags override it. "
-        "Per-field storage (output.storage.<field>: {dtype, codec, level}) is YAML-only.",
+        "(e.g. teacher: {name: oracle}); --set and the flags override it, the later winning. Per-field "
+        "storage: output.storage.<field>: {dtype, codec, level, encoding, step}.",
     )
-    p.add_argument("--config", help="YAML config file")
-    for flag, path, help_text in FLAGS:
-        p.add_argument(flag, dest=path, default=None, action="append" if path == "sources" else "store",
-                       help=f"{help_text} [{path}]")
+    add_config_arguments(p, FLAGS)
     return p
 
 
 def load_config(args: argparse.Namespace) -> JobConfig:
-    data: dict = {}
-    if args.config:
-        text = Path(args.config).read_text()
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping at the top level")
-        data = loaded
-    for _, path, _ in FLAGS:
-        value = getattr(args, path)
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value.split(",") if path == "output.fields" else value
-    return from_dict(JobConfig, data)
+    return config_from_args(JobConfig, args)

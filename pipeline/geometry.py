@@ -9,9 +9,10 @@ Conventions (every function here and every array in the project follows them):
 - Poses are cam_to_world 4x4 matrices: X_world = R @ X_cam + t, with t the camera centre in the world.
 - depth is the z coordinate of the surface point in the camera frame (metres), not the distance
   along the ray.
-- Plucker rays (d, m): d is the unit direction, m = o x d the moment about the origin of the frame
-  they are expressed in, with o any point of the ray (the camera centre). The point of the ray
-  nearest that origin is d x m (for unit d).
+- Plucker rays (d, m): d is the direction, m = o x d / |d| the moment of the unit direction about the
+  origin of the frame they are expressed in, with o any point of the ray (the camera centre). Exact
+  rays (plucker_rays) have |d| = 1; a network's (L4P's camray head) do not, and are read as L4P reads
+  them: the point of the ray nearest the origin is d x m / |d|.
 
 Arrays are float64 inside; functions broadcast over leading batch dimensions where documented.
 """
@@ -157,18 +158,19 @@ def _check_rays(rays: np.ndarray) -> np.ndarray:
 def camera_centers_from_rays(rays: np.ndarray) -> np.ndarray:
     """Camera centres [T, 3] of Plucker ray maps [6, T, gh, gw], in the frame the rays are expressed in.
 
-    Each ray passes through p = d x m / |d|^2 (d need not be unit, m need not be exactly orthogonal to
-    d, as with predicted rays); the centre is the point with the least summed squared distance to the
-    frame's rays, sum_i (I - u_i u_i^T) c = sum_i p_i with u_i = d_i / |d_i| (p_i is orthogonal to d_i).
+    Each ray passes through p = d x m / |d| (L4P's reading of predicted rays, module docstring: d need
+    not be unit, m need not be exactly orthogonal to d); the centre is the point with the least summed
+    squared distance to the frame's rays, sum_i (I - u_i u_i^T) c = sum_i p_i with u_i = d_i / |d_i|
+    (p_i is orthogonal to d_i).
     """
     rays = _check_rays(rays)
     d = rays[:3].reshape(3, rays.shape[1], -1).transpose(1, 2, 0)  # [T, N, 3]
     m = rays[3:].reshape(3, rays.shape[1], -1).transpose(1, 2, 0)
-    squared_norm = np.sum(d * d, axis=-1, keepdims=True)
-    if np.any(squared_norm == 0.0):
+    norm = np.linalg.norm(d, axis=-1, keepdims=True)
+    if np.any(norm == 0.0):
         raise ValueError("rays with a zero direction d have no line")
-    points = np.cross(d, m) / squared_norm
-    units = d / np.sqrt(squared_norm)
+    points = np.cross(d, m) / norm
+    units = d / norm
     count = d.shape[1]
     normal = count * np.eye(3) - np.einsum("tni,tnj->tij", units, units)
     # All rays of a frame parallel: every point on their common direction fits equally well.
@@ -183,8 +185,9 @@ def rotations_from_rays(rays: np.ndarray, K: np.ndarray, image_size: tuple[int, 
     """Camera rotations [T, 3, 3] (camera axes in the rays' frame) of Plucker ray maps [6, T, gh, gw].
 
     The rotation maps the unit camera-frame directions K^-1 (u, v, 1) of the grid cell centres (same
-    cells as plucker_rays, for images of image_size = (H, W); K [3, 3] or [T, 3, 3]) onto the
-    normalised ray directions d, fitted by Kabsch and forced proper (det +1).
+    cells as plucker_rays, for images of image_size = (H, W); K [3, 3] or [T, 3, 3]) onto the ray
+    directions d as given, fitted by Kabsch and forced proper (det +1). As in L4P, d is not normalized
+    first: a ray weighs |d| in the fit (exact rays all weigh 1).
     """
     rays = _check_rays(rays)
     num_frames, grid = rays.shape[1], rays.shape[2:]
@@ -194,10 +197,8 @@ def rotations_from_rays(rays: np.ndarray, K: np.ndarray, image_size: tuple[int, 
     if intrinsics.shape != (num_frames, 3, 3):
         raise ValueError(f"K must be [3, 3] or [{num_frames}, 3, 3], got shape {np.shape(K)}")
     targets = rays[:3].reshape(3, num_frames, -1).transpose(1, 2, 0)
-    norms = np.linalg.norm(targets, axis=-1, keepdims=True)
-    if np.any(norms == 0.0):
+    if np.any(np.linalg.norm(targets, axis=-1) == 0.0):
         raise ValueError("rays with a zero direction d have no orientation")
-    targets = targets / norms
     rotations = np.empty((num_frames, 3, 3))
     for index in range(num_frames):
         sources = _grid_cell_directions(intrinsics[index], image_size, grid)
@@ -210,6 +211,7 @@ def rotations_from_rays(rays: np.ndarray, K: np.ndarray, image_size: tuple[int, 
 
 def poses_from_rays(rays: np.ndarray, K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     """cam_to_world poses [T, 4, 4] of Plucker ray maps [6, T, gh, gw], "world" being the rays' frame.
+    The rays may be a network's, unnormalized (the cached camray): they are normalized here.
 
     With the module's convention X_ref = R @ X_cam + c, the pose is [R | c]: rotation from
     rotations_from_rays, translation the camera centre from camera_centers_from_rays. (The world_to_cam

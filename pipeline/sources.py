@@ -1,11 +1,13 @@
 """Where clips come from: a folder of videos, and optionally a samples table whose rows name
-videos of that folder. Each unique video becomes one clip request with its cache_key."""
+videos of that folder. Each unique video (or video and span: pipeline/datasets/) becomes one clip
+request with its cache_key, planned as a table (a row per clip) and computed as ClipRequest objects."""
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +18,42 @@ from manifests.cache_key import cache_keys, hex_digests
 from manifests.content_hash import ContentHashes, file_stats
 from manifests.regions import check_table_marks
 from manifests.samples_table import read_samples
-from manifests.schemas import CLIP_REQUESTS_SCHEMA
+from manifests.schemas import CLIP_REQUESTS_SCHEMA, SPAN_FIELDS, SPANNED_REQUESTS_SCHEMA
+from pipeline.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 _CLIP_ID_CHUNK = 1 << 20
 
+Span = tuple[float, float]  # [start, end] seconds of a video
+
 
 @dataclass(frozen=True)
 class ClipRequest:
     video_uri: str  # absolute path
-    clip_id: str  # readable: path relative to the videos root, without extension, + key prefix
+    clip_id: str  # readable: path relative to the videos root, without extension, (span,) + key prefix
     video_sha256: str | None  # None when the bytes could not be read
     read_error: str | None  # why the bytes could not be read
     cache_key: str
+    # The clip's own part of its video (an STI-Bench question's time span, a Wolf clip cut from its
+    # nuScenes scene): replaces the job's sampling.start / end, and enters the cache_key, so one video
+    # gives one clip per span. None: the job's sampling as configured.
+    span: Span | None = None
+
+    def sampling_for(self, sampling: SamplingConfig) -> SamplingConfig:
+        return sampling if self.span is None else replace(sampling, start=self.span[0], end=self.span[1])
+
+    def sampling_json(self, job_sampling_json: str) -> str:
+        """The clips table's `sampling` of this clip, from the job's (what the cache_key hashed)."""
+        if self.span is None:
+            return job_sampling_json
+        return json.dumps(with_span(json.loads(job_sampling_json), self.span), sort_keys=True)
+
+
+def with_span(sampling: dict, span: Span | None) -> dict:
+    """Sampling parameters (as a dict) of a clip limited to `span`."""
+    return sampling if span is None else {**sampling, "start": span[0], "end": span[1]}
 
 
 def find_videos(root: Path) -> list[str]:
@@ -143,22 +166,32 @@ def resolve_all_inside(root: Path, relative: pa.Array, where: Callable[[int], st
 
 
 def build_requests(videos: list[str] | pa.Array, root: Path, sampling: dict, teacher_id: str, output_spec: str,
-                   hashes: ContentHashes | None = None, stats: pa.Table | None = None) -> pa.Table:
-    """One clip request per video (CLIP_REQUESTS_SCHEMA), in the order of `videos` (absolute paths).
+                   hashes: ContentHashes | None = None, stats: pa.Table | None = None,
+                   spans: Sequence[Span | None] | pa.Table | None = None) -> pa.Table:
+    """One clip request per entry of `videos` (absolute paths), in their order (CLIP_REQUESTS_SCHEMA,
+    plus the span columns when `spans` is given: each entry's own part of its video, None for the
+    job's sampling; a table of SPAN_FIELDS or a list). A video listed with several spans is read once.
     hashes: the remembered content hashes (ContentHashes.of_cache skips re-reading videos whose size
     and mtime did not change); None reads every video. stats: the videos' file_stats when a listing
     already gave them; None stats every file."""
     paths = videos if isinstance(videos, pa.Array) else pa.array([os.fspath(v) for v in videos], pa.string())
     identities = (hashes or ContentHashes()).identify(paths, file_stats(paths) if stats is None else stats)
-    return keyed_requests(paths, identities, root, sampling, teacher_id, output_spec)
+    if spans is not None and not isinstance(spans, pa.Table):
+        spans = span_table(spans)
+    return keyed_requests(paths, identities, root, sampling, teacher_id, output_spec, spans)
 
 
 def keyed_requests(paths: pa.Array, identities: pa.Table, root: Path, sampling: dict, teacher_id: str,
-                   output_spec: str) -> pa.Table:
+                   output_spec: str, spans: pa.Table | None = None) -> pa.Table:
     """build_requests once the videos' identities (ContentHashes.identify) are known: their cache
     keys and clip ids. clip_id: the path under root without its extension (as os.path.splitext cuts
-    it), "-", the key's first 8 hex characters; string kernels, not a Path per video."""
-    keys = cache_keys(identities["video_sha256"].combine_chunks(), paths, sampling, teacher_id, output_spec)
+    it), the span as "@<start>-<end>s" for a clip with one, "-", the key's first 8 hex characters;
+    string kernels, not a Path per video."""
+    sha = identities["video_sha256"].combine_chunks()
+    distinct, which = distinct_spans(spans) if spans is not None else ([], None)
+    keys = clip_keys(sha, paths, sampling, teacher_id, output_spec, distinct, which)
+    # A clip's span as its clip id writes it, per distinct span; "" for the rows without one.
+    suffixes = pa.array(["", *(f"@{start:g}-{end:g}s" for start, end in distinct)], pa.string())
     prefix = os.path.join(os.fspath(root.resolve()), "")
 
     def clip_ids(start: int) -> pa.Array:
@@ -169,11 +202,54 @@ def keyed_requests(paths: pa.Array, identities: pa.Table, root: Path, sampling: 
         if not pc.all(under).as_py():  # a video outside root (named by a samples table): its file name
             relative = pc.if_else(under, relative, pc.replace_substring_regex(chunk, r"^.*/", ""))
         stem = pc.replace_substring_regex(relative, r"([^/.])\.[^./]*$", r"\1")
+        if which is not None:
+            stem = pc.binary_join_element_wise(stem, suffixes.take(which[start:start + _CLIP_ID_CHUNK]), "")
         return pc.binary_join_element_wise(stem, hex_digests(keys.slice(start, _CLIP_ID_CHUNK), 4), "-")
 
     ids = pa.chunked_array([clip_ids(start) for start in range(0, len(paths), _CLIP_ID_CHUNK)], pa.string())
-    return pa.table([paths, ids, identities["video_sha256"], identities["read_error"], keys],
-                    schema=CLIP_REQUESTS_SCHEMA)
+    columns = [paths, ids, sha, identities["read_error"], keys]
+    if which is None:
+        return pa.table(columns, schema=CLIP_REQUESTS_SCHEMA)
+    return pa.table([*columns, spans["span_start"], spans["span_end"]], schema=SPANNED_REQUESTS_SCHEMA)
+
+
+def clip_keys(video_sha256: pa.Array, paths: pa.Array, sampling: dict, teacher_id: str, output_spec: str,
+              spans: Sequence[Span] = (), which: np.ndarray | None = None) -> pa.Array:
+    """The clips' cache keys (binary(32)): each video's identity with the job's sampling, or, where
+    which[i] > 0, with the sampling limited to spans[which[i] - 1] (what ClipRequest.sampling_for
+    gives the decoder). The job and --check key clips with this one function."""
+    samplings = [sampling, *(with_span(sampling, span) for span in spans)]
+    return cache_keys(video_sha256, paths, samplings, teacher_id, output_spec, which)
+
+
+def span_table(spans: Sequence[Span | None]) -> pa.Table:
+    """Spans (None: the job's sampling) as the requests table's span columns."""
+    return pa.table([pa.array([None if s is None else float(s[0]) for s in spans], pa.float64()),
+                     pa.array([None if s is None else float(s[1]) for s in spans], pa.float64())],
+                    schema=pa.schema(SPAN_FIELDS))
+
+
+def distinct_spans(spans: pa.Table) -> tuple[list[Span], np.ndarray | None]:
+    """The distinct spans of a span table (told apart by their exact float bits, as the cache key's
+    JSON tells them apart) and, per row, 0 for none or 1 + the index of its span among them; None
+    when no row has a span."""
+    start, end = spans["span_start"].combine_chunks(), spans["span_end"].combine_chunks()
+    given = start.is_valid().to_numpy(zero_copy_only=False)
+    if not np.array_equal(given, end.is_valid().to_numpy(zero_copy_only=False)):
+        row = int(np.flatnonzero(given != end.is_valid().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"span of row {row}: a start without an end or an end without a start")
+    if not given.any():
+        return [], None
+    bits = np.stack([start.fill_null(0.0).to_numpy(), end.fill_null(0.0).to_numpy()], axis=1)[given].view(np.int64)
+    distinct, inverse = np.unique(bits, axis=0, return_inverse=True)
+    which = np.zeros(len(start), np.int64)
+    which[given] = 1 + inverse.ravel()
+    return [(float(a), float(b)) for a, b in distinct.view(np.float64)], which
+
+
+def concat_requests(tables: list[pa.Table]) -> pa.Table:
+    """Requests tables as one; the span columns, when a table has them, null in the other tables' rows."""
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def clip_requests(requests: pa.Table) -> list[ClipRequest]:
@@ -186,6 +262,9 @@ def clip_requests(requests: pa.Table) -> list[ClipRequest]:
         "read_error": requests["read_error"].to_pylist(),
         "cache_key": hex_digests(requests["cache_key"].combine_chunks()).to_pylist(),
     }
+    if "span_start" in requests.column_names:
+        columns["span"] = [None if start is None else (start, end) for start, end in
+                           zip(requests["span_start"].to_pylist(), requests["span_end"].to_pylist())]
     return [ClipRequest(*values) for values in zip(*columns.values())]
 
 

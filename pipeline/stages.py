@@ -9,7 +9,6 @@ row and the job goes on.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import ray
@@ -20,10 +19,13 @@ from pipeline.cache_dir import CacheDir
 from pipeline.config import TeacherConfig
 from pipeline.sampling import SamplingConfig
 from pipeline.sources import ClipRequest
-from pipeline.teachers.base import TeacherError, TeacherInput, clip_windows
+from pipeline.teachers.base import TeacherError, TeacherInput
+from pipeline.timing import Seconds
+from shards.base import PackedClip
 from shards.codecs import encode_arrays
-from shards.formats import PackedClip, open_writer, pack_clip, shard_disk_bytes, shard_filename
+from shards.formats import open_writer, pack_clip, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
+from shards.teacher_fields import clip_window_starts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,27 +46,27 @@ class Encoded:
     frame_indices: list[int]
     timestamps: list[float]
     window_starts: list[int]
-    seconds: dict[str, float]
+    seconds: Seconds  # decode, teacher, encode
 
 
 @ray.remote(num_returns=2)
 def decode_clip(request: ClipRequest, sampling: SamplingConfig, teacher_size, frame_size):
-    """-> (small status for the driver, payload for the teacher: frames at both sizes)."""
+    """-> (small status for the driver: a Failure or None and the clip's Seconds so far, payload for
+    the teacher: frames at both sizes)."""
     from pipeline.video_reader import VideoReadError, read_clip, resize_frames
 
-    start = time.perf_counter()
+    seconds = Seconds()
     if request.read_error:
-        return {"failure": Failure("hash", request.read_error), "seconds": 0.0}, None
-    try:
-        clip = read_clip(request.video_uri, sampling)
-    except VideoReadError as e:
-        return {"failure": Failure("decode", str(e)), "seconds": time.perf_counter() - start}, None
-    teacher_frames = resize_frames(clip.frames, teacher_size)
-    frames = teacher_frames if tuple(frame_size) == tuple(teacher_size) else resize_frames(clip.frames, frame_size)
-    payload = Decoded(
-        TeacherInput(request.video_uri, clip.frame_indices, clip.timestamps, teacher_frames), frames
-    )
-    return {"failure": None, "seconds": time.perf_counter() - start}, payload
+        return (Failure("hash", request.read_error), seconds), None
+    with seconds.timing("decode"):
+        try:
+            clip = read_clip(request.video_uri, request.sampling_for(sampling))
+        except VideoReadError as e:
+            return (Failure("decode", str(e)), seconds), None
+        teacher_frames = resize_frames(clip.frames, teacher_size)
+        frames = teacher_frames if tuple(frame_size) == tuple(teacher_size) else resize_frames(clip.frames, frame_size)
+    payload = Decoded(TeacherInput(request.video_uri, clip.frame_indices, clip.timestamps, teacher_frames), frames)
+    return (None, seconds), payload
 
 
 @ray.remote
@@ -86,33 +88,35 @@ class TeacherActor:
         self.teacher.export(directory)
 
     def predict(self, *payloads: Decoded):
-        start = time.perf_counter()
-        outputs = self.teacher.predict_each([p.teacher_input for p in payloads])
-        share = (time.perf_counter() - start) / len(payloads)
+        """-> per clip (its outputs or a Failure, its share of the batch's seconds)."""
+        seconds = Seconds()
+        with seconds.timing("teacher"):
+            outputs = self.teacher.predict_each([p.teacher_input for p in payloads])
+        share = seconds["teacher"] / len(payloads)
         results = [(o if not isinstance(o, TeacherError) else Failure("teacher", str(o)), share) for o in outputs]
         return results[0] if len(results) == 1 else tuple(results)
 
 
 @ray.remote
-def encode_clip(specs: list[FieldSpec], fmt: str, payload: Decoded, teacher_result, decode_seconds: float):
+def encode_clip(specs: list[FieldSpec], fmt: str, payload: Decoded, teacher_result, seconds: Seconds):
     """Cast to the stored dtypes and validate shapes (a teacher output that does not fit the
     schema fails its clip here, with the field named, instead of corrupting a shard), then pack the
     clip as its shard format stores it (serialized, compressed, checksummed)."""
     output, teacher_seconds = teacher_result
     if isinstance(output, Failure):
         return output
-    start = time.perf_counter()
-    tin = payload.teacher_input
-    arrays = {"frames": payload.frames, "timestamps": tin.timestamps, **output}
-    wanted = {s.name for s in specs}
-    try:
-        encoded = encode_arrays(specs, {k: v for k, v in arrays.items() if k in wanted})
-    except ValueError as e:
-        return Failure("encode", str(e))
-    packed = pack_clip(fmt, specs, encoded)
-    seconds = {"decode": decode_seconds, "teacher": teacher_seconds, "encode": time.perf_counter() - start}
+    seconds = Seconds(seconds, teacher=teacher_seconds)
+    with seconds.timing("encode"):
+        tin = payload.teacher_input
+        arrays = {"frames": payload.frames, "timestamps": tin.timestamps, **output}
+        wanted = {s.name for s in specs}
+        try:
+            encoded = encode_arrays(specs, {k: v for k, v in arrays.items() if k in wanted})
+        except ValueError as e:
+            return Failure("encode", str(e))
+        packed = pack_clip(fmt, specs, encoded)
     return Encoded(packed, [int(i) for i in tin.frame_indices], [float(t) for t in tin.timestamps],
-                   clip_windows(len(tin.timestamps)), seconds)
+                   clip_window_starts(len(tin.timestamps)), seconds)
 
 
 @ray.remote(num_cpus=0)
@@ -133,32 +137,31 @@ class ShardWriterActor:
         self.writer = None
         self.shard_rows: list[dict] = []
         self.failed_rows: list[dict] = []
-        self.stats = {"write_seconds": 0.0, "bytes": 0, "bytes_on_disk": 0, "shards": []}
+        self.stats = {"seconds": Seconds(), "bytes": 0, "bytes_on_disk": 0, "shards": []}
 
     def _row(self, request: ClipRequest, **values) -> dict:
         return {**self.defaults, "cache_key": request.cache_key, "clip_id": request.clip_id,
+                "sampling": request.sampling_json(self.defaults["sampling"]),
                 "video_uri": request.video_uri, "video_sha256": request.video_sha256,
                 "created_at": utc_now(), **values}
 
     def add(self, request: ClipRequest, result) -> dict:
         if isinstance(result, Failure):
             return self.add_failed(request, result)
-        start = time.perf_counter()
-        if self.writer is None:
-            name = f"{self.prefix}-{self.sequence:05d}"
-            self.shard_name = name
-            self.shard_rel = f"shards/{self.fmt}/{shard_filename(self.fmt, name)}"
-            self.writer = open_writer(self.fmt, self.root / self.shard_rel, self.specs)
-        stored = self.writer.add_packed(request.cache_key, result.packed)
-        self.shard_rows.append(self._row(
-            request, status=CLIP_OK, format=self.fmt, shard=self.shard_rel, row=stored.row,
-            nbytes=stored.nbytes, checksums=stored.checksums, frame_indices=result.frame_indices,
-            timestamps=result.timestamps, window_starts=result.window_starts,
-        ))
-        if len(self.writer) >= self.capacity:
-            self._commit()
-        seconds = time.perf_counter() - start
-        self.stats["write_seconds"] += seconds
+        with self.stats["seconds"].timing("write"):
+            if self.writer is None:
+                name = f"{self.prefix}-{self.sequence:05d}"
+                self.shard_name = name
+                self.shard_rel = f"shards/{self.fmt}/{shard_filename(self.fmt, name)}"
+                self.writer = open_writer(self.fmt, self.root / self.shard_rel, self.specs)
+            stored = self.writer.add_packed(request.cache_key, result.packed)
+            self.shard_rows.append(self._row(
+                request, status=CLIP_OK, format=self.fmt, shard=self.shard_rel, row=stored.row,
+                nbytes=stored.nbytes, checksums=stored.checksums, frame_indices=result.frame_indices,
+                timestamps=result.timestamps, window_starts=result.window_starts,
+            ))
+            if len(self.writer) >= self.capacity:
+                self._commit()
         self.stats["bytes"] += stored.nbytes
         return {"status": CLIP_OK, "seconds": result.seconds}
 
@@ -176,11 +179,10 @@ class ShardWriterActor:
         self.sequence += 1
 
     def finish(self) -> dict:
-        start = time.perf_counter()
-        if self.writer is not None:
-            self._commit()
-        if self.failed_rows:
-            write_clips_part(self.root, f"{self.prefix}-failed", self.failed_rows)
-            self.failed_rows = []
-        self.stats["write_seconds"] += time.perf_counter() - start
+        with self.stats["seconds"].timing("write"):
+            if self.writer is not None:
+                self._commit()
+            if self.failed_rows:
+                write_clips_part(self.root, f"{self.prefix}-failed", self.failed_rows)
+                self.failed_rows = []
         return self.stats

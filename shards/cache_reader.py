@@ -1,24 +1,56 @@
-"""Reading one cached clip given its clips-table row: the row says which shard, which row inside
-it, the stored field specs and the checksums to verify against."""
+"""Reading cached clips given their clips-table rows: a row says which shard, which row inside it, the
+stored field specs and the checksums to verify against. The student's loader and the cache viewer
+read clips this one way."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from shards.base import ShardReader
 from shards.formats import open_reader
 from shards.integrity import ShardCorruptError
 from shards.schema import specs_from_json
 
+OPEN_SHARDS = 4  # readers kept open: a shard-grouped read order revisits few shards at a time
 
-def read_cached_clip(cache_root: str | Path, row: Mapping, fields: list[str] | None = None) -> dict[str, np.ndarray]:
-    if row["status"] != "ok":
-        raise ValueError(f"clip {row['clip_id']} has no cached arrays: status {row['status']} ({row['error']})")
-    try:
-        reader = open_reader(row["format"], Path(cache_root) / row["shard"], specs_from_json(row["fields"]))
-        # pyarrow gives a map column as (key, value) pairs
-        return reader.read(row["row"], fields=fields, checksums=dict(row["checksums"]))
-    except ShardCorruptError as e:
-        # The reader knows the shard and the cache_key; the row adds the name a person knows the clip by.
-        raise e.with_clip_id(row["clip_id"]) from e
+
+class ClipReader:
+    """Reads cached clips, keeping the last few shards' readers open (a WebDataset reader indexes its
+    tar once). `fields`: what `read` returns of each clip, where the clip stores it (None: every
+    field it stores); a field a clip does not store is absent from its result."""
+
+    def __init__(self, cache_root: str | Path, fields: Sequence[str] | None = None, open_shards: int = OPEN_SHARDS):
+        self.root = Path(cache_root)
+        self.fields = None if fields is None else tuple(fields)
+        self._open_shards = open_shards
+        self._open: OrderedDict[str, ShardReader] = OrderedDict()
+
+    def _reader(self, row: Mapping, specs) -> ShardReader:
+        shard = row["shard"]
+        if shard not in self._open:
+            if len(self._open) >= self._open_shards:
+                self._open.popitem(last=False)
+            self._open[shard] = open_reader(row["format"], self.root / shard, specs)
+        self._open.move_to_end(shard)
+        return self._open[shard]
+
+    def read(self, row: Mapping) -> dict[str, np.ndarray]:
+        if row["status"] != "ok":
+            raise ValueError(f"clip {row['clip_id']} has no cached arrays: status {row['status']} ({row['error']})")
+        specs = specs_from_json(row["fields"])
+        stored = {s.name for s in specs}
+        fields = None if self.fields is None else [f for f in self.fields if f in stored]
+        try:
+            # pyarrow gives a map column as (key, value) pairs
+            return self._reader(row, specs).read(row["row"], fields=fields, checksums=dict(row["checksums"]))
+        except ShardCorruptError as e:
+            # The reader knows the shard and the cache_key; the row adds the name a person knows the clip by.
+            raise e.with_clip_id(row["clip_id"]) from e
+
+
+def read_cached_clip(cache_root: str | Path, row: Mapping, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """One clip's `fields` (those it stores; None: all), read once."""
+    return ClipReader(cache_root, fields, open_shards=1).read(row)

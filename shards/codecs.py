@@ -20,7 +20,8 @@ Encodings (FieldSpec.encoding) and their worst-case error, which the tests check
               logit over [-PROB_LOGIT_MAX, PROB_LOGIT_MAX] (codes 1..254): logit error <= PROB_LOGIT_STEP / 2.
               Uniform in logit, not in p, because the motion loss is a BCE whose sensitivity to the
               target is the prediction's logit: a background at p = 3e-4 (logit -8) that a linear
-              round(255 p) stores as 0 moves L_ED dyn_mask by several %.
+              round(255 p) stores as 0 moves L_ED dyn_mask by several %. (The dyn_mask default until
+              the field became L4P's logit, now `fixed`: it keeps the caches written then readable.)
 """
 from __future__ import annotations
 

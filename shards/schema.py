@@ -28,6 +28,42 @@ ENCODINGS = {
 STEP_REQUIRED = ("log-depth", "fixed")
 
 
+def check_storage(dtype: str, codec: str, encoding: str, step: float) -> None:
+    """Raise ValueError unless the combination is storable: the checks every storage spec passes,
+    whether it names a field's storage in a config (FieldStorage) or a stored field (FieldSpec)."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype {dtype!r} not in {STORAGE_DTYPES}")
+    if codec not in CODECS:
+        raise ValueError(f"codec {codec!r} not in {CODECS}")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding {encoding!r} not in {tuple(ENCODINGS)}")
+    required = ENCODINGS[encoding]
+    if required is not None and dtype != required:
+        raise ValueError(f"encoding {encoding} stores {required}, got dtype {dtype!r}")
+    if not math.isfinite(step) or step < 0:
+        raise ValueError(f"step expected finite and >= 0, got {step}")
+    if encoding in STEP_REQUIRED and step == 0:
+        raise ValueError(f"encoding {encoding} needs a step > 0")
+    if encoding in ("plain", "bf16", "prob-u8") and step:
+        raise ValueError(f"encoding {encoding} takes no step, got {step}")
+
+
+@dataclass(frozen=True)
+class FieldStorage:
+    """How a field's values are stored, whatever its shape: the storage dtype, the encoding (+ its
+    quantization step) and the compression (see FieldSpec for their meaning)."""
+
+    dtype: str = "float16"
+    codec: str = "zstd"
+    level: int = 3
+    encoding: str = "plain"
+    step: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "step", float(self.step))
+        check_storage(self.dtype, self.codec, self.encoding, self.step)
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """How one per-clip array is stored.
@@ -50,26 +86,19 @@ class FieldSpec:
     encoding: str = "plain"
     step: float = 0.0
 
+    @classmethod
+    def stored_as(cls, name: str, shape: tuple[int, ...], storage: FieldStorage) -> FieldSpec:
+        return cls(name, shape, **asdict(storage))
+
     def __post_init__(self):
-        if self.dtype not in STORAGE_DTYPES:
-            raise ValueError(f"field {self.name!r}: dtype {self.dtype!r} not in {STORAGE_DTYPES}")
-        if self.codec not in CODECS:
-            raise ValueError(f"field {self.name!r}: codec {self.codec!r} not in {CODECS}")
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"field {self.name!r}: encoding {self.encoding!r} not in {tuple(ENCODINGS)}")
-        required = ENCODINGS[self.encoding]
-        if required is not None and self.dtype != required:
-            raise ValueError(f"field {self.name!r}: encoding {self.encoding} stores {required}, got dtype {self.dtype!r}")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "step", float(self.step))
-        if not math.isfinite(self.step) or self.step < 0:
-            raise ValueError(f"field {self.name!r}: step expected finite and >= 0, got {self.step}")
-        if self.encoding in STEP_REQUIRED and self.step == 0:
-            raise ValueError(f"field {self.name!r}: encoding {self.encoding} needs a step > 0")
+        try:
+            check_storage(self.dtype, self.codec, self.encoding, self.step)
+        except ValueError as e:
+            raise ValueError(f"field {self.name!r}: {e}") from None
         if self.encoding == "int8-token" and len(self.shape) < 2:
             raise ValueError(f"field {self.name!r}: int8-token needs a [..., tokens, channels] shape, got {self.shape}")
-        if self.encoding in ("plain", "bf16", "prob-u8") and self.step:
-            raise ValueError(f"field {self.name!r}: encoding {self.encoding} takes no step, got {self.step}")
 
     @property
     def nbytes(self) -> int:

@@ -14,16 +14,16 @@ import io
 import os
 import tarfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import read_array, write_array
 
-from shards.atomic import commit_temporary, remove_temporary, temporary_path
+from shards.atomic import remove_temporary, temporary_path
+from shards.base import (PackedClip, ShardReader, ShardWriter, StoredClip, check_addable, check_packed,
+                         check_row, check_specs, read_decoded, stored_clip)
 from shards.codecs import stored_specs, wds_gzip_level
-from shards.formats import (PackedClip, StoredClip, check_addable, check_committable, check_packed, check_row,
-                            check_specs, pack_clip, read_decoded, stored_clip)
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec
 
@@ -36,21 +36,23 @@ def _member_suffix(spec: FieldSpec) -> str:
     return f"{spec.name}.npy" if wds_gzip_level(spec) is None else f"{spec.name}.npy.gz"
 
 
-def pack_arrays(stored: list[FieldSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
-    """Each stored array of one clip as its member's bytes: .npy, gzipped when the codec compresses."""
-    packed = {}
-    for spec in stored:
-        buffer = io.BytesIO()
-        write_array(buffer, arrays[spec.name], allow_pickle=False)
-        level = wds_gzip_level(spec)
-        packed[spec.name] = buffer.getvalue() if level is None else gzip.compress(buffer.getvalue(), compresslevel=level,
-                                                                                  mtime=0)
-    return packed
+class WdsShardWriter(ShardWriter):
+    """Appends each clip's members (ShardWriter.pack) to the temporary tar as it comes (nothing is
+    buffered)."""
 
+    format, suffix = "wds", ".tar"
 
-class WdsShardWriter:
-    """Appends each clip's members (shards.formats.pack_clip) to the temporary tar as it comes
-    (nothing is buffered)."""
+    @staticmethod
+    def pack_arrays(stored: list[FieldSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+        """Each stored array of one clip as its member's bytes: .npy, gzipped when the codec compresses."""
+        packed = {}
+        for spec in stored:
+            buffer = io.BytesIO()
+            write_array(buffer, arrays[spec.name], allow_pickle=False)
+            level = wds_gzip_level(spec)
+            packed[spec.name] = (buffer.getvalue() if level is None
+                                 else gzip.compress(buffer.getvalue(), compresslevel=level, mtime=0))
+        return packed
 
     def __init__(self, final_path: str | os.PathLike, specs: list[FieldSpec]):
         self.path = Path(final_path)
@@ -63,9 +65,6 @@ class WdsShardWriter:
         self._keys: list[str] = []
         self._closed = False
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def _add_member(self, name: str, payload: bytes) -> None:
         # Fixed metadata: the same clips give the same tar bytes.
         info = tarfile.TarInfo(name)
@@ -73,12 +72,9 @@ class WdsShardWriter:
         info.mode = 0o444
         self._tar.addfile(info, io.BytesIO(payload))
 
-    def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
-        return self.add_packed(cache_key, pack_clip("wds", self._specs, arrays))
-
     def add_packed(self, cache_key: str, packed: PackedClip) -> StoredClip:
         check_addable(self.path, self._closed, self._keys, cache_key)
-        check_packed(self.path, "wds", self._stored, packed)
+        check_packed(self.path, self.format, self._stored, packed)
         try:
             for spec in self._stored:
                 self._add_member(f"{cache_key}.{_member_suffix(spec)}", packed.payloads[spec.name])
@@ -90,16 +86,8 @@ class WdsShardWriter:
         self._keys.append(cache_key)
         return stored_clip(len(self._keys) - 1, packed)
 
-    def commit(self) -> Path:
-        check_committable(self.path, self._closed, self._keys)
-        try:
-            self._tar.close()
-            return commit_temporary(self._temp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            self._closed = True
+    def _finish(self) -> None:
+        self._tar.close()
 
     def abort(self) -> None:
         self._tar.close()
@@ -108,7 +96,7 @@ class WdsShardWriter:
         self._closed = True
 
 
-class WdsShardReader:
+class WdsShardReader(ShardReader):
     def __init__(self, path: str | os.PathLike, specs: list[FieldSpec]):
         self.path = Path(path)
         self._specs = check_specs(specs)
@@ -153,12 +141,6 @@ class WdsShardReader:
                         self.path, key, spec.name, f"member {key}.{_member_suffix(spec)} missing"
                     )
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def cache_keys(self) -> list[str]:
-        return list(self._keys)
-
     def _decode(self, key: str, spec: FieldSpec, payload: bytes) -> np.ndarray:
         try:
             if wds_gzip_level(spec) is not None:
@@ -193,7 +175,3 @@ class WdsShardReader:
                 return array
 
             return read_decoded(self._specs, fields, read_stored)
-
-    def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        for row, key in enumerate(self._keys):
-            yield key, self.read(row)

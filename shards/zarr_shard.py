@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import google_crc32c  # zarr's own crc32c implementation (a dependency of zarr)
@@ -20,10 +20,10 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodecIndexLocation
 from zarr.storage import MemoryStore
 
-from shards.atomic import commit_temporary, remove_temporary, temporary_path
+from shards.atomic import remove_temporary, temporary_path
+from shards.base import (PackedClip, ShardReader, ShardWriter, StoredClip, check_addable, check_packed,
+                         check_row, check_specs, read_decoded, stored_clip)
 from shards.codecs import stored_specs, zarr_compressors
-from shards.formats import (PackedClip, StoredClip, check_addable, check_committable, check_packed, check_row,
-                            check_specs, pack_clip, read_decoded, stored_clip)
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
 
@@ -37,22 +37,6 @@ def _one_chunk_array(spec: FieldSpec, chunks: dict) -> zarr.Array:
     """A one-clip array of `spec` on an in-memory store (`chunks`), with the field's compressors."""
     return zarr.create_array(MemoryStore(chunks), shape=(1, *spec.shape), chunks=(1, *spec.shape), dtype=spec.dtype,
                              fill_value=0, compressors=zarr_compressors(spec))
-
-
-def pack_arrays(stored: list[FieldSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
-    """Each stored array of one clip as the bytes zarr stores for it inside a shard (an inner chunk).
-
-    Zarr itself encodes: each array is written into a one-clip array with the field's codecs (the
-    sharding codec's inner `codecs`) on an in-memory store, whose chunk bytes are taken. A clip equal
-    to the fill value everywhere gives b"": zarr stores no chunk for it either."""
-    packed = {}
-    for spec in stored:
-        chunks: dict = {}
-        array = _one_chunk_array(spec, chunks)
-        array[0] = arrays[spec.name]
-        chunk = chunks.get(array.metadata.encode_chunk_key((0,) * array.ndim))
-        packed[spec.name] = b"" if chunk is None else chunk.to_bytes()
-    return packed
 
 
 def _shard_bytes(chunks: list[bytes]) -> bytes:
@@ -69,9 +53,9 @@ def _shard_bytes(chunks: list[bytes]) -> bytes:
     return b"".join([*chunks, index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")])
 
 
-class ZarrShardWriter:
-    """Holds each clip's compressed chunks (shards.formats.pack_clip) and writes each field's shard
-    file once, at commit.
+class ZarrShardWriter(ShardWriter):
+    """Holds each clip's compressed chunks (ShardWriter.pack) and writes each field's shard file once,
+    at commit.
 
     With the sharding codec all clips of a field live in one file, and zarr rewrites that whole file
     on every partial write: writing clip by clip would write O(n_clips^2) bytes. Handing zarr the
@@ -82,6 +66,24 @@ class ZarrShardWriter:
     writing the stacked clips itself, which a test checks.
     One writer per shard: concurrent writers into one shard file lose data.
     """
+
+    format, suffix = "zarr", ".zarr"
+
+    @staticmethod
+    def pack_arrays(stored: list[FieldSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+        """Each stored array of one clip as the bytes zarr stores for it inside a shard (an inner chunk).
+
+        Zarr itself encodes: each array is written into a one-clip array with the field's codecs (the
+        sharding codec's inner `codecs`) on an in-memory store, whose chunk bytes are taken. A clip equal
+        to the fill value everywhere gives b"": zarr stores no chunk for it either."""
+        packed = {}
+        for spec in stored:
+            chunks: dict = {}
+            array = _one_chunk_array(spec, chunks)
+            array[0] = arrays[spec.name]
+            chunk = chunks.get(array.metadata.encode_chunk_key((0,) * array.ndim))
+            packed[spec.name] = b"" if chunk is None else chunk.to_bytes()
+        return packed
 
     def __init__(self, final_path: str | os.PathLike, specs: list[FieldSpec]):
         self.path = Path(final_path)
@@ -95,43 +97,29 @@ class ZarrShardWriter:
         self._chunks: dict[str, list[bytes]] = {s.name: [] for s in self._stored}
         self._closed = False
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def add(self, cache_key: str, arrays: Mapping[str, np.ndarray]) -> StoredClip:
-        return self.add_packed(cache_key, pack_clip("zarr", self._specs, arrays))
-
     def add_packed(self, cache_key: str, packed: PackedClip) -> StoredClip:
         check_addable(self.path, self._closed, self._keys, cache_key)
-        check_packed(self.path, "zarr", self._stored, packed)
+        check_packed(self.path, self.format, self._stored, packed)
         for name, chunks in self._chunks.items():
             chunks.append(packed.payloads[name])
         self._keys.append(cache_key)
         return stored_clip(len(self._keys) - 1, packed)
 
-    def commit(self) -> Path:
-        check_committable(self.path, self._closed, self._keys)
-        try:
-            if os.path.lexists(self.path):
-                raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
-            group = zarr.open_group(self._temp, mode="r+", zarr_format=3)
-            for spec in self._stored:
-                shape = (len(self._keys), *spec.shape)
-                array = group.create_array(spec.name, shape=shape, dtype=spec.dtype, chunks=(1, *spec.shape),
-                                           shards=shape, fill_value=0, compressors=zarr_compressors(spec))
-                self._check_layout(spec, array)
-                chunks = self._chunks.pop(spec.name)
-                if any(chunks):  # as zarr: no shard file when every chunk equals the fill value
-                    path = self._temp / spec.name / array.metadata.encode_chunk_key((0,) * array.ndim)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(_shard_bytes(chunks))
-            group.update_attributes({"cache_keys": self._keys, "fields": specs_to_json(self._specs)})
-            return commit_temporary(self._temp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            self._closed = True
+    def _finish(self) -> None:
+        if os.path.lexists(self.path):  # before writing a shard's worth of bytes for nothing
+            raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
+        group = zarr.open_group(self._temp, mode="r+", zarr_format=3)
+        for spec in self._stored:
+            shape = (len(self._keys), *spec.shape)
+            array = group.create_array(spec.name, shape=shape, dtype=spec.dtype, chunks=(1, *spec.shape),
+                                       shards=shape, fill_value=0, compressors=zarr_compressors(spec))
+            self._check_layout(spec, array)
+            chunks = self._chunks.pop(spec.name)
+            if any(chunks):  # as zarr: no shard file when every chunk equals the fill value
+                path = self._temp / spec.name / array.metadata.encode_chunk_key((0,) * array.ndim)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(_shard_bytes(chunks))
+        group.update_attributes({"cache_keys": self._keys, "fields": specs_to_json(self._specs)})
 
     def _check_layout(self, spec: FieldSpec, array: zarr.Array) -> None:
         """The shard layout _shard_bytes writes is the one zarr made this array with (a zarr whose
@@ -151,7 +139,7 @@ class ZarrShardWriter:
         self._closed = True
 
 
-class ZarrShardReader:
+class ZarrShardReader(ShardReader):
     def __init__(self, path: str | os.PathLike, specs: list[FieldSpec]):
         self.path = Path(path)
         self._specs = check_specs(specs)
@@ -173,12 +161,6 @@ class ZarrShardReader:
                     self.path, None, spec.name, f"array expected {spec.dtype} {shape}, got {array.dtype} {array.shape}"
                 )
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def cache_keys(self) -> list[str]:
-        return list(self._keys)
-
     def read(
         self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
     ) -> dict[str, np.ndarray]:
@@ -196,7 +178,3 @@ class ZarrShardReader:
             return array
 
         return read_decoded(self._specs, fields, read_stored)
-
-    def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        for row, key in enumerate(self._keys):
-            yield key, self.read(row)

@@ -12,7 +12,8 @@ emit "B. ..." yet, so free generation would score every row 0), and a depth prob
 exported student frozen, a fresh D_4DP + depth decoder trained for --probe-steps on the training
 cache's depth maps, then its error against the benchmark clips' depth (the oracle's cached depth IS
 the ground truth of the synthetic scenes). The probe asks the same question of every row (how much
-metric depth its LLM features carry), whether or not the row trained an ED head.
+metric depth its LLM features carry), whether or not the row trained an ED head; its control, the
+same probe on the student shown black frames, says what typical depth maps alone score.
 
 Results: OUT/ablation.{json,md,png}, mean and spread (standard deviation) over seeds per row. With tiny
 random students on CPU, differences are mostly noise: the table says so when the spread covers them.
@@ -28,14 +29,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __package__ in (None, ""):
+    # Run as a script (python student/ablation.py): import from the project root, and not from
+    # student/ itself, whose module names (config, datasets, ...) would shadow installed packages.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 import torch
-import yaml
 
-from manifests.dataclass_io import to_dict
+from configs.dataclass_io import to_yaml
+from shards.local_path import local_path
+from shards.teacher_fields import CLIP_FIELDS
 from student.batch import collate
 from student.cache_index import load_cache_index
 from student.charts import bar_chart
@@ -48,6 +52,7 @@ from student.train_config import load_train_config
 
 log = logging.getLogger("p4d.ablation")
 ROWS = ("baseline", "tpe", "ld", "ed", "ld_ed")
+PROBE_COLUMNS = ("depth_absrel", "depth_absrel_blind")  # the depth probe and its blind control
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -62,34 +67,42 @@ def train_row(config_path: Path, overrides: list[str], ranks: int) -> None:
     subprocess.run(cmd, check=True, env=env, cwd=PROJECT)
 
 
-def _depth_samples(cache: Path) -> list[dict]:
+def _depth_samples(cache: Path, blind: bool) -> list[dict]:
     index = load_cache_index(cache, split=None, needed=("depth",))
     records = [r for r in index.records if r.clip is not None]
-    reader = ClipReader(index.root, ("depth",))
+    reader = ClipReader(index.root, (*CLIP_FIELDS, "depth"))
     # One sample per clip: the probe is about the video, not the questions.
     seen, out = set(), []
     for r in records:
         if r.clip["cache_key"] not in seen:
             seen.add(r.clip["cache_key"])
-            out.append(build_sample(r, reader, index.root))
+            sample = build_sample(r, reader, index.root)
+            if blind:
+                sample["frames"] = np.zeros_like(sample["frames"])
+            out.append(sample)
     return out
 
 
 def depth_probe(export: Path, train_cache: Path, test_cache: Path, steps: int, seed: int, latent_dim: int,
-                lr: float = 1e-3) -> float:
-    """AbsRel (mean |d - d*| / d* over pixels with depth) of a depth probe on the frozen student."""
+                lr: float = 1e-3, blind: bool = False) -> float:
+    """AbsRel (mean |d - d*| / d* over pixels with depth) of a depth probe on the frozen student,
+    trained on `train_cache`'s clips and scored on `test_cache`'s.
+
+    blind: the control. Every clip is shown to the student as black frames, so the probe's input
+    carries nothing of the scene and it can learn only depth maps typical of the training clips; a
+    probe that reads depth from the student's features must beat it on held-out clips."""
     torch.manual_seed(seed)
     exported = StudentModel.from_export(export)
     config = replace(
         exported.config,
-        branch=BranchConfig(latent_dim=latent_dim, tasks=("depth",), light_hidden=64),
+        branch=BranchConfig(latent_dim=latent_dim, tasks=("depth",), decoders="light", light_hidden=64),
         loss=LossConfig(ce_weight=0.0, ld_weight=0.0, ed_weight=1.0, task_weights={"depth": 1.0}),
     )
     probe = StudentModel(config, exported.base, exported.adapter)
     for p in probe.base.parameters():
         p.requires_grad_(False)
     tokenizer = load_tokenizer(export)
-    train, test = _depth_samples(train_cache), _depth_samples(test_cache)
+    train, test = _depth_samples(train_cache, blind), _depth_samples(test_cache, blind)
     optimizer = torch.optim.AdamW([p for p in probe.branch.parameters()], lr=lr)
     rng = np.random.default_rng(seed)
     probe.train()
@@ -116,7 +129,7 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     out = {}
     for row, runs in results.items():
         metrics = {}
-        for key in (*R4D_COLUMNS, "depth_absrel"):
+        for key in (*R4D_COLUMNS, *PROBE_COLUMNS):
             values = [r[key] for r in runs if r.get(key) is not None]
             if values:
                 metrics[key] = (float(np.mean(values)), float(np.std(values)))
@@ -125,13 +138,18 @@ def summarize(results: dict[str, list[dict]]) -> dict:
 
 
 def write_report(out: Path, summary: dict, seeds: list[int], steps: int) -> None:
-    columns = [*R4D_COLUMNS, "depth_absrel"]
+    columns = [*R4D_COLUMNS, *PROBE_COLUMNS]
     lines = [f"# Ablation: {len(seeds)} seeds {seeds}, {steps} steps each, mean ± std over seeds\n\n",
              "| row | " + " | ".join(columns) + " |\n", "|---|" + "---|" * len(columns) + "\n"]
     for row, metrics in summary.items():
-        cells = [f"{metrics[c][0]:.1f} ± {metrics[c][1]:.1f}" if c in metrics and c != "depth_absrel"
+        cells = [f"{metrics[c][0]:.1f} ± {metrics[c][1]:.1f}" if c in metrics and c not in PROBE_COLUMNS
                  else f"{metrics[c][0]:.3f} ± {metrics[c][1]:.3f}" if c in metrics else "-" for c in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |\n")
+    lines.append("\nDepth probe AbsRel on the benchmark's clips (lower is better); depth_absrel_blind is its control, "
+                 "the same probe on the student shown black frames: a row's features carry depth only where "
+                 "depth_absrel is below it. Reads depth: " + ", ".join(
+                     f"{row} {'yes' if m['depth_absrel'][0] < m['depth_absrel_blind'][0] else 'no'}"
+                     for row, m in summary.items() if {"depth_absrel", "depth_absrel_blind"} <= set(m)) + "\n")
     base = summary.get("baseline", {}).get("Avg")
     if base:
         lines.append("\nWithin noise (|mean - baseline mean| <= the larger std of the two), Avg: ")
@@ -159,15 +177,16 @@ def run(config_path: Path, bench_cache: Path, out: Path, seeds: list[int], rows:
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg = replace(base_cfg, student=student, run=replace(base_cfg.run, out=str(run_dir / "train"), seed=seed),
                           data=replace(base_cfg.data, seed=seed))
-            cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            cfg_path.write_text(to_yaml(cfg))
             log.info("row %s seed %d: training %d steps", row, seed, cfg.run.max_steps)
             train_row(cfg_path, [], ranks)
             export = run_dir / "train" / "export"
             scores = evaluate(export, bench_cache, "synthetic", run_dir / f"eval-{answer_by}", limit=eval_limit,
                               answer_by=answer_by)
             result = {**scores.get("r4d", {}), "accuracy": scores.get("accuracy")}
-            result["depth_absrel"] = depth_probe(export, Path(cfg.data.cache), bench_cache, probe_steps, seed,
-                                                 base_cfg.student.branch.latent_dim)
+            for key, blind in (("depth_absrel", False), ("depth_absrel_blind", True)):
+                result[key] = depth_probe(export, Path(cfg.data.cache), bench_cache, probe_steps, seed,
+                                          base_cfg.student.branch.latent_dim, blind=blind)
             (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
             results[row].append(result)
     summary = summarize(results)
@@ -178,8 +197,8 @@ def run(config_path: Path, bench_cache: Path, out: Path, seeds: list[int], rows:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="training YAML shared by every row (its student section is the +LD+ED row)")
-    p.add_argument("--bench-cache", required=True, help="cache of the synthetic benchmark (held-out seeds)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--bench-cache", type=local_path, required=True, help="cache of the synthetic benchmark (held-out seeds)")
+    p.add_argument("--out", type=local_path, required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--ranks", type=int, default=2)
@@ -189,9 +208,9 @@ def main(argv=None) -> None:
                    help="how eval answers (student/eval.py); tiny CPU students rarely emit the answer format")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run(Path(a.config), Path(a.bench_cache), Path(a.out), a.seeds, a.rows, a.ranks, a.probe_steps, a.eval_limit,
+    run(Path(a.config), a.bench_cache, a.out, a.seeds, a.rows, a.ranks, a.probe_steps, a.eval_limit,
         a.answer_by)
-    print((Path(a.out) / "ablation.md").read_text())
+    print((a.out / "ablation.md").read_text())
 
 
 if __name__ == "__main__":

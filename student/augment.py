@@ -34,11 +34,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from manifests.regions import Region
+from shards.teacher_fields import DENSE_MAPS, GRID, SLOTS, TEACHER_FIELDS
 
-MAP_FIELDS = ("depth", "dyn_mask", "flow")
 # Plucker channels (d_x, d_y, d_z, m_x, m_y, m_z) under the reflection x -> -x of the camera frame.
 RAY_FLIP_SIGNS = np.array([-1.0, 1.0, 1.0, 1.0, -1.0, -1.0])
-TOKEN_GRID = (8, 16, 16)  # L4P tokens per 16-frame window: (t / 2, 224 / 14, 224 / 14)
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,7 @@ class Augmented:
 
 
 def _valid(arrays: dict, **invalid: bool) -> dict[str, bool]:
-    return {name: not invalid.get(name, False) for name in ("latents", "depth", "flow", "dyn_mask", "camray")
-            if name in arrays}
+    return {name: not invalid.get(name, False) for name in TEACHER_FIELDS if name in arrays}
 
 
 def flip_regions(regions: Sequence[Region]) -> list[Region]:
@@ -63,7 +61,7 @@ def flip_rays(camray: np.ndarray) -> np.ndarray:
     return camray[..., ::-1] * signs
 
 
-def flip_latent_grid(latents: np.ndarray, grid: tuple[int, int, int] = TOKEN_GRID) -> np.ndarray:
+def flip_latent_grid(latents: np.ndarray, grid: tuple[int, int, int] = (SLOTS, GRID, GRID)) -> np.ndarray:
     """The approximation: each window's token grid mirrored along w. Not what the teacher would say."""
     hooks, tokens, channels = latents.shape
     per_window = int(np.prod(grid))
@@ -160,7 +158,7 @@ def crop(arrays: dict[str, np.ndarray], window: tuple[float, float, float, float
         r0, r1, c0, c1 = crop_bounds(window, frames.shape[1:3])
         cut = frames[:, r0:r1, c0:c1]
         out["frames"] = bilinear_resize(cut, frame_size) if frame_size else cut
-    for name in MAP_FIELDS:
+    for name in DENSE_MAPS:
         if name not in arrays:
             continue
         data = arrays[name]
@@ -203,7 +201,7 @@ def augment(arrays: dict[str, np.ndarray], regions: Sequence[Region], config: Au
     if rng.random() < config.crop_prob:
         side_w, side_h = rng.uniform(*config.crop_scale, size=2)
         x0, y0 = rng.uniform(0.0, 1.0 - side_w), rng.uniform(0.0, 1.0 - side_h)
-        sizes = {name: arrays[name].shape[-2:] for name in MAP_FIELDS if name in arrays}
+        sizes = {name: arrays[name].shape[-2:] for name in DENSE_MAPS if name in arrays}
         frame_size = arrays["frames"].shape[1:3] if "frames" in arrays else None
         map_size = next(iter(sizes.values()), None)
         result = crop(result.arrays, (x0, y0, x0 + side_w, y0 + side_h), result.regions, frame_size, map_size)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from shards.teacher_fields import clip_window_starts
 from student.adapters import VisualInput, VLMAdapter
 from student.p4d import window_frames
 from student.prompt import IGNORE, encode_conversation
@@ -89,10 +90,12 @@ def _add_targets(batch: StudentBatch, samples: list[dict], fields: tuple[str, ..
         raise ValueError(f"video samples of one batch must share their frame count, got {sorted(counts)}: "
                          "cache the mixture with one sampling.num_frames")
     batch.num_frames = counts.pop()
-    starts = {tuple(int(x) for x in s["window_starts"]) for s in samples}
-    if len(starts) > 1:
-        raise ValueError(f"video samples of one batch have different teacher windows {sorted(starts)}")
-    batch.window_frames = window_frames(batch.num_frames, list(starts.pop()))
+    expected = clip_window_starts(batch.num_frames)
+    for s in samples:
+        if [int(x) for x in s["window_starts"]] != expected:
+            raise ValueError(f"sample {s.get('sample_id')!r}: teacher windows start at {list(s['window_starts'])}, "
+                             f"not at {expected} as the cache's contract has them for {batch.num_frames} frames")
+    batch.window_frames = window_frames(batch.num_frames)
     for name in fields:
         present = [name in (s.get("targets") or {}) for s in samples]
         if not any(present):

@@ -13,13 +13,48 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from manifests.clips_table import current_clips, read_clips_table
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from shards.schema import FieldSpec, specs_from_json
+from shards.teacher_fields import CLIP_FIELDS, teacher_shapes
+
+
+# What training reads of a clip's manifest row (the loader, shards.cache_reader.ClipReader, the checks
+# below); created_at picks a clip's current row. Not its video, sampling or timestamps: at 10M clips the
+# whole table does not fit in memory.
+INDEX_COLUMNS = ("cache_key", "clip_id", "status", "stage", "error", "teacher_id", "format", "shard", "row", "fields",
+                 "checksums", "frame_indices", "window_starts", "created_at")
+
+# Benchmarks: their rows are test data whatever split a table gives them (the caching job's
+# evaluation sources, pipeline/datasets/registry.py, and the synthetic benchmark). Listed here, not
+# imported: the student never imports pipeline/ (tests/test_training_selection.py keeps the two in step).
+EVALUATION_DATASETS = ("r4d", "stibench", "vlm4d", "vsti_test", "synthetic4d")
 
 
 class CacheMismatchError(ValueError):
     """The cache was made for another teacher or stores fields differently than the config expects."""
+
+
+class EvaluationDataError(ValueError):
+    """A training selection that would train on test rows or on a benchmark."""
+
+
+def refuse_evaluation_data(samples: list[dict], datasets: tuple[str, ...], where: str) -> None:
+    """Refuse a training selection that names a benchmark or holds a row of split `test` or of a
+    benchmark; the message names each such dataset and split with its row count."""
+    named = sorted(set(datasets) & set(EVALUATION_DATASETS))
+    found = Counter((s["dataset"], s["split"]) for s in samples
+                    if s["split"] == "test" or s["dataset"] in EVALUATION_DATASETS)
+    if named or found:
+        what = [f"dataset {n} (a benchmark)" for n in named] + [
+            f"{n} rows of dataset {d} split {sp!r}" for (d, sp), n in sorted(found.items())]
+        raise EvaluationDataError(
+            f"{where}: the training selection holds evaluation data: {'; '.join(what)}. Select split 'train' and "
+            "training datasets (data.split, data.datasets), or set data.allow_evaluation_data: true to train on "
+            "them on purpose")
 
 
 @dataclass(frozen=True)
@@ -30,7 +65,7 @@ class Record:
     regions: tuple  # REGION structs as dicts
     images: tuple[str, ...]  # image paths relative to the cache's image root
     meta: str | None  # JSON: answers, options, question type (what an evaluator scores against)
-    clip: dict | None  # the clip's manifest row (shard, row, format, fields, checksums, window_starts)
+    clip: dict | None  # the clip's manifest row, its INDEX_COLUMNS only
 
     @property
     def shard(self) -> str | None:
@@ -49,17 +84,6 @@ class CacheIndex:
         return sorted({r.dataset for r in self.records})
 
 
-def expected_shapes(hooks: int, latent_dim: int, num_frames: int, windows: int, map_size: int = 224) -> dict:
-    """Per-clip shape of each teacher field (pipeline/teachers/base.py documents the layout)."""
-    return {
-        "latents": (hooks, windows * 2048, latent_dim),
-        "depth": (num_frames, map_size, map_size),
-        "flow": (2, num_frames, map_size, map_size),
-        "dyn_mask": (num_frames, map_size, map_size),
-        "camray": (windows, 6, 16, 16, 16),
-    }
-
-
 def load_cache_index(
     cache: str | Path,
     split: str | None = "train",  # None: every split
@@ -67,17 +91,20 @@ def load_cache_index(
     teacher_id: str | None = None,
     needed: tuple[str, ...] = (),
     field_dtypes: dict[str, str] | None = None,
+    training: bool = False,
 ) -> CacheIndex:
     """`needed`: teacher fields the enabled losses read; `field_dtypes`: the stored dtype the config
-    expects per field (a run tuned for fp16 latents must not silently train on int8 ones)."""
+    expects per field (a run tuned for fp16 latents must not silently train on int8 ones); `training`:
+    refuse a selection holding evaluation data (refuse_evaluation_data)."""
     root = Path(cache)
     samples_path = root / SAMPLES_FILE
     if not samples_path.exists():
         raise FileNotFoundError(f"{root} holds no samples table ({SAMPLES_FILE}): not a p4d cache, or nothing cached yet")
     samples = read_samples(samples_path).to_pylist()
-    clips = {k: row for k, row in current_clips(read_clips_table(root)).items()}
-
     wanted = [s for s in samples if (split is None or s["split"] == split) and (not datasets or s["dataset"] in datasets)]
+    clips = current_clips(read_clips_table(root, INDEX_COLUMNS, convert=rows_of_keys({s["cache_key"] for s in wanted})))
+    if training:
+        refuse_evaluation_data(wanted, datasets, str(root))
     unknown = set(datasets) - {s["dataset"] for s in samples}
     if unknown:
         raise ValueError(f"{root}: no samples of dataset(s) {sorted(unknown)} "
@@ -117,8 +144,15 @@ def load_cache_index(
     return CacheIndex(root, records, found, specs, skipped)
 
 
+def rows_of_keys(keys: set[str | None]):
+    """A read_clips_table convert that keeps only the rows of `keys`: the clips the selected samples
+    point at, not the whole table."""
+    wanted = pa.array(sorted(k for k in keys if k is not None), pa.string())
+    return lambda rows, where: rows.filter(pc.is_in(rows["cache_key"], value_set=wanted))
+
+
 def _check_fields(root: Path, specs: dict[str, FieldSpec], needed, field_dtypes: dict[str, str]) -> None:
-    missing = [f for f in ("frames", "timestamps", *needed) if f not in specs]
+    missing = [f for f in (*CLIP_FIELDS, *needed) if f not in specs]
     if missing:
         raise CacheMismatchError(
             f"{root}: the enabled losses need field(s) {missing} the cache does not store "
@@ -133,11 +167,7 @@ def _check_fields(root: Path, specs: dict[str, FieldSpec], needed, field_dtypes:
 
 def check_shapes(root: Path, specs: dict[str, FieldSpec], needed, hooks: int, latent_dim: int) -> None:
     """The stored teacher shapes must be what the P4D branch predicts."""
-    frames = specs["frames"].shape[0]
-    # Windows follow from the frame count (the teacher's rule); the stored per-window fields say it.
-    windows = (specs["latents"].shape[1] // 2048 if "latents" in specs
-               else specs["camray"].shape[0] if "camray" in specs else 1)
-    expect = expected_shapes(hooks, latent_dim, frames, windows)
+    expect = teacher_shapes(specs["frames"].shape[0], hooks, latent_dim)
     for name in needed:
         if tuple(specs[name].shape) != expect[name]:
             raise CacheMismatchError(

@@ -19,17 +19,21 @@ import logging
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __package__ in (None, ""):
+    # Run as a script (python student/eval.py): import from the project root, and not from student/ itself,
+    # whose module names (config, datasets, ...) would shadow installed packages.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from tqdm import tqdm
 
-from manifests.regions import MarkStyle
 from shards.atomic import atomic_write_bytes
+from shards.local_path import local_path
+from shards.teacher_fields import CLIP_FIELDS
 from student.batch import collate
 from student.cache_index import Record, load_cache_index
 from student.charts import bar_chart
 from student.loader import ClipReader, build_sample
+from student.marks import MarkStyle
 from student.model import StudentModel, load_tokenizer
 from student.scoring import (
     DYNAMIC, STATIC, markdown_table, mean_relative_accuracy, parse_choice, parse_number, r4d_column, r4d_table,
@@ -37,7 +41,7 @@ from student.scoring import (
 
 log = logging.getLogger("p4d.eval")
 
-BENCH_DATASETS = {"r4d": "r4d", "sti": "stibench", "vlm4d": "vlm4d", "vsti": "vsti", "synthetic": "synthetic4d"}
+BENCH_DATASETS = {"r4d": "r4d", "sti": "stibench", "vlm4d": "vlm4d", "vsti": "vsti_test", "synthetic": "synthetic4d"}
 PREDICTIONS = "predictions.jsonl"
 LENGTH_PREFIXED = ("r4d", "synthetic")  # benchmarks whose prompt starts with the video length in seconds
 
@@ -142,12 +146,23 @@ def choose_by_likelihood(model: StudentModel, tokenizer, batch, options: dict[st
     return max(ids, key=lambda letter: logits[ids[letter]].item())
 
 
+def answer(model: StudentModel, tokenizer, batch, meta: dict, answer_by: str, max_new_tokens: int) -> str:
+    """The student's answer to one question: its most likely option letter (answer_by "likelihood",
+    multiple-choice rows), else its greedy generation."""
+    if answer_by == "likelihood" and "options" in meta:
+        return choose_by_likelihood(model, tokenizer, batch, meta["options"])
+    tokens = model.generate(batch, max_new_tokens=max_new_tokens)
+    return tokenizer.decode(tokens[0], skip_special_tokens=True)
+
+
 def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Path, limit: int | None = None,
              max_new_tokens: int = 16, marks: MarkStyle | None = MarkStyle(), answer_by: str = "generate") -> dict:
     """answer_by "generate": greedy generation, parsed (the benchmarks' protocol); "likelihood":
     multiple-choice rows answered by the most likely option letter (numeric rows still generate)."""
     if answer_by not in ("generate", "likelihood"):
         raise ValueError(f"answer_by must be 'generate' or 'likelihood', got {answer_by!r}")
+    if (limit is not None and limit < 1) or max_new_tokens < 1:
+        raise ValueError(f"limit and max_new_tokens must be >= 1, got {limit} and {max_new_tokens}")
     if bench not in BENCH_DATASETS:
         raise ValueError(f"--bench must be one of {sorted(BENCH_DATASETS)}, got {bench!r}")
     out = Path(out)
@@ -156,7 +171,7 @@ def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Pa
     records = index.records[:limit] if limit else index.records
     model = StudentModel.from_export(model_dir).eval()
     tokenizer = load_tokenizer(model_dir)
-    reader = ClipReader(index.root, ())
+    reader = ClipReader(index.root, CLIP_FIELDS)
     path = out / PREDICTIONS
     done = read_predictions(path)
     todo = [r for r in records if r.sample_id not in done]
@@ -168,11 +183,7 @@ def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Pa
             prefix = bench in LENGTH_PREFIXED or meta.get("prompt_prefix") == "video_length_seconds"
             sample["conversations"] = question_turns(record, sample, prefix)
             batch = collate([sample], model.adapter, tokenizer, generation=True)
-            if answer_by == "likelihood" and "options" in meta:
-                text = choose_by_likelihood(model, tokenizer, batch, meta["options"])
-            else:
-                tokens = model.generate(batch, max_new_tokens=max_new_tokens)
-                text = tokenizer.decode(tokens[0], skip_special_tokens=True)
+            text = answer(model, tokenizer, batch, meta, answer_by, max_new_tokens)
             row = {"sample_id": record.sample_id, "output": text, "answer_by": answer_by, **score(text, meta),
                    "metric": meta.get("metric", "accuracy"), "column": column_of(meta)}
             sink.write(json.dumps(row) + "\n")
@@ -185,10 +196,10 @@ def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Pa
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="an exported student (RUN/export)")
-    p.add_argument("--cache", required=True, help="the cache holding the benchmark's clips and samples")
+    p.add_argument("--model", type=local_path, required=True, help="an exported student (RUN/export)")
+    p.add_argument("--cache", type=local_path, required=True, help="the cache holding the benchmark's clips and samples")
     p.add_argument("--bench", required=True, choices=sorted(BENCH_DATASETS))
-    p.add_argument("--out", required=True, help="results directory (reruns resume from its predictions)")
+    p.add_argument("--out", type=local_path, required=True, help="results directory (reruns resume from its predictions)")
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--no-marks", action="store_true", help="do not draw region marks on the frames")

@@ -2,10 +2,11 @@
 
 The pipeline, as explicit stages (each a function of the previous one's output):
   order      stream.epoch_order / rank_batches: which samples, in which batches (manifests only)
-  read       ClipReader: this batch's clips from their shards, only the fields the losses need
+  read       shards.cache_reader.ClipReader: this batch's clips from their shards, only the fields the
+             losses need
   augment    a seeded flip / crop of frames, regions and every target together (student/augment.py);
              the draw is seeded by (seed, epoch, batch, position), so a resumed run draws the same views
-  marks      the sample's regions drawn as Set-of-Marks labels on its frames (manifests/regions.py)
+  marks      the sample's regions drawn as Set-of-Marks labels on its frames (student/marks.py)
   images     image-only samples' pictures from the cache's image root
   collate    student.batch.collate: tokens, answer-only labels, visual inputs, targets + masks
 
@@ -16,7 +17,6 @@ on the number of workers, and `state_dict()` (epoch, next batch) is all a checkp
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,44 +24,18 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from manifests.regions import MarkStyle, draw_clip_marks, parse_regions
-from shards.formats import open_reader
-from shards.integrity import ShardCorruptError
-from shards.schema import specs_from_json
+from manifests.regions import parse_regions
+from shards.cache_reader import ClipReader
+from shards.teacher_fields import CLIP_FIELDS
 from student.augment import AugmentConfig, augment
 from student.batch import collate
 from student.cache_index import CacheIndex, Record
+from student.marks import MarkStyle, draw_clip_marks
 from student.stream import epoch_order, rank_batches
 from student.train_config import DataConfig
 
-OPEN_SHARDS = 4  # readers kept open per worker: shard-grouped order revisits few shards at a time
 # A mirrored view would make an answer about left / right false: such samples are never flipped.
 SIDEDNESS = re.compile(r"\b(left|right)", re.IGNORECASE)
-
-
-class ClipReader:
-    """Reads cached clips, keeping a few shard readers open (a WebDataset reader indexes its tar once)."""
-
-    def __init__(self, root: Path, fields: tuple[str, ...]):
-        self.root, self.fields = root, ("frames", "timestamps", *fields)
-        self._open: OrderedDict = OrderedDict()
-
-    def _reader(self, clip: dict):
-        key = clip["shard"]
-        if key not in self._open:
-            if len(self._open) >= OPEN_SHARDS:
-                self._open.popitem(last=False)
-            self._open[key] = open_reader(clip["format"], self.root / key, specs_from_json(clip["fields"]))
-        self._open.move_to_end(key)
-        return self._open[key]
-
-    def read(self, clip: dict) -> dict[str, np.ndarray]:
-        stored = {s.name for s in specs_from_json(clip["fields"])}
-        fields = [f for f in self.fields if f in stored]
-        try:
-            return self._reader(clip).read(clip["row"], fields=fields, checksums=dict(clip["checksums"]))
-        except ShardCorruptError as e:
-            raise e.with_clip_id(clip["clip_id"]) from e
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -113,7 +87,7 @@ class _EpochBatches(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        reader = ClipReader(self.index.root, self.fields)
+        reader = ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields))
         for j in range(self.start, len(self.batches)):
             if (j - self.start) % workers != worker:
                 continue

@@ -1,17 +1,18 @@
 """The P4D branch (training only): D_4DP onto the teacher's latent grid and D_m onto its 4D maps.
 
-Teacher layout (pipeline/teachers/base.py, recorded per clip in the manifest): a clip of T frames is
-seen as W windows of 16 frames starting at `window_starts` (of the mirror-padded clip); per window
-8 temporal slots (tubelet 2) x 16 x 16 tokens, window-major, (t, h, w) row-major.
+Teacher layout (shards/teacher_fields.py, the cache's contract): a clip of T frames is seen as W
+windows of 16 frames of the mirror-padded clip; per window 8 temporal slots (tubelet 2) x 16 x 16
+tokens, window-major, (t, h, w) row-major.
 
 D_4DP takes the LLM hidden states at a video's visual-token positions as a grid [slots, rows, cols, D],
 picks for every teacher slot the student slot that holds the same frame (every 2nd frame), resizes the
-spatial grid to 16 x 16 (bilinear) and maps D -> C with one head per hooked teacher layer.
+spatial grid to 16 x 16 (bilinear, antialiased: torchvision's Resize, as released) and maps D -> C with
+one head per hooked teacher layer (released: a Linear, weights normal(0, 0.1), bias 0).
 
-D_m ("light", the default): per task, a token-wise MLP over the concatenated hook outputs that
-un-patchifies each token into its 2 frames x (S/16)^2 pixels, then averages the windows that show the
-same clip frame. Cheap next to the frozen teacher DPT heads the released code runs every step
-(decoders="teacher": student/teacher_heads.py), which decode the same latents the same way per window.
+D_m, per window, then each clip frame the mean of the windows that show it: "teacher" (the default,
+released) runs the frozen L4P DPT heads on the predicted latents (student/teacher_heads.py); "light"
+is, per task, a token-wise MLP over the concatenated hook outputs that un-patchifies each token into
+its 2 frames x (S/16)^2 pixels, far cheaper than the heads (bench/train_step.py).
 """
 from __future__ import annotations
 
@@ -19,34 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shards.teacher_fields import GRID, MAP_CHANNELS, MAP_SIZE, SLOTS, TUBELET, WINDOW, window_frame_indices
 from student.config import BranchConfig
 from student.teacher_heads import FrozenTeacherHeads
 
-TEACHER_WINDOW = 16
-TEACHER_TUBELET = 2
-TEACHER_GRID = 16
-SLOTS_PER_WINDOW = TEACHER_WINDOW // TEACHER_TUBELET
-TASK_CHANNELS = {"depth": 1, "flow": 2, "dyn_mask": 1, "camray": 6}
+
+def window_frames(num_frames: int) -> torch.Tensor:
+    """[W, 16] clip frame shown in every slot of every teacher window."""
+    return torch.from_numpy(window_frame_indices(num_frames))
 
 
-def window_frames(num_frames: int, starts: list[int]) -> torch.Tensor:
-    """[W, 16] clip frame shown in every slot of every teacher window.
-
-    The teacher mirror-pads the clip about its last frame without repeating it (and bounces between
-    the ends when the clip is shorter than the padding); the cached `window_starts` fix the rest."""
-    padded = torch.arange(max(starts) + TEACHER_WINDOW)
-    if num_frames == 1:
-        source = torch.zeros_like(padded)
-    else:
-        period = 2 * (num_frames - 1)
-        phase = padded % period
-        source = torch.where(phase < num_frames, phase, period - phase)
-    return torch.stack([source[s:s + TEACHER_WINDOW] for s in starts])
+LINEAR_INIT_STD = 0.1  # the released D_4DP Linear's weights: normal(0, 0.1), bias 0
 
 
 def _head(in_dim: int, out_dim: int, cfg: BranchConfig) -> nn.Module:
     if cfg.head == "linear":
-        return nn.Linear(in_dim, out_dim)
+        head = nn.Linear(in_dim, out_dim)
+        nn.init.normal_(head.weight, mean=0.0, std=LINEAR_INIT_STD)
+        nn.init.zeros_(head.bias)
+        return head
     # The paper's D_4DP head: 3 layers, GELU.
     return nn.Sequential(
         nn.Linear(in_dim, cfg.mlp_hidden), nn.GELU(), nn.Linear(cfg.mlp_hidden, cfg.mlp_hidden), nn.GELU(),
@@ -66,8 +58,10 @@ class LatentDecoder(nn.Module):
         b, _, rows, cols, d = grid.shape
         x = grid[:, slot_index]  # [B, W8, rows, cols, D]
         x = x.flatten(0, 1).permute(0, 3, 1, 2)
-        if (rows, cols) != (TEACHER_GRID, TEACHER_GRID):
-            x = F.interpolate(x, size=(TEACHER_GRID, TEACHER_GRID), mode="bilinear", align_corners=False)
+        if (rows, cols) != (GRID, GRID):
+            # In float32: the antialiased kernel has no bfloat16 version on the CPU.
+            x = F.interpolate(x.float(), size=(GRID, GRID), mode="bilinear", align_corners=False,
+                              antialias=True).to(grid.dtype)
         x = x.permute(0, 2, 3, 1).reshape(b, -1, d)  # [B, W8 * 256, D], (t, h, w) row-major
         return torch.stack([head(x) for head in self.heads], dim=1)
 
@@ -77,20 +71,20 @@ class LightMapDecoder(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, channels: int, size: int):
         super().__init__()
-        if size % TEACHER_GRID:
-            raise ValueError(f"map size {size} is not a multiple of the {TEACHER_GRID}-token grid")
-        self.channels, self.patch = channels, size // TEACHER_GRID
+        if size % GRID:
+            raise ValueError(f"map size {size} is not a multiple of the {GRID}-token grid")
+        self.channels, self.patch = channels, size // GRID
         self.mlp = nn.Sequential(
             nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(),
-            nn.Linear(hidden, channels * TEACHER_TUBELET * self.patch**2),
+            nn.Linear(hidden, channels * TUBELET * self.patch**2),
         )
 
     def forward(self, tokens: torch.Tensor, windows: int) -> torch.Tensor:
-        b, g, p, c = tokens.shape[0], TEACHER_GRID, self.patch, self.channels
-        x = self.mlp(tokens).reshape(b, windows, SLOTS_PER_WINDOW, g, g, c, TEACHER_TUBELET, p, p)
+        b, g, p, c = tokens.shape[0], GRID, self.patch, self.channels
+        x = self.mlp(tokens).reshape(b, windows, SLOTS, g, g, c, TUBELET, p, p)
         # (w, slot, gh, gw, ch, tubelet, ph, pw) -> (w, ch, slot, tubelet, gh, ph, gw, pw)
         x = x.permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
-        return x.reshape(b, windows, c, TEACHER_WINDOW, g * p, g * p)
+        return x.reshape(b, windows, c, WINDOW, g * p, g * p)
 
 
 def merge_windows(per_window: torch.Tensor, frames: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -103,19 +97,18 @@ def merge_windows(per_window: torch.Tensor, frames: torch.Tensor, num_frames: in
 
 
 class P4DBranch(nn.Module):
-    def __init__(self, hidden: int, cfg: BranchConfig, map_size: int = 224):
+    def __init__(self, hidden: int, cfg: BranchConfig, map_size: int = MAP_SIZE):
         super().__init__()
         self.cfg = cfg
         self.latent = LatentDecoder(hidden, cfg)
         in_dim = cfg.hooks * cfg.latent_dim
         light = cfg.decoders == "light"
         self.maps = nn.ModuleDict(
-            {t: LightMapDecoder(in_dim, cfg.light_hidden, TASK_CHANNELS[t],
-                                TEACHER_GRID if t == "camray" else map_size)
+            {t: LightMapDecoder(in_dim, cfg.light_hidden, MAP_CHANNELS[t], GRID if t == "camray" else map_size)
              for t in (cfg.tasks if light else ())}
         )
         # Not an nn.Module attribute: frozen, replicated, invisible to the optimizer and to ZeRO-3.
-        self.teacher_heads = None if light else FrozenTeacherHeads(cfg.teacher_heads, cfg.tasks)
+        self.teacher_heads = None if light else FrozenTeacherHeads(cfg.teacher_heads, cfg.tasks, cfg.latent_dim)
 
     def forward(
         self, grid: torch.Tensor, frames: torch.Tensor, num_frames: int, frames_per_slot: int
@@ -125,7 +118,7 @@ class P4DBranch(nn.Module):
         depth (log) [B, T, S, S], flow [B, 2, T, S, S], dyn_mask (logits) [B, T, S, S],
         camray [B, W, 6, 16, 16, 16]."""
         windows = frames.shape[0]
-        slot_index = frames[:, ::TEACHER_TUBELET].flatten() // frames_per_slot
+        slot_index = frames[:, ::TUBELET].flatten() // frames_per_slot
         latents = self.latent(grid, slot_index)
         tokens = latents.permute(0, 2, 1, 3).flatten(2)  # [B, N, hooks * C]
         out = {"latents": latents}

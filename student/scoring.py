@@ -1,7 +1,7 @@
 """Scoring answers the way the benchmarks do: the chosen option of a multiple-choice answer, mean
 relative accuracy for numeric ones (VSTI-Bench), and R4D-Bench's 12-column table.
 
-R4D columns (DATASETS.md): Avg, Sta, Dyn, then Static VG (3D video grounding), DM (dimensional
+R4D columns (docs/datasets.md): Avg, Sta, Dyn, then Static VG (3D video grounding), DM (dimensional
 measurement), SR (spatial relation) and Dynamic R (rotational), C (counting), T (translational),
 FP (false positives), SA (speed & acceleration), DP (displacement & path length). Avg, Sta and Dyn are
 micro averages over the questions of the group (every question weighs the same), as a benchmark's

@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlavaOnevisionConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig
 
+from shards.local_path import local_path
 from student.adapters import ADAPTER_CLASSES
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -92,7 +93,7 @@ def make_tiny_vlm(adapter: str, out: str | Path, seed: int = 0, hidden: int = 64
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", choices=sorted(ADAPTER_CLASSES), default="qwen2_5_vl")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=local_path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)

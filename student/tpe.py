@@ -1,7 +1,7 @@
 """Timestamp positional encoding (TPE): how much time passes between frames, made explicit.
 
 Each sampled frame's real timestamp t (seconds, from the container) is encoded as a sinusoid with no
-parameters, base 10000 (../shared/reference/DISTILLATION.md):
+parameters, base 10000 (docs/distillation.md says what is and is not known of the released one):
     pe[2i] = sin(t / base^(2i / d)),  pe[2i + 1] = cos(t / base^(2i / d))
 and added to all of that frame's visual tokens before they enter the LLM. Two clips with identical
 frames but different timing (a slow and a fast pan) thus reach the LLM differently.

@@ -1,14 +1,16 @@
 """Train the student from a teacher cache with DeepSpeed ZeRO-3; the teacher never loads.
 
-    deepspeed --num_gpus 8 student/train.py --config configs/train/demo.yaml
+    deepspeed --num_gpus 8 student/train.py --config configs/train/4drgpt.yaml --set student.model.path=...
     torchrun --standalone --nproc_per_node 2 student/train.py --config ... --set run.max_steps=10
     (CPU boxes: DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 ...; gloo is used)
 
-Every step: next batch (this rank's slice of a deterministic stream), the valid-sample counts of each
-auxiliary term summed over ranks (exact global weighting), forward (uniform across ranks), backward,
-step. A checkpoint every run.checkpoint_every steps holds model, optimizer, scheduler, step and the
-loader position, and counts once its `complete` marker exists; a rerun resumes from the newest one.
-At the end the weights are consolidated (gathered module by module) and exported without the branch.
+Every step: data.global_batch / (data.batch_size x ranks) passes (gradient accumulation) of: next batch
+(this rank's slice of a deterministic stream), the valid-sample counts of each auxiliary term summed
+over ranks (exact global weighting within the pass), forward (uniform across ranks), backward; then
+DeepSpeed's optimizer step. A checkpoint every run.checkpoint_every steps holds model, optimizer,
+scheduler, step and the loader position, and counts once its `complete` marker exists; a rerun
+resumes from the newest one. At the end the weights are consolidated (gathered module by module) and
+exported without the branch.
 """
 from __future__ import annotations
 
@@ -21,13 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__":
-    # Run as a script, sys.path[0] is student/; the packages live one level up.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __package__ in (None, ""):
+    # Run as a script (deepspeed student/train.py): import from the project root, and not from student/ itself,
+    # whose module names (config, datasets, ...) would shadow installed packages.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import warnings
 
 import torch
+
+from configs.dataclass_io import add_config_arguments, config_from_args, to_yaml
+from student.train_config import TrainConfig
 
 # torch.distributed's renamed collectives, called by DeepSpeed every step: one warning per call.
 warnings.filterwarnings("ignore", message=r".*torch.distributed.\w+ is deprecated", category=FutureWarning)
@@ -42,28 +48,21 @@ log = logging.getLogger("p4d.train")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="training YAML (configs/train/*.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set run.max_steps=20 (repeatable)")
+    add_config_arguments(p, config_required=True)
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def lr_lambda(max_steps: int, warmup_ratio: float):
-    warmup = max(1, math.ceil(max_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+def lr_schedule(optimizer: torch.optim.Optimizer, max_steps: int, warmup_ratio: float):
+    """Linear warmup over ceil(warmup_ratio x max_steps) optimizer steps, then cosine to 0 at max_steps."""
+    from transformers import get_cosine_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, max_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    return get_cosine_schedule_with_warmup(optimizer, math.ceil(max_steps * warmup_ratio), max_steps)
 
 
 def deepspeed_config(cfg, world: int) -> dict:
     ds = json.loads(Path(cfg.run.deepspeed).read_text())
-    accumulation = ds.get("gradient_accumulation_steps", 1)
+    accumulation = cfg.data.accumulation(world)
     ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
     ds["gradient_accumulation_steps"] = accumulation
     ds["train_batch_size"] = cfg.data.batch_size * accumulation * world
@@ -98,132 +97,185 @@ def release_shm_segment_name(rank: int) -> None:
     Path("/dev/shm", name).unlink(missing_ok=True)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    import deepspeed
-    import torch._dynamo  # noqa: F401  (imported before zero.Init: torch 2.13 signature mismatch otherwise)
-    import torch.distributed as dist
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-    from transformers.integrations import HfDeepSpeedConfig
+class Trainer:
+    """This rank's part of a training run: `setup` in the constructor (the data first: a cache that does
+    not fit the config is refused before any model is built; then the student under ZeRO-3 with its
+    optimizer, schedule and loader), `resume`, `step`, `checkpoint`, `export`; `fit` runs them in turn."""
 
-    from student import checkpoints
-    from student.cache_index import check_shapes, load_cache_index, record_summary
-    from student.loader import StudentLoader
-    from student.model import StudentModel, load_tokenizer
-    from student.train_config import dump_train_config, load_train_config
+    def __init__(self, cfg: TrainConfig):
+        import deepspeed
+        import torch._dynamo  # noqa: F401  (imported before zero.Init: torch 2.13 signature mismatch otherwise)
+        import torch.distributed as dist
+        from transformers.integrations import HfDeepSpeedConfig
 
-    cfg = load_train_config(args.config, args.set)
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    dist.barrier()  # every rank is through init_distributed: it has mapped every rank's shm segment
-    release_shm_segment_name(rank)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s rank{rank} %(levelname)s %(message)s")
-    out = Path(cfg.run.out)
-    ckpt_dir = out / "checkpoints"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_train_config(cfg))
+        from student.cache_index import check_shapes, load_cache_index, record_summary
+        from student.loader import StudentLoader
+        from student.model import StudentModel, load_tokenizer
 
-    # Data first: a cache that does not fit the config is refused before any model is built.
-    student_cfg = cfg.student
-    fields = student_cfg.needed_fields()
-    index = load_cache_index(cfg.data.cache, cfg.data.split, cfg.data.datasets, cfg.data.teacher_id,
-                             fields, cfg.data.field_dtypes)
-    if index.teacher_id is not None:
-        check_shapes(index.root, index.specs, fields, student_cfg.branch.hooks, student_cfg.branch.latent_dim)
-    log.info("data: %s", record_summary(index))
+        cfg = cfg.with_teacher_heads()
+        self.cfg = cfg
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        dist.barrier()  # every rank is through init_distributed: it has mapped every rank's shm segment
+        release_shm_segment_name(self.rank)
+        logging.basicConfig(level=logging.INFO if self.rank == 0 else logging.WARNING,
+                            format=f"%(asctime)s rank{self.rank} %(levelname)s %(message)s")
+        self.out = Path(cfg.run.out)
+        self.checkpoints = self.out / "checkpoints"
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(cfg))
 
-    ds_config = deepspeed_config(cfg, world)
-    torch.manual_seed(cfg.run.seed)  # identical P4D-branch init on every rank
-    hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841  (kept alive: from_pretrained builds under zero.Init)
-    model = StudentModel.from_config(student_cfg)
-    tokenizer = load_tokenizer(student_cfg.model.path)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.run.max_steps, cfg.optim.warmup_ratio))
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params, config=ds_config
-    )
-    loader = StudentLoader(index, cfg.data, rank, world, model.adapter, tokenizer, fields)
+        fields = cfg.student.needed_fields()
+        self.index = load_cache_index(cfg.data.cache, cfg.data.split, cfg.data.datasets, cfg.data.teacher_id,
+                                      fields, cfg.data.field_dtypes, training=not cfg.data.allow_evaluation_data)
+        if self.index.teacher_id is not None:
+            check_shapes(self.index.root, self.index.specs, fields, cfg.student.branch.hooks,
+                         cfg.student.branch.latent_dim)
+            cfg.data.check_frames(self.index.root, self.index.specs["frames"].shape[0])
+        log.info("data: %s", record_summary(self.index))
 
-    step = 0
-    tag = checkpoints.latest_complete(ckpt_dir)
-    if tag is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-        step = client["step"]
-        loader.load_state_dict(client["loader"])
-        log.info("resumed from %s: step %d, loader at epoch %d batch %d", tag, step, loader.epoch, loader.batch)
+        ds_config = deepspeed_config(cfg, self.world)
+        torch.manual_seed(cfg.run.seed)  # identical P4D-branch init on every rank
+        # Kept alive while the trainer lives: from_pretrained builds the student under zero.Init.
+        self._hf_deepspeed = HfDeepSpeedConfig(ds_config)
+        self.model = StudentModel.from_config(cfg.student)
+        self.tokenizer = load_tokenizer(cfg.student.model.path)
+        self.loader = StudentLoader(self.index, cfg.data, self.rank, self.world, self.model.adapter, self.tokenizer,
+                                    fields)
+        self.accumulation = ds_config["gradient_accumulation_steps"]
+        self.max_steps = cfg.run.steps(len(self.loader.epoch_batches(0)), self.accumulation)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, model_parameters=params, config=ds_config,
+            lr_scheduler=lr_schedule(optimizer, self.max_steps, cfg.optim.warmup_ratio),
+        )
+        log.info("%d optimizer steps of %d pass(es) x %d samples x %d ranks", self.max_steps, self.accumulation,
+                 cfg.data.batch_size, self.world)
+        self.steps_done = 0  # optimizer steps
+        self.passes = 0  # forward / backward passes (accumulation of them make a step)
 
-    writer = SummaryWriter(str(out / "tensorboard")) if rank == 0 else None
-    batch_log = open(out / f"batches-rank{rank}.jsonl", "a")
-    bar = tqdm(total=cfg.run.max_steps, initial=step, desc="train", unit="step", disable=rank != 0)
-    stream = iter(loader)
-    while step < cfg.run.max_steps:
-        t0 = time.perf_counter()
-        batch = next(stream)
-        data_wait = time.perf_counter() - t0
-        output = engine(batch, global_denominators(batch, model, world))
-        engine.backward(output.loss)
-        engine.step()
-        step += 1
-        seconds = time.perf_counter() - t0
+    def resume(self) -> None:
+        """From the newest complete checkpoint, if any: weights, optimizer, schedule, step, loader position."""
+        from student import checkpoints
+
+        tag = checkpoints.latest_complete(self.checkpoints)
+        if tag is None:
+            return
+        _, client = self.engine.load_checkpoint(str(self.checkpoints), tag=tag)
+        self.steps_done = client["step"]
+        self.passes = self.steps_done * self.accumulation
+        self.loader.load_state_dict(client["loader"])
+        log.info("resumed from %s: step %d, loader at epoch %d batch %d", tag, self.steps_done, self.loader.epoch,
+                 self.loader.batch)
+
+    def step(self, batch):
+        """One pass on this rank's batch; the auxiliary terms are weighted by their valid samples over
+        all ranks. DeepSpeed updates the weights on the last pass of every `accumulation`."""
+        output = self.engine(batch, global_denominators(batch, self.model, self.world))
+        self.engine.backward(output.loss)
+        self.engine.step()
+        self.passes += 1
+        self.steps_done = self.passes // self.accumulation
+        return output
+
+    def checkpoint(self) -> None:
+        """Every rank saves its partition; the checkpoint counts once rank 0 marks it complete."""
+        import torch.distributed as dist
+
+        from student import checkpoints
+
+        tag = checkpoints.tag_for(self.steps_done)
+        state = {"step": self.steps_done, "loader": self.loader.state_dict(), "config": to_yaml(self.cfg)}
+        self.engine.save_checkpoint(str(self.checkpoints), tag=tag, client_state=state)
+        dist.barrier()  # every rank's partition is on disk before the marker says so
+        if self.rank == 0:
+            checkpoints.mark_complete(self.checkpoints, tag, {"step": self.steps_done, "loader": self.loader.state_dict()})
+            removed = checkpoints.prune(self.checkpoints, self.cfg.run.keep_checkpoints)
+            log.info("checkpoint %s complete%s", tag, f" (pruned {removed})" if removed else "")
+        dist.barrier()
+
+    def export(self) -> None:
+        """Gather the ZeRO-3 partitions (all ranks take part), then rank 0 writes the base model alone."""
+        engine = self.engine
+        full = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_partition_weights() \
+            else engine.module.state_dict()
+        if self.rank == 0:
+            directory = self.out / "export"
+            base = {k.removeprefix("base."): v for k, v in full.items() if k.startswith("base.")}
+            self.model.export(directory, self.tokenizer, state_dict=base)
+            log.info("exported the student without the P4D branch to %s (%d tensors)", directory, len(base))
+
+    def fit(self) -> None:
+        import torch.distributed as dist
+
+        run = self.cfg.run
+        self.resume()
+        progress = StepLog(self.out, self.rank, self.max_steps, self.steps_done)
+        stream = iter(self.loader)
+        while self.steps_done < self.max_steps:
+            start = time.perf_counter()
+            batch = next(stream)
+            data_wait = time.perf_counter() - start
+            output = self.step(batch)
+            stepped = self.passes % self.accumulation == 0
+            progress.record(self.steps_done + (not stepped), batch, output, data_wait, time.perf_counter() - start,
+                            self.world, self.scheduler.get_last_lr()[0], stepped,
+                            stepped and self.steps_done % run.log_every == 0)
+            if stepped and (self.steps_done % run.checkpoint_every == 0 or self.steps_done == self.max_steps):
+                self.checkpoint()
+        progress.close()
+        if run.export:
+            self.export()
+        dist.barrier()
+
+
+class StepLog:
+    """What a step leaves behind: each rank's sample ids and loss per pass in RUN/batches-rank<r>.jsonl
+    (under the optimizer step the pass belongs to); on rank 0, at each step's last pass, every loss
+    term, samples/s, data wait and learning rate to TensorBoard (RUN/tensorboard), a progress bar and,
+    every log_every steps, a log line."""
+
+    def __init__(self, out: Path, rank: int, max_steps: int, done: int):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.rank = rank
+        self.batches = open(out / f"batches-rank{rank}.jsonl", "a")
+        self.tensorboard = SummaryWriter(str(out / "tensorboard")) if rank == 0 else None
+        self.bar = tqdm(total=max_steps, initial=done, desc="train", unit="step", disable=rank != 0)
+
+    def record(self, step: int, batch, output, data_wait: float, seconds: float, world: int, lr: float,
+               stepped: bool, log_line: bool) -> None:
+        loss = output.loss.item()
+        self.batches.write(json.dumps({"step": step, "samples": batch.sample_ids, "loss": loss}) + "\n")
+        self.batches.flush()
+        if self.rank != 0 or not stepped:
+            return
         terms = {k: float(v) for k, v in output.terms.items()}
-        batch_log.write(json.dumps({"step": step, "samples": batch.sample_ids, "loss": output.loss.item()}) + "\n")
-        batch_log.flush()
-        if rank == 0:
-            lr = scheduler.get_last_lr()[0]
-            for k, v in terms.items():
-                writer.add_scalar(f"loss/{k}", v, step)
-            writer.add_scalar("loss/total", output.loss.item(), step)
-            writer.add_scalar("perf/samples_per_s", batch.size * world / seconds, step)
-            writer.add_scalar("perf/data_wait_s", data_wait, step)
-            writer.add_scalar("optim/lr", lr, step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{output.loss.item():.4f}")
-            if step % cfg.run.log_every == 0:
-                log.info("step %d loss %.4f %s | %.2f samples/s, data wait %.3f s, lr %.2e", step,
-                         output.loss.item(), " ".join(f"{k} {v:.4f}" for k, v in terms.items()),
-                         batch.size * world / seconds, data_wait, lr)
-        if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
-            save_checkpoint(engine, ckpt_dir, step, loader, cfg, rank)
-    bar.close()
-    batch_log.close()
-    if writer is not None:
-        writer.close()
+        rate = batch.size * world / seconds
+        for k, v in terms.items():
+            self.tensorboard.add_scalar(f"loss/{k}", v, step)
+        self.tensorboard.add_scalar("loss/total", loss, step)
+        self.tensorboard.add_scalar("perf/samples_per_s", rate, step)
+        self.tensorboard.add_scalar("perf/data_wait_s", data_wait, step)
+        self.tensorboard.add_scalar("optim/lr", lr, step)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+        if log_line:
+            log.info("step %d loss %.6g %s | %.2f samples/s, data wait %.3f s, lr %.2e", step, loss,
+                     " ".join(f"{k} {v:.6g}" for k, v in terms.items()), rate, data_wait, lr)
 
-    if cfg.run.export:
-        export(engine, model, tokenizer, out / "export", rank)
-    dist.barrier()
+    def close(self) -> None:
+        self.bar.close()
+        self.batches.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, loader, cfg, rank: int) -> None:
-    import torch.distributed as dist
-
-    from student import checkpoints
-    from student.train_config import dump_train_config
-
-    tag = checkpoints.tag_for(step)
-    state = {"step": step, "loader": loader.state_dict(), "config": dump_train_config(cfg)}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)
-    dist.barrier()  # every rank's partition is on disk before the marker says so
-    if rank == 0:
-        checkpoints.mark_complete(ckpt_dir, tag, {"step": step, "loader": loader.state_dict()})
-        removed = checkpoints.prune(ckpt_dir, cfg.run.keep_checkpoints)
-        log.info("checkpoint %s complete%s", tag, f" (pruned {removed})" if removed else "")
-    dist.barrier()
-
-
-def export(engine, model, tokenizer, directory: Path, rank: int) -> None:
-    """Gather the ZeRO-3 partitions (all ranks take part), then rank 0 writes the base model alone."""
-    full = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_partition_weights() \
-        else engine.module.state_dict()
-    if rank == 0:
-        base = {k.removeprefix("base."): v for k, v in full.items() if k.startswith("base.")}
-        model.export(directory, tokenizer, state_dict=base)
-        log.info("exported the student without the P4D branch to %s (%d tensors)", directory, len(base))
+def main(argv=None) -> None:
+    Trainer(config_from_args(TrainConfig, parse_args(argv))).fit()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pipeline.geometry import plucker_rays
 from pipeline.runner import run_job
 from pipeline.sampling import SamplingConfig
 from pipeline.synthetic.ground_truth import load_ground_truth
+from pipeline.timing import Seconds
+from pipeline.teachers.oracle import MOTION_LOGIT
 from shards.atomic import is_temporary
 from shards.cache_reader import read_cached_clip
 from shards.codecs import decode_field
@@ -76,7 +78,9 @@ def test_round_trip_matches_ground_truth(both_caches):
             # log-depth with steps of 2**-8: half a step in log, relative error <= exp(2**-9) - 1
             # (+ float32 output rounding)
             np.testing.assert_allclose(arrays["depth"], gt.depth[idx][:, r][:, :, c], rtol=np.expm1(2**-9) + 2**-23)
-            np.testing.assert_array_equal(arrays["dyn_mask"], gt.dyn_mask[idx][:, r][:, :, c])
+            # The motion logit, +-MOTION_LOGIT: a whole number of fixed-point steps, stored exactly.
+            motion = np.where(gt.dyn_mask[idx][:, r][:, :, c] > 0, MOTION_LOGIT, -MOTION_LOGIT)
+            np.testing.assert_array_equal(arrays["dyn_mask"], motion)
             # The renderer's per-frame backward flow (consecutive frames here), scaled to 224 px.
             flow = gt.flow[idx][:, :, r][:, :, :, c].transpose(1, 0, 2, 3)
             flow = flow * np.array([224 / w, 224 / h])[:, None, None, None]
@@ -137,7 +141,19 @@ def test_stock_readers_open_the_outputs(both_caches):
         keys = set(samples["cache_key"].to_pylist())
         assert keys == set(ok_rows(cache)), "every sample points at a cached clip"
         summary = json.loads((cache / "summary.json").read_text())
-        assert summary["clips"]["ok"] == 4 and set(summary["seconds"]) >= {"decode", "teacher", "encode", "write"}
+        assert summary["clips"]["ok"] == 4
+        stages = {"hash", "decode", "teacher", "encode", "write", "startup", "compute_wall"}
+        assert set(summary["seconds"]) == stages and all(summary["seconds"][s] > 0 for s in stages), summary["seconds"]
+
+
+def test_a_stage_timing_adds_its_seconds_however_it_ends():
+    seconds = Seconds(decode=1.0)
+    with seconds.timing("decode"):
+        time.sleep(0.01)
+    with pytest.raises(ValueError), seconds.timing("decode"):
+        time.sleep(0.01)
+        raise ValueError("a failed decode still took its time")
+    assert 1.02 <= seconds["decode"] < 2.0 and set(seconds) == {"decode"}
 
 
 def test_rerun_computes_nothing_and_new_videos_exactly(synthetic_set, ray_session, tmp_path):
@@ -246,7 +262,7 @@ def test_sigkill_mid_job_then_rerun_finishes_exactly_once(synthetic_set, ray_ses
 def test_inspect_lists_and_renders_a_cached_clip(both_caches, tmp_path, capsys):
     from PIL import Image
 
-    from pipeline.inspect import main as inspect_main
+    from student.inspect_cache import main as inspect_main
 
     cache = both_caches["wds"]
     rows = ok_rows(cache)

@@ -18,12 +18,13 @@ import zarr
 
 from manifests.cache_key import compute_cache_key
 from manifests.clips_table import current_clips, read_clips_table, write_clips_part
-from pipeline.config import JobConfig, default_storage
+from pipeline.config import JobConfig
 from pipeline.runner import field_specs
 from shards.cache_reader import read_cached_clip
 from shards.codecs import PROB_LOGIT_MAX, PROB_LOGIT_STEP, decode_field, encode_arrays, stored_specs
 from shards.formats import FORMATS, open_reader, open_writer, shard_filename
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
+from shards.teacher_fields import default_storage
 
 HOOKS, TOKENS, CHANNELS = 2, 64, 96
 OUTLIERS = [3, 40, 77]  # channel indices 10-50x larger than the rest, as in real ViT features
@@ -33,7 +34,7 @@ SPECS = [
     FieldSpec("latents", (HOOKS, TOKENS, CHANNELS), "int8", "zstd", 3, "int8-token", 0.0),
     FieldSpec("depth", (T, H, W), "uint16", "zstd", 3, "log-depth", 2**-8),
     FieldSpec("flow", (2, T, H, W), "int16", "gzip", 3, "fixed", 1 / 16),
-    FieldSpec("dyn_mask", (T, H, W), "uint8", "none", 0, "prob-u8"),
+    FieldSpec("dyn_mask", (T, H, W), "int16", "none", 0, "fixed", 2**-5),  # the default for the logit
     FieldSpec("camray", (1, 6, 4, 4, 4), "uint16", "zstd", 3, "bf16"),
     FieldSpec("frames", (T, H, W, 3), "uint8", "zstd", 3),
 ]
@@ -50,8 +51,8 @@ def latents(rng: np.random.Generator) -> np.ndarray:
 def make_clip(rng: np.random.Generator) -> dict[str, np.ndarray]:
     depth = rng.uniform(0.3, 80.0, (W, H, T)).T  # a non-contiguous view, as teachers hand over
     depth[0, 0, :4] = 0.0  # invalid pixels
-    mask = rng.uniform(0, 1, (T, H, W))
-    mask[0, 0, :3] = [0.0, 1.0, 3e-4]  # exact background / foreground, and a confident network background
+    mask = rng.normal(0, 6, (T, H, W))  # motion logits
+    mask[0, 0, :2] = [-1023.9, 1023.9]  # near the ends of the stored range
     return {
         "latents": latents(rng),
         "depth": depth,
@@ -132,15 +133,26 @@ def test_fixed_bf16_and_probability_bounds():
     assert stored["camray"].dtype == np.uint16
     # bfloat16 keeps 8 significant bits: round to nearest errs by <= 2**-8 relative.
     assert (np.abs(camray - clip["camray"]) <= 2**-8 * np.abs(clip["camray"])).all()
-    mask, stored = round_trip("dyn_mask", clip["dyn_mask"])
-    assert mask[0, 0, 0] == 0.0 and mask[0, 0, 1] == 1.0, "exact 0 and 1 stay exact"
-    p, q = clip["dyn_mask"][0, 0, 2:], mask[0, 0, 2:].astype(np.float64)
+    # The motion logit (default storage): half a step of 2**-5 over |logit| <= 1024 (+ float32 rounding).
+    logit, stored = round_trip("dyn_mask", clip["dyn_mask"])
+    assert stored["dyn_mask"].dtype == np.int16
+    assert np.abs(logit - clip["dyn_mask"]).max() <= 2**-6 + 1e-4
+    with pytest.raises(ValueError, match="field 'dyn_mask'.*32767"):
+        round_trip("dyn_mask", np.full_like(clip["dyn_mask"], 1024.1))
+
+    # prob-u8, the dyn_mask storage of caches written when the field was a probability.
+    old = replace(spec("dyn_mask"), dtype="uint8", encoding="prob-u8", step=0.0)
+    p = np.random.default_rng(5).uniform(0, 1, (T, H, W))
+    p[0, 0, :3] = [0.0, 1.0, 3e-4]  # exact background / foreground, and a confident network background
+    q = decode_field(old, encode_arrays([old], {"dyn_mask": p})).astype(np.float64)
+    assert q[0, 0, 0] == 0.0 and q[0, 0, 1] == 1.0, "exact 0 and 1 stay exact"
     # Uniform in logit: half a logit step of error inside [-12, 12] (+ float32 output rounding).
+    p, q = p[0, 0, 2:], q[0, 0, 2:]
     inside = np.abs(np.log(p / (1 - p))) < PROB_LOGIT_MAX
     err = np.abs(np.log(q / (1 - q)) - np.log(p / (1 - p)))[inside]
     assert err.max() <= PROB_LOGIT_STEP / 2 + 1e-3, err.max()
     with pytest.raises(ValueError, match=r"field 'dyn_mask'.*\[0, 1\]"):
-        round_trip("dyn_mask", clip["dyn_mask"] + 0.5)
+        encode_arrays([old], {"dyn_mask": np.full((T, H, W), 1.5)})
 
 
 def test_specs_refuse_inconsistent_encodings():
@@ -199,7 +211,8 @@ def test_default_storage_is_recorded_in_the_spec_and_a_codec_change_is_a_new_key
     specs = field_specs(JobConfig(), shapes, 16)
     recorded = {d["name"]: d for d in json.loads(specs_to_json(specs))}
     assert (recorded["latents"]["encoding"], recorded["latents"]["step"]) == ("int8-token", default_storage()["latents"].step)
-    assert recorded["dyn_mask"]["encoding"] == "prob-u8" and recorded["depth"]["encoding"] == "log-depth"
+    assert (recorded["dyn_mask"]["encoding"], recorded["dyn_mask"]["step"]) == ("fixed", 2**-5)
+    assert recorded["depth"]["encoding"] == "log-depth"
     finer = [replace(s, step=0.0) if s.name == "latents" else s for s in specs]
     base = dict(video_identity="sha256:abc", sampling={"num_frames": 16}, teacher_id="t")
     assert compute_cache_key(output_spec=specs_to_json(specs), **base) != \

@@ -1,12 +1,15 @@
-"""The job's configuration (YAML + flags), the per-clip field specs it implies, and the one-job lock."""
+"""The job's configuration (YAML, then --set and the flags that are its shorthands), the per-clip field
+specs it implies, and the one-job lock."""
 from __future__ import annotations
 
 import pytest
 
 from pipeline.cache_dir import CacheDir, CacheLockedError
 from pipeline.cache_teacher import main as cache_main
-from pipeline.config import FLAGS, build_parser, default_storage, load_config
+from pipeline.config import FLAGS, build_parser, load_config
 from pipeline.runner import field_specs
+from shards.schema import FieldStorage
+from shards.teacher_fields import default_storage
 
 
 def parse(*argv):
@@ -40,14 +43,46 @@ def test_bad_config_names_the_key(tmp_path):
         parse("--teacher", "l5p")
     with pytest.raises(ValueError, match="output.fields: unknown"):
         parse("--fields", "depth,normals")
+    with pytest.raises(ValueError, match=r"max_inflight \(1\) must be >= teacher.batch_size \(2\)"):
+        parse("--max-inflight", "1", "--batch-size", "2")
+
+
+def test_set_reaches_every_key_in_command_line_order():
+    config = parse("--batch-size", "2", "--set", "teacher.batch_size=5", "--set", "output.storage.depth.dtype=float32",
+                   "--set", "output.storage.depth.codec=none", "--set", "teacher.latent_dim=64")
+    assert config.teacher.batch_size == 5 and config.teacher.latent_dim == 64
+    # A field's storage named on the command line replaces that field's storage, as in YAML.
+    assert config.output.storage["depth"] == FieldStorage("float32", "none")
+    assert parse("--set", "teacher.batch_size=5", "--batch-size", "2").teacher.batch_size == 2, "the later wins"
+
+
+def test_command_line_values_keep_their_text_where_the_key_is_a_string():
+    config = parse("--out", "1e3", "--set", "videos=0755", "--samples", "null", "--latent-dim", "null")
+    assert (config.out, config.videos) == ("1e3", "0755")
+    assert config.samples is None and config.teacher.latent_dim is None
+    config = parse("--source", "sat=/data/sat", "--fields", "depth", "--source", "wolf=/data/x")
+    assert config.sources == ("sat=/data/sat", "wolf=/data/x") and config.output.fields == ("depth",)
+
+
+def test_bad_overrides_name_the_key(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("teacher: oracle\n")
+    with pytest.raises(ValueError, match=r"--set teacher.name=\.\.\.: teacher is not a section"):
+        parse("--config", str(path), "--set", "teacher.name=l4p")
+    with pytest.raises(SystemExit):
+        parse("--set", "teacher.batch_size")  # not KEY=VALUE: argparse refuses
+    with pytest.raises(ValueError, match=r"config\.teacher\.batch_size: cannot read \{'x': '1'\} as int"):
+        parse("--set", "teacher.batch_size.x=1")
+    with pytest.raises(ValueError, match=r"config\.output\.storage\.depth: dtype 'float8' not in"):
+        parse("--set", "output.storage.depth.dtype=float8")
 
 
 def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit):
         build_parser("test").parse_args(["--help"])
     text = capsys.readouterr().out
-    for flag, path, _ in FLAGS:
-        assert flag in text and path in text
+    for shorthand in FLAGS:
+        assert shorthand.flag in text and f"[{shorthand.key}]" in text
 
 
 def test_field_specs_follow_the_config():

@@ -81,3 +81,45 @@ def test_plucker_rays_reference_and_per_pose_intrinsics():
     np.testing.assert_allclose(doubled, geometry.plucker_rays(K, poses, IMAGE_SIZE), atol=1e-6)
     with pytest.raises(ValueError, match="cam_to_world"):
         geometry.plucker_rays(K, poses[0], IMAGE_SIZE)
+
+
+def test_poses_from_unnormalized_rays_read_as_l4p_reads_them():
+    """The cached camray is the head's raw output: d of any length, m the moment of the unit direction
+    (L4P's reading, p = d x m / |d|). poses_from_rays normalizes for itself."""
+    rng = np.random.default_rng(6)
+    poses = _poses(rng, 4)
+    K = geometry.intrinsics_from_fov(IMAGE_SIZE, 60.0)
+    exact = geometry.plucker_rays(K, poses, IMAGE_SIZE, grid=(6, 8)).astype(np.float64)
+    raw = exact.copy()
+    raw[:3] *= rng.uniform(0.5, 2.0, exact.shape[1:])  # each ray's d rescaled, m left as it is
+    expected = geometry.invert_pose(poses[0]) @ poses
+    np.testing.assert_allclose(geometry.poses_from_rays(raw, K, IMAGE_SIZE), expected, atol=1e-5)
+    np.testing.assert_allclose(geometry.camera_centers_from_rays(raw), expected[:, :3, 3], atol=1e-5)
+
+
+def test_rotation_of_noisy_rays_weighs_each_ray_by_its_length_as_l4p_does():
+    """Noisy, unnormalized directions: the rotation is the weighted least-squares one (Wahba's problem,
+    weights |d|), solved here independently by Davenport's q-method instead of an SVD."""
+    rng = np.random.default_rng(7)
+    K = geometry.intrinsics_from_fov(IMAGE_SIZE, 60.0)
+    grid = (4, 6)
+    rays = geometry.plucker_rays(K, _poses(rng, 2), IMAGE_SIZE, grid=grid).astype(np.float64)
+    rays[:3] += rng.normal(0, 0.05, rays[:3].shape)
+    rays[:3] *= rng.uniform(0.3, 3.0, rays.shape[1:])
+    rotations = geometry.rotations_from_rays(rays, K, IMAGE_SIZE)
+    v, u = np.meshgrid((np.arange(grid[0]) + 0.5) * IMAGE_SIZE[0] / grid[0],
+                       (np.arange(grid[1]) + 0.5) * IMAGE_SIZE[1] / grid[1], indexing="ij")
+    sources = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], -1) @ np.linalg.inv(K).T
+    sources /= np.linalg.norm(sources, axis=-1, keepdims=True)
+    for t in range(2):
+        d = rays[:3, t].reshape(3, -1).T
+        b = d.T @ sources  # sum_i |d_i| (d_i / |d_i|) s_i^T
+        z = np.array([b[1, 2] - b[2, 1], b[2, 0] - b[0, 2], b[0, 1] - b[1, 0]])
+        k = np.zeros((4, 4))
+        k[:3, :3], k[:3, 3], k[3, :3], k[3, 3] = b + b.T - np.trace(b) * np.eye(3), z, z, np.trace(b)
+        q = np.linalg.eigh(k)[1][:, -1]  # the optimal quaternion (vector q[:3], scalar q[3])
+        vector, scalar = q[:3], q[3]
+        cross = np.array([[0, -vector[2], vector[1]], [vector[2], 0, -vector[0]], [-vector[1], vector[0], 0]])
+        # Shuster's attitude matrix of q: d ~ A s.
+        expected = (scalar**2 - vector @ vector) * np.eye(3) + 2 * np.outer(vector, vector) - 2 * scalar * cross
+        np.testing.assert_allclose(rotations[t], expected, atol=1e-9)

@@ -1,128 +1,132 @@
-"""L4P temporal windows (mirror padding, window starts, merging of overlapping window outputs) and
-camera poses recovered from Plucker rays (pipeline.geometry)."""
+"""Merging of overlapping L4P window outputs and camera poses recovered from Plucker rays
+(pipeline.geometry); the windows themselves are tested with the cache's contract (test_teacher_fields.py)."""
 import numpy as np
 import pytest
 
 from pipeline import geometry
 from pipeline.synthetic.ground_truth import load_ground_truth
 from pipeline.teachers.l4p import windows
+from shards.teacher_fields import padded_length, window_starts
 
 
-def test_padding_and_window_starts():
-    assert windows.padded_length(16) == 16 and windows.window_starts(16) == [0]
-    assert windows.padded_length(32) == 32 and windows.window_starts(32) == [0, 8, 16]
-    np.testing.assert_array_equal(windows.mirror_pad_indices(32), np.arange(32))
+def released_merge(field: str, windows: list[np.ndarray], starts: list[int]) -> np.ndarray:
+    """The released code's merge rules (joint alignment off) written out frame by frame, the fit in
+    closed form: an independent merge to check pipeline.teachers.l4p.windows against.
+    windows: per window [16, ...] (time first); -> [T_pad, ...]."""
+    def inverse(depth):
+        return np.where(depth > 0, 1.0 / np.where(depth > 0, depth, 1.0), 0.0)
 
-    assert windows.padded_length(20) == 24 and windows.window_starts(24) == [0, 8]
-    np.testing.assert_array_equal(windows.mirror_pad_indices(20), [*range(20), 18, 17, 16, 15])
-
-    # Too short for one reflection: bounce between the ends; a single frame is repeated.
-    assert windows.padded_length(3) == 16
-    np.testing.assert_array_equal(windows.mirror_pad_indices(3), [0, 1, 2, 1] * 4)
-    np.testing.assert_array_equal(windows.mirror_pad_indices(1), np.zeros(16))
-
-    frames = windows.window_frame_indices(20)
-    np.testing.assert_array_equal(frames, [list(range(16)), [*range(8, 20), 18, 17, 16, 15]])
-
-
-def test_windowing_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="at least one frame"):
-        windows.padded_length(0)
-    with pytest.raises(ValueError, match="multiple of stride"):
-        windows.padded_length(20, window=16, stride=6)
-    with pytest.raises(ValueError, match="padded length 20"):
-        windows.window_starts(20)
+    frames = {}
+    for k, (values, start) in enumerate(zip(windows, starts)):
+        values = np.asarray(values, dtype=np.float64)
+        if field == "depth" and k > 0:
+            overlap = starts[k - 1] + 16 - start
+            x = inverse(values[:overlap]).ravel()
+            y = inverse(np.stack([frames[start + j] for j in range(overlap)])).ravel()
+            scale = np.mean((x - x.mean()) * (y - y.mean())) / np.var(x)
+            values = inverse(scale * inverse(values) + (y.mean() - scale * x.mean()))
+        for j in range(16):
+            if not (field == "flow" and k > 0 and j == 0):  # backward flow: a window's first frame has none
+                frames[start + j] = values[j]
+    return np.stack([frames[t] for t in range(len(frames))])
 
 
-def test_merge_overwrite_later_window_wins_except_its_first_frame():
-    starts = windows.window_starts(32)
+def test_merge_flow_later_window_wins_except_its_first_frame():
+    starts = window_starts(32)
     parts = [np.full((2, 16, 3, 4), value, dtype=np.float32) for value in (1.0, 2.0, 3.0)]
-    merged = windows.merge_overwrite(parts, starts)
+    merged = windows.merge_flow(parts, starts)
     assert merged.shape == (2, 32, 3, 4) and merged.dtype == np.float32
     expected = np.array([1.0] * 9 + [2.0] * 8 + [3.0] * 15)  # frames 8 and 16 keep the earlier window
-    np.testing.assert_array_equal(merged[0, :, 0, 0], expected)
     assert np.all(merged == expected[None, :, None, None])
 
 
-def test_merge_overwrite_single_window_unchanged_and_crop():
+def test_merge_dyn_mask_later_window_wins_all_its_frames():
+    starts = window_starts(32)
+    parts = [np.full((1, 16, 3, 4), value, dtype=np.float32) for value in (-1.0, 2.0, 3.0)]
+    merged = windows.merge_dyn_mask(parts, starts)
+    expected = np.array([-1.0] * 8 + [2.0] * 8 + [3.0] * 16)
+    assert merged.shape == (1, 32, 3, 4) and np.all(merged == expected[None, :, None, None])
+
+
+def test_merge_single_window_unchanged_and_crop():
     part = np.random.default_rng(0).normal(size=(1, 16, 5, 6)).astype(np.float32)
-    merged = windows.merge_overwrite([part], [0])
-    np.testing.assert_array_equal(merged, part)
-    np.testing.assert_array_equal(windows.crop(merged, 11), part[:, :11])
+    for merge in (windows.merge_flow, windows.merge_dyn_mask):
+        np.testing.assert_array_equal(merge([part], [0]), part)
+    np.testing.assert_array_equal(windows.crop(part, 11), part[:, :11])
     with pytest.raises(ValueError, match="cannot crop 16"):
-        windows.crop(merged, 17)
-
-
-def _true_depth(rng: np.random.Generator, frames: int) -> np.ndarray:
-    return rng.uniform(1.0, 10.0, (frames, 6, 7))
-
-
-def _affine_windows(depth, starts, scales, shifts):
-    """Windows of a depth video, each distorted by its own s * inverse depth + b."""
-    return [1.0 / (s * (1.0 / depth[start:start + 16]) + b) for start, s, b in zip(starts, scales, shifts)]
-
-
-@pytest.mark.parametrize("num_frames", [32, 20])
-def test_merge_depth_recovers_the_first_windows_frame_of_reference(num_frames):
-    rng = np.random.default_rng(num_frames)
-    padded = windows.padded_length(num_frames)
-    depth = _true_depth(rng, padded)
-    starts = windows.window_starts(padded)
-    scales, shifts = rng.uniform(0.5, 2.0, len(starts)), rng.uniform(-0.04, 0.3, len(starts))
-    merged = windows.merge_depth(_affine_windows(depth, starts, scales, shifts), starts)
-    assert merged.shape == depth.shape
-    expected = 1.0 / (scales[0] / depth + shifts[0])
-    np.testing.assert_allclose(merged, expected, rtol=1e-10)
-    np.testing.assert_allclose(windows.crop(merged, num_frames), expected[:num_frames], rtol=1e-10)
-
-
-def test_merge_depth_single_window_unchanged():
-    part = _true_depth(np.random.default_rng(1), 16).astype(np.float32)
-    merged = windows.merge_depth([part], [0])
+        windows.crop(part, 17)
+    depth = np.random.default_rng(1).uniform(1.0, 10.0, (16, 6, 7)).astype(np.float32)
+    merged = windows.merge_depth([depth], [0])
     assert merged.dtype == np.float32
-    np.testing.assert_allclose(merged, part, rtol=1e-6)
+    np.testing.assert_array_equal(merged, depth)
 
 
-def test_merge_depth_overlap_keeps_the_earlier_values():
-    rng = np.random.default_rng(2)
-    depth = _true_depth(rng, 24)
-    first, second = depth[:16], depth[8:24] * rng.uniform(0.9, 1.1, (16, 6, 7))  # inconsistent overlap
-    merged = windows.merge_depth([first, second], [0, 8])
-    np.testing.assert_allclose(merged[:16], first, rtol=1e-12)
-    assert not np.allclose(merged[16:], second[8:])  # the later frames were aligned, not copied
+@pytest.mark.parametrize("num_frames", [32, 24, 20])
+def test_merge_depth_recovers_the_first_windows_frame_of_reference(num_frames):
+    """Windows that are each an affine distortion of one inverse depth merge back exactly."""
+    rng = np.random.default_rng(num_frames)
+    padded = padded_length(num_frames)
+    depth = rng.uniform(1.0, 10.0, (padded, 6, 7))
+    starts = window_starts(padded)
+    scales, shifts = rng.uniform(0.5, 2.0, len(starts)), rng.uniform(-0.04, 0.3, len(starts))
+    parts = [1.0 / (s / depth[start:start + 16] + b) for start, s, b in zip(starts, scales, shifts)]
+    merged = windows.merge_depth(parts, starts)
+    np.testing.assert_allclose(merged, 1.0 / (scales[0] / depth + shifts[0]), rtol=1e-9)
 
 
-def test_merge_depth_falls_back_to_scale_only_when_the_affine_fit_breaks():
+@pytest.mark.parametrize("num_frames", [24, 32])
+def test_merge_depth_fits_each_window_on_its_overlap_then_overwrites(num_frames):
+    """Inconsistent windows (as a network's are): every frame against the independent merge. A later
+    window's aligned values replace the overlap, and the next window fits against those."""
+    rng = np.random.default_rng(7)
+    starts = window_starts(num_frames)
+    parts = [rng.uniform(0.5, 9.0, (16, 5, 6)) for _ in starts]
+    merged = windows.merge_depth(parts, starts)
+    expected = released_merge("depth", parts, starts)
+    np.testing.assert_allclose(merged, expected, rtol=1e-9)
+    assert not np.allclose(merged[8:16], parts[0][8:]), "the overlap is overwritten by the aligned later window"
+    assert not np.allclose(merged[16:24], parts[1][8:]), "the later window is aligned, not copied"
+
+
+def test_merge_depth_maps_non_positive_inverse_depth_to_zero():
     rng = np.random.default_rng(3)
     inverse_first = rng.uniform(0.1, 1.0, (16, 4, 5))
     inverse_second = np.concatenate([rng.uniform(0.5, 1.0, (8, 4, 5)), rng.uniform(0.1, 0.4, (8, 4, 5))])
-    # The overlap says target = 2 x - 0.9: applied to the second window's new frames (x <= 0.4) it
-    # would give negative inverse depth.
+    # The overlap says target = 2 x - 0.9: the second window's new frames (x <= 0.4) get inverse
+    # depth < 0, which is depth 0, as the released code's safe inverse gives.
     inverse_first[8:] = 2.0 * inverse_second[:8] - 0.9
     merged = windows.merge_depth([1.0 / inverse_first, 1.0 / inverse_second], [0, 8])
-    x, y = inverse_second[:8].ravel(), inverse_first[8:].ravel()
-    np.testing.assert_allclose(1.0 / merged[16:], (x @ y) / (x @ x) * inverse_second[8:], rtol=1e-10)
-    assert np.all(merged > 0)
+    np.testing.assert_allclose(merged[8:16], 1.0 / inverse_first[8:], rtol=1e-9)
+    np.testing.assert_array_equal(merged[16:], 0.0)
+    # Depth 0 counts as inverse depth 0 in the next fit: a window fitted to zeros gets s = b = 0.
+    third = rng.uniform(1.0, 2.0, (16, 4, 5))
+    chained = windows.merge_depth([1.0 / inverse_first, 1.0 / inverse_second, third], [0, 8, 16])
+    np.testing.assert_allclose(chained[:16], merged[:16], rtol=1e-12)
+    np.testing.assert_array_equal(chained[16:], 0.0)
 
-    # A constant inverse depth over the overlap leaves the affine fit undetermined.
-    inverse_second[:8] = 0.5
-    merged = windows.merge_depth([1.0 / inverse_first, 1.0 / inverse_second], [0, 8])
-    scale = inverse_first[8:].mean() / 0.5
-    np.testing.assert_allclose(1.0 / merged[16:], scale * inverse_second[8:], rtol=1e-10)
+
+def test_merge_depth_constant_overlap_takes_the_minimum_norm_fit():
+    rng = np.random.default_rng(4)
+    first, second = rng.uniform(1.0, 3.0, (16, 4, 5)), rng.uniform(1.0, 3.0, (16, 4, 5))
+    second[:8] = 2.0  # inverse depth 0.5 over the whole overlap: only 0.5 s + b is determined
+    merged = windows.merge_depth([first, second], [0, 8])
+    target = np.mean(1.0 / first[8:])
+    scale, shift = target * np.array([0.5, 1.0]) / (0.5**2 + 1.0)  # the least-norm (s, b) on that line
+    np.testing.assert_allclose(merged[8:], 1.0 / (scale / second + shift), rtol=1e-9)
 
 
 def test_merging_rejects_inconsistent_windows():
     part = np.ones((16, 2, 2))
-    with pytest.raises(ValueError, match="finite and positive"):
-        windows.merge_depth([part, -part], [0, 8])
+    with pytest.raises(ValueError, match="finite"):
+        windows.merge_depth([part, part * np.inf], [0, 8])
     with pytest.raises(ValueError, match="shares no frame"):
         windows.merge_depth([part, part], [0, 16])
     with pytest.raises(ValueError, match="no gap"):
-        windows.merge_overwrite([part[None], part[None]], [0, 17])
+        windows.merge_flow([part[None], part[None]], [0, 17])
     with pytest.raises(ValueError, match="same shape"):
-        windows.merge_overwrite([part[None], part[None, :, :1]], [0, 8])
+        windows.merge_dyn_mask([part[None], part[None, :, :1]], [0, 8])
     with pytest.raises(ValueError, match="one start per window"):
-        windows.merge_overwrite([part[None]], [0, 8])
+        windows.merge_flow([part[None]], [0, 8])
 
 
 def _random_poses(rng: np.random.Generator, count: int) -> np.ndarray:

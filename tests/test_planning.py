@@ -216,7 +216,7 @@ def test_batch_keys_equal_the_single_video_function():
     shas = [hex_key(i) for i in range(50)]
     uris = [f'/v/é "{i}".mp4' for i in range(50)]  # JSON escapes and non-ASCII in the unreadable identity
     digests = pa.array([None if i % 7 == 0 else bytes.fromhex(s) for i, s in enumerate(shas)], DIGEST)
-    got = hex_digests(cache_keys(digests, pa.array(uris), SAMPLING, "t", SPEC)).to_pylist()
+    got = hex_digests(cache_keys(digests, pa.array(uris), [SAMPLING], "t", SPEC)).to_pylist()
     assert got == [compute_cache_key(f"unreadable:{u}" if i % 7 == 0 else f"sha256:{s}", SAMPLING, "t", SPEC)
                    for i, (s, u) in enumerate(zip(shas, uris))]
     assert hex_digests(digests.slice(3, 5)).to_pylist() == [None if i % 7 == 0 else shas[i] for i in range(3, 8)]

@@ -1,15 +1,14 @@
-"""manifests/regions.py: the regions column parsed and validated, <obj_k> checked against marks,
-boxes picked per frame, and marks drawn where the boxes say (on the synthetic set's own regions)."""
+"""The regions column parsed and validated, <obj_k> checked against marks (manifests/regions.py),
+boxes picked per frame and marks drawn where the boxes say (student/marks.py), on the synthetic set's
+own regions."""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from manifests.regions import (
-    DISTINCT_COLORS, MarkStyle, check_marks, draw_clip_marks, draw_marks, marks_at, parse_regions,
-    question_marks,
-)
+from manifests.regions import check_marks, parse_regions, question_marks
+from student.marks import DISTINCT_COLORS, MarkStyle, draw_clip_marks, draw_marks, marks_at
 
 
 def region(mark_id=1, frames=(0, 4), boxes=((0.1, 0.1, 0.5, 0.5), (0.2, 0.2, 0.6, 0.6))) -> dict:

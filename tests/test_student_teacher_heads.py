@@ -25,14 +25,14 @@ def test_teacher_heads_decode_like_the_teacher_and_train_the_student(tmp_path):
     written = export_head_programs(tmp_path / "teacher", FIELDS)
     assert sorted(p.name for p in written) == ["l4p_head_camray.pt2", "l4p_head_depth.pt2"]
 
-    heads = FrozenTeacherHeads(tmp_path / "teacher", FIELDS)
+    heads = FrozenTeacherHeads(tmp_path / "teacher", FIELDS, TINY.embed_dim)
     latents = torch.randn(1, 4, 2 * TINY.num_tokens, TINY.embed_dim)  # two windows
-    depth = heads("depth", latents, windows=2)
+    decoded = {field: heads(field, latents, windows=2) for field in FIELDS}
     for w in range(2):
         taps = [latents[0, h, w * TINY.num_tokens:(w + 1) * TINY.num_tokens][None] for h in range(4)]
-        with torch.no_grad():
-            raw = teacher.head("depth")(taps)  # log depth: the student's depth prediction space
-        torch.testing.assert_close(depth[0, w], raw[0], rtol=1e-4, atol=1e-5)
+        with torch.no_grad():  # raw outputs: log depth and the raw rays, the student's prediction space
+            for field in FIELDS:
+                torch.testing.assert_close(decoded[field][0, w], teacher.head(field)(taps)[0], rtol=1e-4, atol=1e-5)
 
     model_dir = make_tiny_vlm("qwen2_5_vl", tmp_path / "vlm")
     config = StudentConfig(

@@ -216,7 +216,7 @@ def test_the_oracle_teacher_reads_the_benchmark_scenes(bench):
     file's budget; the runner's join of samples to clips is tested in test_cache_job.py.)"""
     from pipeline.config import TeacherConfig
     from pipeline.teachers.base import TeacherInput
-    from pipeline.teachers.oracle import OracleTeacher, nearest_indices
+    from pipeline.teachers.oracle import MOTION_LOGIT, OracleTeacher, nearest_indices
 
     root, description, _, gts = bench
     scene = description["scenes"][0]
@@ -227,4 +227,5 @@ def test_the_oracle_teacher_reads_the_benchmark_scenes(bench):
         [TeacherInput(str(root / scene["video"]), frames, gt.timestamps, blank)])
     rows, cols = nearest_indices(HEIGHT, 224), nearest_indices(WIDTH, 224)
     np.testing.assert_array_equal(out["depth"], gt.depth[:, rows][:, :, cols])
-    np.testing.assert_array_equal(out["dyn_mask"], gt.dyn_mask[:, rows][:, :, cols])
+    np.testing.assert_array_equal(out["dyn_mask"], np.where(gt.dyn_mask[:, rows][:, :, cols] > 0,
+                                                            MOTION_LOGIT, -MOTION_LOGIT))

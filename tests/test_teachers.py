@@ -33,11 +33,7 @@ def test_l4p_tiny_outputs_follow_the_declared_layout(scene_video):
         assert out[0][name].shape == shape, name
         assert np.isfinite(out[0][name]).all(), name
     assert identity.shapes["latents"] == (4, 2048, 48) and identity.shapes["camray"] == (1, 6, 16, 16, 16)
-    assert (out[0]["depth"] > 0).all()
-    assert ((out[0]["dyn_mask"] >= 0) & (out[0]["dyn_mask"] <= 1)).all()
-    d, m = out[0]["camray"][:, :3], out[0]["camray"][:, 3:]
-    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
-    np.testing.assert_allclose((d * m).sum(1), 0, atol=1e-4)  # Plucker: m orthogonal to d
+    assert (out[0]["depth"] > 0).all()  # dyn_mask (the logit) and camray (raw rays): tests/test_l4p_teacher.py
 
 
 def test_teacher_id_hashes_config_and_weights():
@@ -62,7 +58,8 @@ def test_oracle_latents_are_the_projection_of_ground_truth_patches(scene_video):
     seed, dim = 3, 8
     out = build_teacher(TeacherConfig(name="oracle", latent_dim=dim, seed=seed)).predict([clip_input(scene_video)])[0]
     # Token (t=1, row 3, col 5) covers frames 2-3, pixels [42:56, 70:84] of the 224 x 224 maps.
-    maps = np.stack([np.log(out["depth"]), out["flow"][0], out["flow"][1], out["dyn_mask"]], 1)  # [T, 4, H, W]
+    mask = (out["dyn_mask"] > 0).astype(np.float32)  # the patches hold the 0/1 mask, not its logit
+    maps = np.stack([np.log(out["depth"]), out["flow"][0], out["flow"][1], mask], 1)  # [T, 4, H, W]
     patch = maps[2:4, :, 42:56, 70:84].reshape(-1)  # (frame, channel, y, x), as documented
     token = 1 * 256 + 3 * 16 + 5
     for hook in range(4):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.visualize import (
+from student.visualize import (
     GAP,
     HEADER_HEIGHT,
     LABEL_WIDTH,
@@ -59,12 +59,14 @@ def test_depth_invalid_is_black():
 
 
 def test_mask_and_rays():
-    np.testing.assert_array_equal(mask_to_rgb(np.array([[0.0, 1.0]]))[0], [[0, 0, 0], [255, 255, 255]])
+    # dyn_mask is a logit: shown as its probability (sigmoid(+-1000) would overflow a plain exp).
+    np.testing.assert_array_equal(mask_to_rgb(np.array([[-1000.0, 0.0, np.log(3.0), 1000.0]]))[0],
+                                  [[0, 0, 0], [128, 128, 128], [191, 191, 191], [255, 255, 255]])
     camray = np.zeros((6, 2, 2))
-    camray[2] = 1.0  # every ray looks straight ahead: d = (0, 0, 1)
+    camray[0], camray[2] = 0.3, 0.4  # d = (0.3, 0, 0.4), not unit (a network's): shown as (0.6, 0, 0.8)
     rgb = rays_to_rgb(camray, (10, 6))
     assert rgb.shape == (10, 6, 3) and rgb.dtype == np.uint8
-    np.testing.assert_array_equal(rgb[3, 3], [128, 128, 255])
+    np.testing.assert_array_equal(rgb[3, 3], [204, 128, 230])
 
 
 def _clip_arrays(t=6, h=48, w=64, map_size=32):

@@ -3,16 +3,20 @@ field readers; the strict / lenient row loop; media paths confined to the datase
 multiple-choice prompt layout the evaluators score.
 
 An adapter turns one dataset's native annotation files into rows of manifests.schemas.SAMPLES_SCHEMA
-whose `video` is relative to the dataset root. Native field names drift between releases, so every
-field is read through these helpers and a malformed row never passes silently: strict mode raises
-RowError, lenient mode records the row as skipped (file, row, field, reason) for summary.json.
+(`video`: the video's path relative to the dataset root, or absolute when it lies under a video root
+the user named) plus, per row, the clip it needs (`CLIP`: the resolved file and the span of it; not a
+samples-table column). Native field names drift between releases, so every field is read through
+these helpers and a malformed row never passes silently: strict mode raises RowError, lenient mode
+records the row as skipped (file, row, field, reason) for summary.json.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +25,15 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from manifests.regions import check_marks
-from pipeline.sources import resolve_inside
+from pipeline.sources import Span
 from shards.atomic import atomic_write_bytes
 
 LETTERS = "ABCDEFGHIJ"
 IMAGES_DIR = Path("images")  # under the cache root: images/<dataset>/<sha256>.<ext>
 _IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 ANSWER_FORMAT = "Answer with the option's letter."
+LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+CLIP = "clip"  # a row's ClipSource (or None: image-only); dropped when the rows become the samples table
 # Some releases write options as "A. text" or "(A) text"; the letter is ours to assign.
 _LETTER_PREFIX = re.compile(r"^\s*\(?([A-J])[.):]\s+")
 
@@ -43,14 +49,40 @@ class RowError(ValueError):
         return {"file": self.file, "row": self.row, "field": self.field, "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class ClipSource:
+    """The clip a sample needs: a video file (absolute, resolved inside its media root; it may be
+    missing, and then becomes a failed clip row) and the part of it the clip covers."""
+
+    path: Path
+    span: Span | None = None
+
+
 @dataclass
 class AdapterResult:
-    """A dataset's sample rows (video relative to `root`) and the rows skipped in lenient mode."""
+    """A dataset's sample rows and the rows skipped (malformed in lenient mode, or dropped by the
+    publisher); `images`: every image the rows name (path under the cache root -> bytes).
+
+    media_dir: the cache root, where images are written; None validates them without writing (the
+    --check preflight)."""
 
     dataset: str
     root: Path
+    media_dir: Path | None = None
     rows: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    images: dict[str, int] = field(default_factory=dict)
+
+    def store_image(self, data: bytes, extension: str) -> str:
+        """The image's path under the cache root (common.store_image), written unless validating."""
+        path = store_image(self.media_dir, self.dataset, data, extension)
+        self.images[path] = len(data)
+        return path
+
+    def skip(self, native: NativeRow, field_name: str, reason: str) -> None:
+        """A row left out on purpose (not malformed: both modes skip it), counted with its reason."""
+        self.skipped.append({"dataset": self.dataset, "file": str(native.file), "row": native.index,
+                             "field": field_name, "reason": reason})
 
 
 @dataclass(frozen=True)
@@ -81,19 +113,42 @@ class NativeRow:
     def text(self, name: str, *, optional: bool = False) -> str | None:
         return self.get(name, str, optional=optional)
 
-    def media(self, root: Path, name: str, *, relative_to: str = "") -> str:
-        """A media path of the row, relative to `root`, refused if it escapes it (absolute paths
-        and `..` included); the file itself may be missing (it then becomes a failed clip row)."""
-        value = self.text(name)
-        if Path(value).is_absolute():
+    def media(self, base: MediaRoot, name: str, value: str | None = None) -> Path:
+        """The row's media file `base / <field name>` (or `base / value`, a path the adapter derived
+        from that field), resolved, refused if it escapes `base` (absolute paths, `..` and symlinks
+        out of it included); the file itself may be missing (it then becomes a failed clip row)."""
+        value = self.text(name) if value is None else value
+        if os.path.isabs(value):
             # Checked before joining: "videos/" + "/etc/passwd" would quietly become a path inside the root.
-            raise self.error(name, f"path {value!r} escapes the dataset root {root}: media paths are relative")
-        relative = f"{relative_to}/{value}" if relative_to else value
-        try:
-            path = resolve_inside(root, relative, f"{self.file}: row {self.index}: field {name!r}")
-        except ValueError:
-            raise self.error(name, f"path {value!r} escapes the dataset root {root}") from None
-        return path.relative_to(root.resolve()).as_posix()
+            raise self.error(name, f"path {value!r} escapes the dataset root {base.folder}: media paths are "
+                                   "relative")
+        path = base.resolve(value)
+        if path is None:
+            raise self.error(name, f"path {value!r} escapes the dataset root {base.folder}")
+        return path
+
+
+class MediaRoot:
+    """A folder the media paths of annotation rows must stay inside (symlinks out of it included),
+    resolved once, and each distinct path resolved once: rows repeat their videos, and a pathlib
+    resolve per row made 100k RoboFAC rows take ~9 s instead of ~4 (bench/preflight.py)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.prefix = os.path.join(os.path.realpath(folder), "")
+        self._resolved: dict[str, Path | None] = {}
+
+    def resolve(self, relative: str) -> Path | None:
+        """The real path of folder / relative, None when it lies outside the folder."""
+        if relative not in self._resolved:
+            real = os.path.realpath(os.path.join(self.folder, relative))
+            self._resolved[relative] = Path(real) if os.path.join(real, "").startswith(self.prefix) else None
+        return self._resolved[relative]
+
+    def label(self, path: Path) -> str:
+        """`path` relative to the folder when inside it, else absolute (a video root the user named)."""
+        text = os.fspath(path)
+        return text[len(self.prefix):] if text.startswith(self.prefix) else text
 
 
 def _as_tuple(kind) -> tuple:
@@ -155,8 +210,9 @@ def require_object(native: NativeRow) -> None:
 
 
 def parquet_records(path: Path, columns: list[str] | None = None, batch_size: int = 256) -> Iterable[NativeRow]:
-    """Rows of a Parquet file, streamed in batches (SAT's train split holds ~175k rows with images)."""
-    parquet = pq.ParquetFile(path)
+    """Rows of a Parquet file, streamed in record batches: SAT_train.parquet is ONE ~5 GB row group,
+    which pyarrow's defaults (pre-buffering whole column chunks) would read into memory at once."""
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 22)
     present = [c for c in columns if c in parquet.schema_arrow.names] if columns else None
     index = 0
     for batch in parquet.iter_batches(batch_size=batch_size, columns=present):
@@ -189,6 +245,21 @@ def sample_id(dataset: str, native: NativeRow, id_field: str | None) -> str:
         return f"{dataset}/{native.data[id_field]}"
     digest = hashlib.sha256(json.dumps(native.data, sort_keys=True, default=str).encode()).hexdigest()
     return f"{dataset}/{digest[:16]}"
+
+
+class RowIds:
+    """Ids for rows that have none: a hash of what the row is (so they stay put when a release reorders
+    its rows), numbered when identical rows repeat (so both are kept, each under its own id)."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.seen: Counter = Counter()
+
+    def __call__(self, *parts) -> str:
+        what = json.dumps(parts, sort_keys=True, default=str)
+        self.seen[what] += 1
+        digest = hashlib.sha256(f"{what}#{self.seen[what]}".encode()).hexdigest()
+        return f"{self.dataset}/{digest[:16]}"
 
 
 def option_texts(native: NativeRow, name: str, value) -> dict[str, str]:
@@ -234,6 +305,25 @@ def answer_letter(native: NativeRow, name: str, options: dict[str, str], *, by_t
     return letter
 
 
+def llava_turns(native: NativeRow, name: str, media_token: str) -> list[dict]:
+    """LLaVA conversations -> [{"role", "content"}], alternating user / assistant from a user turn,
+    with the media placeholder in the first user turn (added there if the release left it out)."""
+    turns = native.get(name, list)
+    out = []
+    for i, turn in enumerate(turns):
+        if not (isinstance(turn, dict) and isinstance(turn.get("value"), str) and turn.get("from") in LLAVA_ROLES):
+            raise native.error(name, f"turn {i} is not {{'from': human|gpt, 'value': text}}: {turn!r:.80}")
+        role = LLAVA_ROLES[turn["from"]]
+        if role != ("user" if i % 2 == 0 else "assistant"):
+            raise native.error(name, f"turn {i} is from {turn['from']!r}: turns must alternate human, gpt, ...")
+        out.append({"role": role, "content": turn["value"]})
+    if len(out) < 2 or len(out) % 2:
+        raise native.error(name, f"expected human/gpt pairs, got {len(out)} turn(s)")
+    if not any(media_token in t["content"] for t in out if t["role"] == "user"):
+        out[0] = {"role": "user", "content": f"{media_token}\n{out[0]['content']}"}
+    return out
+
+
 def multiple_choice(media_tokens: str, question: str, options: dict[str, str], answer: str) -> list[dict]:
     """The conversation of a multiple-choice question: the same layout as the synthetic set's
     (options listed as "A. text", answered "<letter>. <text>"), so one evaluator scores them all."""
@@ -261,9 +351,13 @@ def checked_marks(native: NativeRow, field_name: str, conversations: list[dict],
 
 
 def sample_row(*, sample_id: str, dataset: str, split: str, conversations: list[dict], meta: str,
-               video: str | None = None, images: list[str] | None = None, regions: list[dict] | None = None) -> dict:
-    return {"sample_id": sample_id, "dataset": dataset, "split": split, "video": video, "cache_key": None,
-            "images": images, "conversations": conversations, "regions": regions, "meta": meta}
+               root: MediaRoot, clip: ClipSource | None = None, images: list[str] | None = None,
+               regions: list[dict] | None = None) -> dict:
+    """A samples-table row (+ its CLIP); `video` is the clip's file relative to the dataset root
+    `root`, or absolute when it lies elsewhere (a video root the user named)."""
+    return {"sample_id": sample_id, "dataset": dataset, "split": split,
+            "video": None if clip is None else root.label(clip.path), "cache_key": None,
+            "images": images, "conversations": conversations, "regions": regions, "meta": meta, CLIP: clip}
 
 
 def image_extension(native: NativeRow, name: str, data: bytes, index: int = 0) -> tuple[bytes, str]:
@@ -279,10 +373,13 @@ def image_extension(native: NativeRow, name: str, data: bytes, index: int = 0) -
     return data, _IMAGE_EXTENSIONS[kind]
 
 
-def store_image(media_dir: Path, dataset: str, data: bytes, extension: str) -> str:
+def store_image(media_dir: Path | None, dataset: str, data: bytes, extension: str) -> str:
     """Write an image under the cache root once (content-addressed); its path relative to that root.
-    Every `images` entry a source adapter writes is such a path, so the student needs no dataset root."""
+    Every `images` entry a source adapter writes is such a path, so the student needs no dataset root.
+    media_dir None: only the path (nothing is written)."""
     relative = IMAGES_DIR / dataset / f"{hashlib.sha256(data).hexdigest()}.{extension}"
+    if media_dir is None:
+        return relative.as_posix()
     path = Path(media_dir) / relative
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

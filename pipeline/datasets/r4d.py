@@ -13,35 +13,37 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.common import (
-    AdapterResult, NativeRow, answer_letter, checked_marks, choice_meta, collect, json_records,
-    image_extension, multiple_choice, option_texts, require_object, sample_id, sample_row, store_image,
+    AdapterResult, ClipSource, MediaRoot, NativeRow, answer_letter, checked_marks, choice_meta, collect, json_records,
+    image_extension, multiple_choice, option_texts, require_object, sample_id, sample_row,
 )
 
 NAME = "r4d"
 ANNOTATION = "test.json"
+OPTIONS: dict[str, str] = {}
 
 
 def read(root: Path, lenient: bool = False, media_dir: Path | None = None) -> AdapterResult:
     root = Path(root)
-    if media_dir is None:
-        raise ValueError("r4d: the Set-of-Marks images need a media directory (the cache root) to be copied to")
+    result = AdapterResult(NAME, root, media_dir)
+    top = MediaRoot(root)
 
     def convert(native: NativeRow) -> dict:
         require_object(native)
-        video = native.media(root, "video")
-        som_image = native.media(root, "som_image")
+        clip = ClipSource(native.media(top, "video"))
+        som_path = native.media(top, "som_image")
         try:
-            data = (root / som_image).read_bytes()
+            data = som_path.read_bytes()
         except OSError as e:
-            raise native.error("som_image", f"cannot read {root / som_image}: {e.strerror or e}") from None
+            raise native.error("som_image", f"cannot read {som_path}: {e.strerror or e}") from None
         options = option_texts(native, "options", native.get("options", list))
         answer = answer_letter(native, "answer", options, by_text=True)
         conversations = multiple_choice("<image>\n<video>", native.text("question"), options, answer)
         checked_marks(native, "question", conversations, None, premarked=True)
         meta = choice_meta(options, answer, task=native.text("task"), benchmark=native.text("benchmark"),
-                           premarked=True, prompt_prefix="video_length_seconds", som_image=som_image)
-        return sample_row(sample_id=sample_id(NAME, native, "id"), dataset=NAME, split="test", video=video,
-                          images=[store_image(media_dir, NAME, *image_extension(native, "som_image", data))],
+                           premarked=True, prompt_prefix="video_length_seconds",
+                           som_image=top.label(som_path))
+        return sample_row(sample_id=sample_id(NAME, native, "id"), dataset=NAME, split="test", root=top, clip=clip,
+                          images=[result.store_image(*image_extension(native, "som_image", data))],
                           conversations=conversations, meta=meta)
 
-    return collect(AdapterResult(NAME, root), json_records(root / ANNOTATION), convert, lenient)
+    return collect(result, json_records(root / ANNOTATION), convert, lenient)

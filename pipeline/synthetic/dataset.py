@@ -32,6 +32,7 @@ from pipeline.synthetic.ground_truth import SceneGroundTruth, save_ground_truth,
 from pipeline.synthetic.questions import scene_samples
 from pipeline.synthetic.render import render
 from pipeline.synthetic.scene import Scene, sample_scene
+from shards.local_path import local_path
 
 VIDEO_DIR = "videos"
 CRF = 17
@@ -73,9 +74,11 @@ def write_video(path: Path, rgb: np.ndarray, fps: float) -> None:
         stream.width, stream.height = rgb.shape[2], rgb.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.time_base = 1 / rate
-        stream.options = {"crf": str(CRF)}
-        # One encoder thread: multi-threaded x264 output depends on scheduling, and the video's bytes
-        # are part of every cache key.
+        # The video's bytes are part of every cache key, so they must not vary. One encoder thread:
+        # multi-threaded x264 output depends on scheduling. cpu-independent: on an AVX-512 machine
+        # (seen here, PyAV 18.1's x264 core 165) the same frames encoded twice in one process gave
+        # different bytes; with x264's CPU-independent algorithms they are identical, on any CPU.
+        stream.options = {"crf": str(CRF), "x264-params": "cpu-independent=1"}
         stream.codec_context.thread_count = 1
         for index, frame in enumerate(rgb):
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
@@ -165,7 +168,7 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig, workers: int 
 
 def add_scene_arguments(parser: argparse.ArgumentParser, defaults: SyntheticConfig) -> None:
     """The options the data set's and the benchmark's commands share, with their own defaults."""
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=local_path, required=True)
     parser.add_argument("--scenes", type=int, required=True)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--frames", type=int, default=defaults.num_frames)

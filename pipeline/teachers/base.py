@@ -1,12 +1,7 @@
 """The teacher interface: frames + timestamps in, latents per hooked layer and maps per task out.
 
-A clip of T frames is seen as W windows of 16 frames (mirror-padded, stride 8: W = 1 for T <= 16,
-see l4p/windows.py). Every teacher returns, per clip (layouts follow L4P's heads, shared/reference/L4P.md):
-  latents  [hooks, W * 2048, C]       per window (window-major) 8 x 16 x 16 tokens, (t, h, w) row-major
-  depth    [T, 224, 224]              metric depth (after the head's exp), merged over windows
-  flow     [2, T, 224, 224]           backward flow (u, v) to the previous clip frame, 224-px units
-  dyn_mask [T, 224, 224]              probability that the pixel moves (sigmoid of the logit)
-  camray   [W, 6, 16, 16, 16]         Plucker rays (d, m = o x d) in each window's first camera frame
+Every teacher returns, per clip, the fields and per-clip shapes of the cache's contract
+(shards/teacher_fields.py: windows, layouts, units), as float32 arrays.
 """
 from __future__ import annotations
 
@@ -18,15 +13,6 @@ import numpy as np
 
 from manifests.cache_key import canonical_json
 from pipeline.config import TeacherConfig
-from pipeline.teachers.l4p.windows import padded_length, window_starts
-
-INPUT_SIZE = (224, 224)  # (height, width) the teacher sees
-PATCH = 14
-TUBELET = 2
-WINDOW = 16
-RAY_GRID = 16
-L4P_HOOKS = (14, 21, 28, 36)
-L4P_DIM = 1408
 
 
 @dataclass(frozen=True)
@@ -49,24 +35,6 @@ class TeacherIdentity:
 
 class TeacherError(Exception):
     """A clip the teacher cannot process; becomes a failed row with this reason."""
-
-
-def clip_windows(num_frames: int) -> list[int]:
-    """Start frame of each 16-frame teacher window of a clip (of its mirror-padded frames)."""
-    return window_starts(padded_length(num_frames, WINDOW), WINDOW)
-
-
-def output_shapes(num_frames: int, hooks: int, latent_dim: int) -> dict[str, tuple[int, ...]]:
-    h, w = INPUT_SIZE
-    windows = len(clip_windows(num_frames))
-    tokens = WINDOW // TUBELET * (h // PATCH) * (w // PATCH)
-    return {
-        "latents": (hooks, windows * tokens, latent_dim),
-        "depth": (num_frames, h, w),
-        "flow": (2, num_frames, h, w),
-        "dyn_mask": (num_frames, h, w),
-        "camray": (windows, 6, WINDOW, RAY_GRID, RAY_GRID),
-    }
 
 
 def hash_id(name: str, *parts) -> str:

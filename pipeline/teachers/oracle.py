@@ -3,7 +3,10 @@
 Maps: the scene's exact depth, motion mask and camera rays at the sampled frames, resampled to
 224 x 224 by nearest neighbour (no blending across depth edges, so values stay exact), and the
 exact backward flow between consecutive SAMPLED frames (what a teacher sees as "the previous frame"),
-computed from depth, poses and object motion, in 224-pixel units.
+computed from depth, poses and object motion, in 224-pixel units. The motion mask is given as L4P
+gives it, a logit: +MOTION_LOGIT where the pixel moves, -MOTION_LOGIT where it does not (a certain
+answer needs a finite logit; sigmoid(10) = 1 - 4.5e-5). The rays follow L4P's convention with unit d
+(m = o x d).
 
 Latents: not a perception model's features. Each teacher token's ground-truth 4D patch (2 frames x
 14 x 14 pixels of log-depth, flow u, flow v and mask = 1568 numbers) times a fixed seeded random
@@ -18,13 +21,13 @@ import numpy as np
 from pipeline.config import TeacherConfig
 from pipeline.geometry import pixel_centers, plucker_rays, project_points, unproject_pixels
 from pipeline.synthetic.ground_truth import SceneGroundTruth, load_ground_truth
-from pipeline.teachers.l4p.windows import window_frame_indices
-from pipeline.teachers.base import (
-    INPUT_SIZE, L4P_DIM, L4P_HOOKS, PATCH, RAY_GRID, TUBELET, Teacher, TeacherError, TeacherIdentity,
-    TeacherInput, hash_id, output_shapes,
+from pipeline.teachers.base import Teacher, TeacherError, TeacherIdentity, TeacherInput, hash_id
+from shards.teacher_fields import (
+    GRID, INPUT_SIZE, L4P_DIM, L4P_HOOKS, PATCH, TUBELET, teacher_shapes, window_frame_indices,
 )
 
-ORACLE_VERSION = 1
+ORACLE_VERSION = 2  # 2: dyn_mask as a logit
+MOTION_LOGIT = 10.0
 _PATCH_CHANNELS = 4  # log-depth, flow u, flow v, mask
 
 
@@ -52,7 +55,7 @@ class OracleTeacher(Teacher):
         return TeacherIdentity(
             teacher_id=hash_id("oracle", {"version": ORACLE_VERSION, "seed": config.seed, "dim": dim}),
             input_size=INPUT_SIZE,
-            shapes=output_shapes(num_frames, len(L4P_HOOKS), dim),
+            shapes=teacher_shapes(num_frames, len(L4P_HOOKS), dim),
         )
 
     def __init__(self, config: TeacherConfig):
@@ -80,12 +83,12 @@ class OracleTeacher(Teacher):
         # Like L4P, latents and rays per 16-frame window of the mirror-padded clip.
         windows = [idx[w] for w in window_frame_indices(len(idx))]
         window_maps = [(depth, flow, mask) if np.array_equal(w, idx) else self._maps(gt, w) for w in windows]
-        rays = [plucker_rays(gt.K, gt.cam_to_world[w], gt.image_size, grid=(RAY_GRID, RAY_GRID)) for w in windows]
+        rays = [plucker_rays(gt.K, gt.cam_to_world[w], gt.image_size, grid=(GRID, GRID)) for w in windows]
         return {
             "latents": np.concatenate([self._latents(*m) for m in window_maps], axis=1),
             "depth": depth,
             "flow": flow,
-            "dyn_mask": mask,
+            "dyn_mask": np.where(mask > 0, MOTION_LOGIT, -MOTION_LOGIT).astype(np.float32),
             "camray": np.stack(rays).astype(np.float32),
         }
 

@@ -1,5 +1,7 @@
-"""Loading L4P weights (official key layout, see shared/reference/L4P.md) into any nn.Module: the
-video encoder alone (prefix "l4p_model.video_encoder.") or the whole model."""
+"""Loading L4P weights into any nn.Module: the video encoder alone (prefix "l4p_model.video_encoder.")
+or the whole model. The released checkpoint's layout (tests/data/l4p_state_dict.tsv lists every key and
+shape): a PyTorch Lightning checkpoint with the weights under "state_dict", 916 keys, the 796 of the
+encoder and the four dense heads plus the 120 of the track_2d head."""
 from __future__ import annotations
 
 import hashlib

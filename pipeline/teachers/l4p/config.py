@@ -1,10 +1,48 @@
-"""The L4P architecture as a config: FULL is the released model, TINY the same classes small enough
-for tests (narrow, few blocks, hooks scaled down)."""
+"""The L4P architecture as a config: FULL is the released model, TINY the same module tree at small
+widths (narrow, few blocks, hooks scaled down) for tests.
+
+Every DPT head is one class (dpt.DPTHead) parameterized by its HeadConfig. The resampling factors are
+those of the released code (NVlabs/L4P, l4p/models/task_heads/dense_heads.py, the head classes'
+defaults, which configs/model.yaml keeps): the dense heads upsample time x2 in the two finest tap
+resamplers and in the two deepest fusion blocks; camray keeps its 16 x 16 token grid in space and has
+factors of its own.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 TASKS = ("depth", "flow_2d_backward", "dyn_mask", "camray")
+
+Factors = tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """One DPT head.
+
+    channels: output channels. size: output side (the output is [channels, num_frames, size, size]).
+    resample_log2: per tap (hook order), log2 of the (t, h, w) factors of its resampler
+      act_postprocess.i.1: all >= 0 and one > 0, a ConvTranspose3d with kernel = stride = 2**f; all <= 0
+      and one < 0, a Conv3d with stride 2**-f, kernel stride // 2 * 2 + 1, padding stride // 2; all 0,
+      an Identity (no weights).
+    fusion_scale: the trilinear upsampling factors (t, h, w) of refinenet1, 2, 3, 4.
+    """
+
+    channels: int
+    size: int
+    resample_log2: Factors
+    fusion_scale: Factors
+
+
+DENSE_RESAMPLE_LOG2: Factors = ((1, 2, 2), (1, 1, 1), (0, 0, 0), (-1, -1, -1))
+DENSE_FUSION_SCALE: Factors = ((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2))
+CAMRAY_RESAMPLE_LOG2: Factors = ((1, 0, 0), (1, 0, 0), (0, 0, 0), (-1, -1, -1))
+CAMRAY_FUSION_SCALE: Factors = ((1, 1, 1), (1, 1, 1), (2, 1, 1), (2, 2, 2))
+
+
+def dense_head(channels: int) -> HeadConfig:
+    return HeadConfig(channels, 224, DENSE_RESAMPLE_LOG2, DENSE_FUSION_SCALE)
 
 
 @dataclass(frozen=True)
@@ -22,13 +60,11 @@ class L4PConfig:
     dpt_channels: tuple[int, ...] = (256, 512, 1024, 1024)  # per tap, after act_postprocess
     dpt_features: int = 256  # scratch / RefineNet width
     head_hidden: int = 128  # head1 output and head2 hidden width
-    # Output channels and spatial size of each task head (camray is predicted per 14x14 patch).
-    task_channels: dict[str, int] = field(
-        default_factory=lambda: {"depth": 1, "flow_2d_backward": 2, "dyn_mask": 1, "camray": 6}
-    )
-    task_size: dict[str, int] = field(
-        default_factory=lambda: {"depth": 224, "flow_2d_backward": 224, "dyn_mask": 224, "camray": 16}
-    )
+    # camray is predicted per 14 x 14 patch: a 16 x 16 ray grid.
+    heads: dict[str, HeadConfig] = field(default_factory=lambda: {
+        "depth": dense_head(1), "flow_2d_backward": dense_head(2), "dyn_mask": dense_head(1),
+        "camray": HeadConfig(6, 16, CAMRAY_RESAMPLE_LOG2, CAMRAY_FUSION_SCALE),
+    })
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -40,6 +76,24 @@ class L4PConfig:
     def num_tokens(self) -> int:
         t, h, w = self.grid
         return t * h * w
+
+
+def config_from_dict(fields: dict) -> L4PConfig:
+    """The inverse of dataclasses.asdict(config) after a trip through JSON (lists back to tuples)."""
+    expected = {f.name for f in dataclasses.fields(L4PConfig)}
+    if set(fields) != expected:
+        raise ValueError(
+            f"config does not match L4PConfig: missing {sorted(expected - set(fields))}, "
+            f"unknown {sorted(set(fields) - expected)}"
+        )
+
+    def tuples(value):
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    values = {k: tuples(v) for k, v in fields.items()}
+    values["heads"] = {task: HeadConfig(**{k: tuples(v) for k, v in head.items()})
+                       for task, head in fields["heads"].items()}
+    return L4PConfig(**values)
 
 
 FULL = L4PConfig()

@@ -1,6 +1,6 @@
-"""L4P's video encoder: a VideoMAEv2 ViT-g/14 over 16-frame windows, written from the facts in
-shared/reference/L4P.md. Submodule names follow the checkpoint keys under `l4p_model.video_encoder.`
-so that the released weights load strictly.
+"""L4P's video encoder: a VideoMAEv2 ViT-g/14 over 16-frame windows. Submodule names follow the
+released checkpoint's keys under `l4p_model.video_encoder.` (tests/data/l4p_state_dict.tsv) so that
+the released weights load strictly.
 
 Feature index i: 0 = patch embedding + positional embedding, i in 1..depth-1 = output of block i,
 depth = final LayerNorm of block depth's output.

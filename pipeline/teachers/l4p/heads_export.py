@@ -1,12 +1,13 @@
 """The frozen L4P DPT heads alone, for a student's explicit distillation: it pushes its own predicted
-latents (4 token tensors [B, N, C]) through the teacher's heads, so it needs the heads (~86 M params
-each) but never the 1 B-param encoder.
+latents (4 token tensors [B, N, C]) through the teacher's heads, so it needs the heads (85.8 M
+parameters each, camray 82.3 M) but never the 1 B-param encoder.
 
 directory/l4p_heads.safetensors  the heads' weights under their checkpoint names
                                  (l4p_model.task_heads.<task>.task_head.dpt.*)
 directory/l4p_heads.json         {"config": L4PConfig fields, "tasks": [...], "weights_sha256": ...}
 directory/l4p_head_<field>.pt2   (optional, `export_head_programs`) each head as a torch.export
-                                 program, in the student's prediction space: what student/ loads, since
+                                 program giving the head's raw output (log depth, flow, the motion logit,
+                                 the raw rays: the student's prediction space): what student/ loads, since
                                  it may not import this package (the heads reach it as data)
 
     python -m pipeline.teachers.l4p.heads_export CACHE/teacher     # write the .pt2 programs
@@ -22,16 +23,17 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from shards.atomic import atomic_write_bytes, commit_temporary, remove_temporary, temporary_path
+from shards.local_path import local_path
+from shards.teacher_fields import HEAD_PROGRAM_FILE
 
 from .checkpoint import state_dict_sha256
-from .config import L4PConfig
-from .dpt import DPTHead, apply_output_transform
+from .config import L4PConfig, config_from_dict
+from .dpt import DPTHead
 from .model import HEADS_PREFIX, L4PModel, heads_state_dict
 
 WEIGHTS_FILE = "l4p_heads.safetensors"
 META_FILE = "l4p_heads.json"
 _DPT_INFIX = ".task_head.dpt."
-PROGRAM_FILE = "l4p_head_{field}.pt2"
 # Cache field name of each L4P task (the cache says "flow" for L4P's flow_2d_backward).
 TASK_FIELDS = {"depth": "depth", "flow_2d_backward": "flow", "dyn_mask": "dyn_mask", "camray": "camray"}
 
@@ -66,7 +68,7 @@ def load_heads(directory: str | Path) -> tuple[L4PConfig, nn.ModuleDict]:
         if not path.exists():
             raise FileNotFoundError(f"not an L4P heads export (no {path.name}): {directory}")
     meta = json.loads(meta_path.read_text())
-    config = _config_from_json(meta["config"])
+    config = config_from_dict(meta["config"])
     weights = load_file(str(weights_path), device="cpu")
     digest = state_dict_sha256(weights)
     if digest != meta["weights_sha256"]:
@@ -77,7 +79,7 @@ def load_heads(directory: str | Path) -> tuple[L4PConfig, nn.ModuleDict]:
     # Built on the meta device and then handed the file's tensors: no random init of ~86 M params a head.
     with torch.device("meta"):
         heads = nn.ModuleDict(
-            {t: DPTHead(config, config.task_channels[t], config.task_size[t]) for t in meta["tasks"]}
+            {t: DPTHead(config, config.heads[t]) for t in meta["tasks"]}
         )
     heads.load_state_dict(_strip_prefix(weights), strict=True, assign=True)
     return config, heads.requires_grad_(False).eval()
@@ -94,29 +96,15 @@ def _strip_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _config_from_json(fields: dict) -> L4PConfig:
-    expected = {f.name for f in dataclasses.fields(L4PConfig)}
-    if set(fields) != expected:
-        raise ValueError(
-            f"heads config does not match L4PConfig: missing {sorted(expected - set(fields))}, "
-            f"unknown {sorted(set(fields) - expected)}"
-        )
-    # JSON has no tuples: lists left in would make the rebuilt config differ from the exported one.
-    return L4PConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+class _FourTaps(nn.Module):
+    """A head called with its four taps as separate arguments (what torch.export takes)."""
 
-
-
-class _PredictionSpaceHead(nn.Module):
-    """A head whose output is in the student's loss space (student/losses.py): raw log depth, raw flow,
-    raw motion logits, and camray after L4P's normalization (the cached rays are normalized)."""
-
-    def __init__(self, task: str, head: DPTHead):
+    def __init__(self, head: DPTHead):
         super().__init__()
-        self.task, self.head = task, head
+        self.head = head
 
     def forward(self, t0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor) -> torch.Tensor:
-        raw = self.head([t0, t1, t2, t3])
-        return apply_output_transform(self.task, raw) if self.task == "camray" else raw
+        return self.head([t0, t1, t2, t3])
 
 
 def export_head_programs(directory: str | Path, fields: tuple[str, ...] | None = None) -> list[Path]:
@@ -135,9 +123,9 @@ def export_head_programs(directory: str | Path, fields: tuple[str, ...] | None =
         if fields is not None and TASK_FIELDS[task] not in fields:
             continue
         program = torch.export.export(
-            _PredictionSpaceHead(task, head), example, dynamic_shapes=tuple({0: batch} for _ in range(4))
+            _FourTaps(head), example, dynamic_shapes=tuple({0: batch} for _ in range(4))
         )
-        final = directory / PROGRAM_FILE.format(field=TASK_FIELDS[task])
+        final = directory / HEAD_PROGRAM_FILE.format(field=TASK_FIELDS[task])
         temp = temporary_path(final)
         try:
             torch.export.save(program, temp)
@@ -153,7 +141,7 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Write the exported L4P heads as torch.export programs.")
-    p.add_argument("directory", help="CACHE/teacher (holds l4p_heads.safetensors and l4p_heads.json)")
+    p.add_argument("directory", type=local_path, help="CACHE/teacher (holds l4p_heads.safetensors and l4p_heads.json)")
     for path in export_head_programs(p.parse_args().directory):
         print(f"wrote {path}")
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from .config import TASKS, L4PConfig
-from .dpt import DPTHead, apply_output_transform
-from .encoder import VideoEncoder
+from .dpt import DPTHead, apply_output_transform, dpt_flops
+from .encoder import VideoEncoder, encoder_flops
 
 HEADS_PREFIX = "l4p_model.task_heads."
 
@@ -34,7 +34,7 @@ class _L4PCore(nn.Module):
         super().__init__()
         self.video_encoder = VideoEncoder(config)
         self.task_heads = nn.ModuleDict(
-            {t: _Task(DPTHead(config, config.task_channels[t], config.task_size[t])) for t in tasks}
+            {t: _Task(DPTHead(config, config.heads[t])) for t in tasks}
         )
 
 
@@ -43,9 +43,9 @@ class L4PModel(nn.Module):
 
     def __init__(self, config: L4PConfig):
         super().__init__()
-        missing = [t for t in TASKS if t not in config.task_channels or t not in config.task_size]
+        missing = [t for t in TASKS if t not in config.heads]
         if missing:
-            raise ValueError(f"config.task_channels / task_size lack tasks {missing}")
+            raise ValueError(f"config.heads lacks tasks {missing}")
         self.config = config
         self.l4p_model = _L4PCore(config, TASKS)
 
@@ -56,7 +56,8 @@ class L4PModel(nn.Module):
 
     def forward(self, video: torch.Tensor, tasks: Sequence[str] = TASKS) -> dict[str, torch.Tensor]:
         """-> {"latents": [B, hooks, N, C] (the hooked encoder features, latent distillation's target),
-        task: transformed output} for each task, e.g. depth [B, 1, T, 224, 224], camray [B, 6, T, 16, 16]."""
+        task: transformed output} for each task, e.g. depth [B, 1, T, 224, 224], camray [B, 6, T, 16, 16]
+        (the raw rays)."""
         heads = [self.head(t) for t in tasks]  # fail on a bad task before paying for the encoder
         features = self.l4p_model.video_encoder(video, self.config.hooks)
         taps = [features[i] for i in self.config.hooks]
@@ -69,3 +70,10 @@ class L4PModel(nn.Module):
 def heads_state_dict(model: L4PModel) -> dict[str, torch.Tensor]:
     """The task heads' weights alone, under their checkpoint names (`l4p_model.task_heads.*`)."""
     return {k: v for k, v in model.state_dict().items() if k.startswith(HEADS_PREFIX)}
+
+
+def window_flops(config: L4PConfig) -> dict[str, float]:
+    """FLOPs of what predict runs on one 16-frame window: the encoder up to its last hook, then each
+    task's head ("encoder", then one entry per task)."""
+    return {"encoder": encoder_flops(config, config.hooks),
+            **{task: dpt_flops(config, config.heads[task]) for task in TASKS}}

@@ -1,9 +1,12 @@
 """The L4P teachers of the caching job: `l4p` (the released architecture, loads the official
 checkpoint) and `l4p-tiny` (the same classes with the TINY config; seeded random weights unless a
 checkpoint is given). Clips of any length are mirror-padded and cut into 16-frame windows (stride 8);
-per-frame maps are merged across windows, latents and camray stay per window."""
+per-frame maps are merged across windows as the released code merges them (windows.py), latents and
+camray stay per window. What is cached is what 4D-RGPT distills: depth (exp of the head), flow, the
+motion LOGIT and the raw 6-channel rays."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +14,21 @@ import torch
 
 from manifests.cache_key import file_sha256
 from pipeline.config import TeacherConfig
-from pipeline.teachers.base import INPUT_SIZE, Teacher, TeacherIdentity, TeacherInput, hash_id, output_shapes
+from pipeline.teachers.base import Teacher, TeacherIdentity, TeacherInput, hash_id
 from pipeline.teachers.l4p.checkpoint import load_state_dict_file, load_strict, state_dict_sha256
 from pipeline.teachers.l4p.config import FULL, TINY, L4PConfig
 from pipeline.teachers.l4p.heads_export import export_heads
 from pipeline.teachers.l4p.model import L4PModel
-from pipeline.teachers.l4p.windows import (
-    crop, merge_depth, merge_overwrite, padded_length, window_frame_indices, window_starts,
-)
+from pipeline.teachers.l4p.windows import crop, merge_depth, merge_dyn_mask, merge_flow
+from shards.teacher_fields import INPUT_SIZE, clip_window_starts, teacher_shapes, window_frame_indices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Bump when what predict returns changes for the same architecture and weights (merge rules, output
+# transforms): it enters the teacher id, so every cache_key changes and old caches recompute once.
+# 2: the released heads' resamplers, the released merge rules, dyn_mask as the logit, camray raw.
+OUTPUTS_VERSION = 2
 
 
 class L4PTeacher(Teacher):
@@ -49,9 +55,9 @@ class L4PTeacher(Teacher):
         else:
             weights = "seeded:" + state_dict_sha256(cls._random_model(config).state_dict())
         return TeacherIdentity(
-            teacher_id=hash_id(cls.name, vars(cls.arch), weights),
+            teacher_id=hash_id(cls.name, dataclasses.asdict(cls.arch), weights, {"outputs": OUTPUTS_VERSION}),
             input_size=INPUT_SIZE,
-            shapes=output_shapes(num_frames, len(cls.arch.hooks), cls.arch.embed_dim),
+            shapes=teacher_shapes(num_frames, len(cls.arch.hooks), cls.arch.embed_dim),
         )
 
     def __init__(self, config: TeacherConfig):
@@ -80,7 +86,7 @@ class L4PTeacher(Teacher):
         frames = np.stack([c.frames for c in clips])  # [B, T, 224, 224, 3]
         num_clips, num_frames = frames.shape[:2]
         windows = window_frame_indices(num_frames)  # [W, 16] clip frame of every window slot
-        starts = window_starts(padded_length(num_frames))
+        starts = clip_window_starts(num_frames)
         video = torch.from_numpy(frames[:, windows].reshape(-1, windows.shape[1], *frames.shape[2:]))
         outputs = [self._forward(video[i:i + self.config.batch_size])
                    for i in range(0, len(video), self.config.batch_size)]
@@ -92,8 +98,8 @@ class L4PTeacher(Teacher):
             results.append({
                 "latents": latents.transpose(1, 0, 2, 3).reshape(latents.shape[1], -1, latents.shape[3]),
                 "depth": crop(merge_depth(list(out["depth"][w, 0]), starts), num_frames),
-                "flow": crop(merge_overwrite(list(out["flow_2d_backward"][w]), starts), num_frames),
-                "dyn_mask": _sigmoid(crop(merge_overwrite(list(out["dyn_mask"][w]), starts), num_frames)[0]),
+                "flow": crop(merge_flow(list(out["flow_2d_backward"][w]), starts), num_frames),
+                "dyn_mask": crop(merge_dyn_mask(list(out["dyn_mask"][w]), starts), num_frames)[0],
                 "camray": out["camray"][w],
             })
         return results
@@ -103,11 +109,6 @@ class L4PTeacher(Teacher):
         video = windows.to(self.device).permute(0, 4, 1, 2, 3).float().div_(255)
         video = ((video - self.mean) / self.std).to(self.dtype)
         return {k: v.float().cpu().numpy() for k, v in self.model(video).items()}
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    """The motion probability stored in the cache (the merge overwrites logits and probabilities alike)."""
-    return torch.from_numpy(np.ascontiguousarray(logits)).sigmoid().numpy()
 
 
 class L4PTinyTeacher(L4PTeacher):

@@ -1,16 +1,16 @@
-"""Temporal windowing of a clip for L4P, and merging of the per-window outputs back into one clip.
+"""Merging of L4P's per-window outputs back into one clip.
 
-L4P sees 16 frames at a time. A clip of T frames is mirror-padded in time to
-T_pad = max(16, ceil(T / 8) * 8) frames and cut into windows starting at 0, 8, ..., T_pad - 16, so
-consecutive windows share 8 frames. Every window start is a real frame (T_pad - 16 < T), so each
-window's reference camera (its first frame) is a frame of the clip.
+The windows themselves (mirror padding, 16-frame windows at stride 8, the frame in every window slot)
+are the cache's contract: shards/teacher_fields.py.
 
-Per task, the overlapping window outputs are merged into [.., T_pad, H, W] and `crop` drops the
-padded tail:
-- flow_2d_backward and dyn_mask: `merge_overwrite` (the later window wins, except its first frame).
-- depth: `merge_depth` (each window aligned in inverse depth to what is already merged).
+Per task, the overlapping window outputs are merged into [.., T_pad, H, W] by the rules of the
+released L4P code with joint alignment off, as 4D-RGPT runs it (4D-RGPT itself caches 16-frame clips:
+one window, no merge), and `crop` drops the padded tail:
+- flow_2d_backward: `merge_flow` (a later window wins, except its first frame).
+- dyn_mask: `merge_dyn_mask` (a later window wins, all its frames).
+- depth: `merge_depth` (a later window aligned in inverse depth to the merged overlap, then it wins).
 - camray is not merged: its rays are relative to each window's own first camera, so they are kept
-  per window ([num_windows, 6, 16, gh, gw]) together with `window_starts` / `window_frame_indices`.
+  per window ([num_windows, 6, 16, gh, gw]) together with the windows' starts.
 
 Arrays are numpy (CPU torch tensors are accepted wherever numpy converts them); the time axis is the
 third from last in every merged array ([C, T, H, W] and [T, H, W] alike).
@@ -19,63 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-WINDOW = 16
-STRIDE = 8
-
-# Relative variance of the overlap's inverse depth under which an affine fit is ill-posed (a constant
-# inverse depth fixes only s * x + b, not s and b apart).
-_DEGENERATE_VARIANCE = 1e-12
-
-
-def _check_window_stride(window: int, stride: int) -> None:
-    # Starts 0, stride, ..., T_pad - window only tile T_pad when window is a multiple of stride.
-    if stride < 1 or window < 1 or window % stride:
-        raise ValueError(f"window ({window}) must be a positive multiple of stride ({stride})")
-
-
-def padded_length(num_frames: int, window: int = WINDOW, stride: int = STRIDE) -> int:
-    """Frames of the mirror-padded clip: max(window, ceil(T / stride) * stride)."""
-    _check_window_stride(window, stride)
-    if num_frames < 1:
-        raise ValueError(f"a clip needs at least one frame, got {num_frames}")
-    return max(window, -(-num_frames // stride) * stride)
-
-
-def mirror_pad_indices(num_frames: int, window: int = WINDOW, stride: int = STRIDE) -> np.ndarray:
-    """Source frame of every frame of the padded clip, [padded_length] int64.
-
-    The clip is reflected about its last frame without repeating it (T = 20 -> 0..19, 18, 17, 16, 15).
-    A clip too short for one reflection keeps bouncing between its ends, like numpy's "reflect" mode
-    (T = 3 -> 0, 1, 2, 1, 0, 1, 2, 1, 0, ...); a single frame is repeated.
-    """
-    length = padded_length(num_frames, window, stride)
-    if num_frames == 1:
-        return np.zeros(length, dtype=np.int64)
-    period = 2 * (num_frames - 1)
-    phase = np.arange(length, dtype=np.int64) % period
-    return np.where(phase < num_frames, phase, period - phase)
-
-
-def window_starts(padded_len: int, window: int = WINDOW, stride: int = STRIDE) -> list[int]:
-    """First padded frame of every window: 0, stride, ..., padded_len - window."""
-    _check_window_stride(window, stride)
-    if padded_len < window or (padded_len - window) % stride:
-        raise ValueError(
-            f"padded length {padded_len} is not window ({window}) + a multiple of stride ({stride}); "
-            "use padded_length()"
-        )
-    return list(range(0, padded_len - window + 1, stride))
-
-
-def window_frame_indices(num_frames: int, window: int = WINDOW, stride: int = STRIDE) -> np.ndarray:
-    """[num_windows, window] int64: the real frame shown in every slot of every window.
-
-    Row k is window k (padded frames starts[k] .. starts[k] + window - 1); column 0 is its reference
-    camera for camray. Mirrored frames in the padded tail appear under their source index.
-    """
-    indices = mirror_pad_indices(num_frames, window, stride)
-    starts = window_starts(len(indices), window, stride)
-    return np.stack([indices[start:start + window] for start in starts])
 
 
 def _stack_windows(windows, starts, min_dims: int) -> tuple[np.ndarray, list[int], int]:
@@ -100,66 +43,68 @@ def _stack_windows(windows, starts, min_dims: int) -> tuple[np.ndarray, list[int
     return np.stack(arrays), starts, window
 
 
-def merge_overwrite(windows, starts) -> np.ndarray:
-    """Flow / dyn_mask windows [C, window, H, W] at `starts` -> [C, T_pad, H, W].
-
-    A later window overwrites the frames it shares with earlier ones, except its first frame: backward
-    flow (and the motion it implies) there would need the previous frame, which the window never saw,
-    so the earlier window's value is kept. A window whose first frame no earlier window covers writes
-    it as well.
-    """
+def _overwrite(windows, starts, keep_earlier_first_frame: bool) -> np.ndarray:
     stacked, starts, window = _stack_windows(windows, starts, min_dims=4)
     channels, _, height, width = stacked.shape[1:]
     merged = np.empty((channels, starts[-1] + window, height, width), dtype=stacked.dtype)
     covered_until = 0
     for values, start in zip(stacked, starts):
-        first = 1 if start < covered_until else 0
+        first = 1 if keep_earlier_first_frame and start < covered_until else 0
         merged[:, start + first:start + window] = values[:, first:]
         covered_until = start + window
     return merged
 
 
+def merge_flow(windows, starts) -> np.ndarray:
+    """Backward flow windows [C, window, H, W] at `starts` -> [C, T_pad, H, W].
+
+    A later window overwrites the frames it shares with earlier ones except its first frame: the flow
+    there would point to the previous frame, which the window never saw, so the earlier window's value
+    stays (a window whose first frame no earlier window covers writes it as well)."""
+    return _overwrite(windows, starts, keep_earlier_first_frame=True)
+
+
+def merge_dyn_mask(windows, starts) -> np.ndarray:
+    """Motion logit windows [C, window, H, W] at `starts` -> [C, T_pad, H, W]: a later window overwrites
+    all its frames, its first included (the released code's rule; no alignment)."""
+    return _overwrite(windows, starts, keep_earlier_first_frame=False)
+
+
+def safe_inverse(values: np.ndarray) -> np.ndarray:
+    """1 / x where x > 0, else 0: depth <-> inverse depth, 0 standing for "none" both ways."""
+    positive = values > 0
+    return np.divide(1.0, values, out=np.zeros_like(values), where=positive)
+
+
 def merge_depth(windows, starts) -> np.ndarray:
     """Depth windows [window, H, W] at `starts` -> [T_pad, H, W], in the first window's frame of reference.
 
-    Each later window is mapped onto the merged clip by s * inv + b on inverse depth, (s, b) the least
-    squares fit over every pixel of the frames it shares with what is already merged, and writes only
-    its new frames; the shared frames keep their earlier values, so a frame never changes after it
-    has served as an alignment target and the first window is kept as it is (up to float round-off).
-
-    Guard: if the affine fit is ill-posed (constant inverse depth over the overlap) or would give any
-    written frame a non-positive inverse depth (including s <= 0), the window falls back to the
-    scale-only least squares fit s = <inv, target> / <inv, inv>, b = 0, which is positive because both
-    inverse depths are. Inputs must be finite and positive; the result has the input's float dtype
-    (at least float32) and is computed in float64.
+    The released code's rule with joint alignment off (as 4D-RGPT runs it): each later window is mapped
+    by one scale and shift on inverse depth, s * inv + b, fitted by least squares over every pixel of
+    the frames it shares with the previous window (its values against the merged ones); the fit is
+    applied to the whole window (an inverse depth <= 0 becomes depth 0), which then OVERWRITES all its
+    frames, overlap included. Depth 0 counts as inverse depth 0 in the fit, as there. Computed in
+    float64 (the released code fits in float32); an ill-posed fit (constant inverse depth over the
+    overlap) takes numpy's minimum-norm least-squares solution. The result has the input's float dtype,
+    at least float32.
     """
     stacked, starts, window = _stack_windows(windows, starts, min_dims=3)
-    if not np.all(np.isfinite(stacked)) or not np.all(stacked > 0):
-        raise ValueError("depth windows must be finite and positive")
+    if not np.all(np.isfinite(stacked)):
+        raise ValueError("depth windows must be finite")
     out_dtype = np.result_type(stacked.dtype, np.float32)
-    inverse = 1.0 / stacked.astype(np.float64)
-    merged = np.empty((starts[-1] + window, *stacked.shape[2:]))
-    merged[:window] = inverse[0]
-    covered_until = window
-    for index, start in enumerate(starts[1:], start=1):
-        overlap = covered_until - start
-        if overlap == 0:
-            raise ValueError(f"depth window {index} (start {start}) shares no frame with the earlier ones: "
+    stacked = stacked.astype(np.float64)
+    merged = np.zeros((starts[-1] + window, *stacked.shape[2:]))
+    merged[:window] = stacked[0]
+    for index in range(1, len(starts)):
+        start, overlap = starts[index], starts[index - 1] + window - starts[index]
+        if overlap <= 0:
+            raise ValueError(f"depth window {index} (start {start}) shares no frame with the previous one: "
                              "it cannot be aligned")
-        x = inverse[index, :overlap].ravel()
-        y = merged[start:covered_until].ravel()
-        fresh = inverse[index, overlap:]
-        x_mean, y_mean = x.mean(), y.mean()
-        x_var = np.mean((x - x_mean) ** 2)
-        aligned = None
-        if x_var > _DEGENERATE_VARIANCE * x_mean**2:
-            scale = np.mean((x - x_mean) * (y - y_mean)) / x_var
-            aligned = scale * fresh + (y_mean - scale * x_mean)
-        if aligned is None or not np.all(aligned > 0):
-            aligned = (x @ y) / (x @ x) * fresh
-        merged[covered_until:start + window] = aligned
-        covered_until = start + window
-    return (1.0 / merged).astype(out_dtype)
+        x = safe_inverse(stacked[index, :overlap]).ravel()
+        y = safe_inverse(merged[start:start + overlap]).ravel()
+        (scale, shift), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], axis=1), y, rcond=None)
+        merged[start:start + window] = safe_inverse(scale * safe_inverse(stacked[index]) + shift)
+    return merged.astype(out_dtype)
 
 
 def crop(merged, num_frames: int) -> np.ndarray:

@@ -1,10 +1,10 @@
 """Look at a cache: list its clips, or render a cached clip's frames, depth, flow, motion mask and
-camera-ray directions side by side into a PNG.
+camera-ray directions side by side into a PNG, as the student reads them.
 
-  python -m pipeline.inspect CACHE                       # a table of clips
-  python -m pipeline.inspect CACHE --clip KEY --png out.png
-  python -m pipeline.inspect CACHE --pictures 4          # PNGs of the first 4 ok clips in CACHE/pictures/
-  python -m pipeline.inspect CACHE --clip KEY --marks [--sample ID]   # a sample's region marks on the frames
+  p4d-inspect CACHE                       # a table of clips (or: python -m student.inspect_cache CACHE)
+  p4d-inspect CACHE --clip KEY --png out.png
+  p4d-inspect CACHE --pictures 4          # PNGs of the first 4 ok clips in CACHE/pictures/
+  p4d-inspect CACHE --clip KEY --marks [--sample ID]   # a sample's region marks on the frames
 """
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from manifests.clips_table import current_clips, read_clips_table
-from manifests.regions import MarkStyle, check_marks, draw_clip_marks, parse_regions
+from manifests.regions import check_marks, parse_regions
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from manifests.schemas import CLIP_OK
-from pipeline.cache_dir import PICTURES_DIR
-from pipeline.visualize import render_clip_png
 from shards.cache_reader import read_cached_clip
-from shards.schema import specs_from_json
+from shards.local_path import local_path
+from shards.teacher_fields import CLIP_FIELDS, MAP_TASKS
+from student.marks import MarkStyle, draw_clip_marks
+from student.visualize import render_clip_png
 
-PICTURE_FIELDS = ["frames", "timestamps", "depth", "flow", "dyn_mask", "camray"]
+PICTURE_FIELDS = [*CLIP_FIELDS, *MAP_TASKS]
+PICTURES_DIR = "pictures"  # CACHE/pictures: where --pictures and --clip write by default
 
 
 def find_clip(clips: dict[str, dict], wanted: str) -> dict:
@@ -65,8 +67,7 @@ def find_marked_sample(cache_root: Path, row: dict, sample_id: str | None) -> di
 
 def render(cache_root: Path, row: dict, out: Path, marks: dict | None = None) -> Path:
     """marks: a sample row whose regions are drawn onto the frames, as the student loader draws them."""
-    stored = {spec.name for spec in specs_from_json(row["fields"])}
-    arrays = read_cached_clip(cache_root, row, [f for f in PICTURE_FIELDS if f in stored])
+    arrays = read_cached_clip(cache_root, row, PICTURE_FIELDS)
     if "camray" in arrays:
         arrays["camray"] = camray_per_frame(arrays["camray"], row["window_starts"], len(row["timestamps"]))
     title = f"{row['clip_id']}  ({row['video_uri']})"
@@ -80,9 +81,9 @@ def render(cache_root: Path, row: dict, out: Path, marks: dict | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("cache", type=Path, help="cache directory")
+    p.add_argument("cache", type=local_path, help="cache directory")
     p.add_argument("--clip", help="cache_key or clip_id (or a unique prefix) to render")
-    p.add_argument("--png", type=Path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
+    p.add_argument("--png", type=local_path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
     p.add_argument("--pictures", type=int, default=0, help="render this many ok clips into CACHE/pictures/")
     p.add_argument("--marks", action="store_true", help="with --clip: draw a sample's region marks on the frames")
     p.add_argument("--sample", help="with --marks: the sample_id (default: the clip's first sample with regions)")

@@ -18,7 +18,7 @@ COLUMNS = {
     "frames": "frames",
     "depth": "depth (near = warm)",
     "flow": "flow",
-    "dyn_mask": "dyn_mask",
+    "dyn_mask": "dyn_mask (sigmoid)",
     "camray": "camray direction",
 }
 _REGION_COLORS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
@@ -100,16 +100,19 @@ def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndar
     return np.clip(np.rint(colour * 255), 0, 255).astype(np.uint8)
 
 
-def mask_to_rgb(prob: np.ndarray) -> np.ndarray:
-    """Probability [H, W] in [0, 1] -> uint8 [H, W, 3] grey levels (black static, white moving)."""
-    grey = np.rint(np.clip(np.asarray(prob, dtype=np.float64), 0, 1) * 255).astype(np.uint8)
+def mask_to_rgb(logit: np.ndarray) -> np.ndarray:
+    """Motion logit [H, W] -> uint8 [H, W, 3] grey levels of its probability (black static, white moving)."""
+    prob = 0.5 * (1 + np.tanh(0.5 * np.asarray(logit, dtype=np.float64)))  # the sigmoid, free of overflow
+    grey = np.rint(prob * 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def rays_to_rgb(camray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Plucker rays [6, gh, gw] -> uint8 [height, width, 3]: the direction d (channels 0-2, unit) as
-    (d + 1) / 2, nearest-upsampled so the ray grid stays visible."""
+    """Plucker rays [6, gh, gw] -> uint8 [height, width, 3]: the unit direction d / |d| (channels 0-2,
+    a network's d is not normalized) as (d + 1) / 2, nearest-upsampled so the ray grid stays visible."""
     direction = np.asarray(camray[:3], dtype=np.float64).transpose(1, 2, 0)
+    norm = np.linalg.norm(direction, axis=-1, keepdims=True)
+    direction = np.divide(direction, norm, out=np.zeros_like(direction), where=norm > 0)
     grid = np.rint(np.clip((direction + 1) / 2, 0, 1) * 255).astype(np.uint8)
     height, width = size
     return np.asarray(Image.fromarray(grid).resize((width, height), Image.NEAREST))
@@ -124,7 +127,7 @@ def render_clip_png(
 ) -> Path:
     """Write a grid PNG of one clip: `rows` frames spread evenly over the clip, one column per field
     of COLUMNS present in `arrays` (frames [T,H,W,3] uint8, depth [T,h,w], flow [2,T,h,w],
-    dyn_mask [T,h,w], camray [6,T,gh,gw]); rows are labelled with the clip frame and, if
+    dyn_mask [T,h,w] logits, camray [6,T,gh,gw]); rows are labelled with the clip frame and, if
     arrays["timestamps"] [T] is given, its time.
 
     Depth and flow share one scale over the rendered frames so that colours compare down a column.

@@ -1,0 +1,215 @@
+"""The caching job's compute flow on Ray: decode -> teacher -> encode -> write + commit, overlapped.
+
+The driver holds only small metadata and object references; frames and teacher outputs travel
+between workers through Ray's object store. At most `max_inflight` clips are between decode and
+write at any time, which bounds memory whatever the size of the data set. Each stage is a method:
+`_decode` starts decodes while there is room, `_teach` sends full batches of decoded clips to the
+least loaded teacher (their encodes and writes follow as Ray references), `_collect` takes whatever
+finished and hands it to the stage that waits for it.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+
+from tqdm import tqdm
+
+from pipeline.cache_dir import DISK_FULL_ERRNOS, TEACHER_DIR, CacheDir, CacheFullError
+from pipeline.config import JobConfig
+from pipeline.source_report import failure_reason
+from pipeline.teachers.base import TeacherIdentity
+from pipeline.timing import Seconds
+from shards.schema import FieldSpec, specs_to_json
+
+log = logging.getLogger(__name__)
+
+# A teacher actor whose process dies (OOM, a lost node, a kill) is restarted and its pending calls,
+# the in-flight batch included, are resubmitted by Ray: predict has no side effect, so a retried
+# batch yields each clip once. A clip that kills its actor every time ends the job after this many.
+TEACHER_MAX_RESTARTS = 3
+FAILURE_EXAMPLES = 3  # per reason in summary.json; the clips table holds every failed row
+
+
+@dataclass
+class RunStats:
+    computed: int = 0
+    ok: int = 0
+    failed: int = 0
+    seconds: Seconds = field(default_factory=Seconds)
+    failures_by_reason: Counter = field(default_factory=Counter)
+    failure_examples: dict = field(default_factory=dict)  # reason -> the first FAILURE_EXAMPLES failures
+
+    def add_failure(self, request, stage: str, error: str) -> None:
+        reason = failure_reason(stage, error)
+        self.failures_by_reason[reason] += 1
+        examples = self.failure_examples.setdefault(reason, [])
+        if len(examples) < FAILURE_EXAMPLES:
+            examples.append({"clip_id": request.clip_id, "video_uri": request.video_uri, "error": error})
+
+
+class Scheduler:
+    """Computes the clips of one run on a connected Ray (pipeline/stages.py's tasks and actors)."""
+
+    def __init__(self, config: JobConfig, cache: CacheDir, identity: TeacherIdentity, specs: list[FieldSpec],
+                 stats: RunStats, teacher_class: type | None = None):
+        self.config, self.cache, self.identity, self.specs = config, cache, identity, specs
+        self.stats, self.teacher_class = stats, teacher_class
+        teacher = config.teacher
+        self.max_inflight = config.max_inflight or 2 * teacher.batch_size * teacher.num_actors + 2
+        self.pending: deque = deque()  # requests not decoded yet
+        self.ready: list = []  # (request, payload ref, Seconds) decoded, awaiting a teacher batch
+        self.waiting: dict = {}  # Ray reference -> (the stage that takes its result, its arguments)
+        self.decoding = 0  # decodes in flight
+        self.inflight = 0  # clips between the start of their decode and their written row
+        self.teacher_ready = self.first_batch = None  # perf_counter times
+
+    def run(self, todo: list) -> list[dict]:
+        """Compute every clip of `todo`, then commit what the writers hold; returns their stats."""
+        import ray
+
+        start = time.perf_counter()
+        self.teachers, self.writers = [], []
+        try:
+            self._start_actors()
+            self.pending.extend(todo)
+            self.bar = tqdm(total=len(todo), desc=f"cache ({self.config.teacher.name} -> {self.config.output.format})",
+                            unit="clip")
+            while self.pending or self.inflight:
+                self._decode()
+                self._teach()
+                self._collect()
+            self.bar.close()
+            if self.teacher_ready is None:  # every clip failed before reaching the teacher
+                ray.get(self.exporting)
+                self.teacher_ready = time.perf_counter()
+            # Start-up: from Ray up to the moment the first teacher call could run (its worker started,
+            # the model built, the first batch decoded); the rest of compute_wall is the steady state.
+            self.stats.seconds["startup"] = max(self.teacher_ready, self.first_batch or self.teacher_ready) - start
+            writer_stats = [self._writer_result(ref) for ref in [w.finish.remote() for w in self.writers]]
+            for w in writer_stats:
+                self.stats.seconds.update(w["seconds"])
+            return writer_stats
+        finally:
+            # Ended now, not when their handles are collected: on a shared cluster they would hold CPUs,
+            # and a live writer holds the writers' lock that the next run waits for.
+            for actor in [*self.teachers, *self.writers]:
+                ray.kill(actor)
+
+    def _start_actors(self) -> None:
+        from pipeline.stages import ShardWriterActor, TeacherActor
+
+        teacher = self.config.teacher
+        self.teachers = [TeacherActor.options(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus,
+                                              max_restarts=TEACHER_MAX_RESTARTS,
+                                              max_task_retries=TEACHER_MAX_RESTARTS).remote(teacher, self.teacher_class)
+                         for _ in range(teacher.num_actors)]
+        self.load = [0] * len(self.teachers)  # clips sent to each teacher and not written yet
+        # Exported once per run by the first actor: a student's explicit distillation may use them.
+        # Not awaited here: the teacher's start (a worker process, the model build: seconds) then
+        # overlaps the writers' and decoders' start and the first decodes instead of preceding them.
+        # An actor runs its calls in submission order, so the first predict queues behind it; its
+        # result (its error ends the job) says when the teacher was ready.
+        self.exporting = self.teachers[0].export.remote(str(self.cache.root / TEACHER_DIR))
+        self.waiting[self.exporting] = (self._exported, ())
+        run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        row_defaults = {"teacher_id": self.identity.teacher_id, "fields": specs_to_json(self.specs),
+                        "sampling": json.dumps(asdict(self.config.sampling), sort_keys=True)}
+        output = self.config.output
+        self.writers = [ShardWriterActor.remote(str(self.cache.root), output.format, self.specs, output.clips_per_shard,
+                                                f"{run_id}-w{i}", row_defaults)
+                        for i in range(self.config.num_writers)]
+        self.next_writer = itertools.cycle(self.writers)
+
+    # -- the stages ----------------------------------------------------------------------------------
+    def _decode(self) -> None:
+        from pipeline.stages import decode_clip
+
+        while self.pending and self.inflight < self.max_inflight:
+            request = self.pending.popleft()
+            status, payload = decode_clip.remote(request, self.config.sampling, self.identity.input_size,
+                                                 self.config.output.frame_size)
+            self.waiting[status] = (self._decoded, (request, payload))
+            self.decoding += 1
+            self.inflight += 1
+
+    def _decoded(self, status, request, payload) -> None:
+        import ray
+
+        self.decoding -= 1
+        failure, seconds = ray.get(status)
+        if failure is None:
+            self.ready.append((request, payload, seconds))
+        else:
+            self.waiting[self.writers[0].add_failed.remote(request, failure)] = (self._written, (request, None))
+
+    def _teach(self) -> None:
+        from pipeline.stages import encode_clip
+
+        size = self.config.teacher.batch_size
+        last = not self.pending and not self.decoding  # no more clips will arrive: a short batch goes too
+        while len(self.ready) >= size or (last and self.ready):
+            self.first_batch = self.first_batch or time.perf_counter()
+            batch, self.ready = self.ready[:size], self.ready[size:]
+            actor = min(range(len(self.teachers)), key=self.load.__getitem__)
+            self.load[actor] += len(batch)
+            outs = self.teachers[actor].predict.options(num_returns=len(batch)).remote(*[b[1] for b in batch])
+            for (request, payload, seconds), out in zip(batch, [outs] if len(batch) == 1 else outs):
+                encoded = encode_clip.remote(self.specs, self.config.output.format, payload, out, seconds)
+                self.waiting[next(self.next_writer).add.remote(request, encoded)] = (self._written, (request, actor))
+
+    def _written(self, ref, request, actor) -> None:
+        result = self._writer_result(ref)
+        self.inflight -= 1
+        if actor is not None:
+            self.load[actor] -= 1
+        self.stats.computed += 1
+        if result["status"] == "ok":
+            self.stats.ok += 1
+            self.stats.seconds.update(result["seconds"])
+        else:
+            self.stats.failed += 1
+            self.stats.add_failure(request, result["stage"], result["error"])
+            log.warning("failed %s (%s): %s", request.clip_id, result["stage"], result["error"])
+        self.bar.update(1)
+        self.bar.set_postfix(ok=self.stats.ok, failed=self.stats.failed)
+
+    def _exported(self, ref) -> None:
+        import ray
+
+        ray.get(ref)
+        self.teacher_ready = time.perf_counter()
+
+    def _collect(self) -> None:
+        """Wait for at least one result, then hand every finished one to its stage."""
+        import ray
+
+        if not self.waiting:
+            return
+        refs = list(self.waiting)
+        done, rest = ray.wait(refs, num_returns=1)
+        if rest:
+            done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        for ref in done:
+            stage, args = self.waiting.pop(ref)
+            stage(ref, *args)
+
+    def _writer_result(self, ref):
+        """ray.get of a writer call, a full disk turned into CacheFullError."""
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            cause = e.cause
+            if isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS:
+                raise CacheFullError(
+                    f"the cache's disk is full: {cause} (writing {self.cache.root}). Committed shards and their "
+                    "manifest parts are intact, clips in flight were not recorded; free space and rerun "
+                    "(only what is missing is computed)"
+                ) from e
+            raise

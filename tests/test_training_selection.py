@@ -1,0 +1,58 @@
+"""Training never sees evaluation data by accident: a selection that holds split-test rows or a
+benchmark is refused with the datasets named, unless the config opts in."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from manifests.samples_table import SAMPLES_FILE, write_samples
+from manifests.schemas import SAMPLES_SCHEMA
+from pipeline.datasets.registry import EVALUATION_DATASETS as PIPELINE_EVALUATION
+from student.cache_index import EVALUATION_DATASETS, EvaluationDataError, load_cache_index, refuse_evaluation_data
+from student.eval import BENCH_DATASETS
+from student.train_config import load_train_config
+
+
+def row(sample_id: str, dataset: str, split: str) -> dict:
+    """An image-only sample (no clip needed to index it)."""
+    return {"sample_id": sample_id, "dataset": dataset, "split": split, "video": None, "cache_key": None,
+            "images": ["images/x.png"], "conversations": [{"role": "user", "content": "<image>\nQ?"},
+                                                           {"role": "assistant", "content": "A"}],
+            "regions": None, "meta": json.dumps({})}
+
+
+def test_a_selection_with_test_rows_or_a_benchmark_is_refused_by_name():
+    clean = [row("sat/train/0", "sat", "train"), row("robofac/1", "robofac", "train")]
+    refuse_evaluation_data(clean, (), "CACHE")  # training data passes
+    with pytest.raises(EvaluationDataError, match=r"CACHE: .* 2 rows of dataset sat split 'test'"):
+        refuse_evaluation_data(clean + [row(f"sat/test/{i}", "sat", "test") for i in range(2)], (), "CACHE")
+    # A benchmark's rows labelled `train` (what the VSTI-Bench adapter once did) are still a benchmark's.
+    with pytest.raises(EvaluationDataError, match=r"1 rows of dataset vsti_test split 'train'"):
+        refuse_evaluation_data(clean + [row("vsti_test/1", "vsti_test", "train")], (), "CACHE")
+    with pytest.raises(EvaluationDataError, match=r"dataset stibench \(a benchmark\)"):
+        refuse_evaluation_data([], ("robofac", "stibench"), "CACHE")
+
+
+def test_the_trainer_index_refuses_unless_the_config_opts_in(tmp_path):
+    rows = [row("sat/train/0", "sat", "train"), row("sat/test/0", "sat", "test"), row("r4d/1", "r4d", "test")]
+    write_samples(tmp_path / SAMPLES_FILE, pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA))
+    assert [r.sample_id for r in load_cache_index(tmp_path, training=True).records] == ["sat/train/0"]
+    with pytest.raises(EvaluationDataError, match=r"1 rows of dataset r4d split 'test'; 1 rows of dataset sat"):
+        load_cache_index(tmp_path, split=None, training=True)
+    with pytest.raises(EvaluationDataError, match=r"dataset r4d \(a benchmark\)"):
+        load_cache_index(tmp_path, split="test", datasets=("r4d",), training=True)
+    assert len(load_cache_index(tmp_path, split=None, training=False).records) == 3, "evaluation reads them"
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{cache: {tmp_path}}}\n")
+    assert load_train_config(config).data.allow_evaluation_data is False
+    assert load_train_config(config, ["data.allow_evaluation_data=true"]).data.allow_evaluation_data is True
+
+
+def test_the_benchmark_lists_agree_across_the_wall():
+    """student/ cannot import pipeline/: its list of benchmarks is its own, kept equal here to the caching
+    job's evaluation sources (plus the synthetic benchmark) and to what eval.py scores."""
+    assert set(EVALUATION_DATASETS) == {*PIPELINE_EVALUATION, "synthetic4d"}
+    assert set(BENCH_DATASETS.values()) == set(EVALUATION_DATASETS)
