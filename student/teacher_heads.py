@@ -1,8 +1,8 @@
 """D_m "teacher" (the default, as released): the frozen L4P DPT heads, loaded as torch.export programs
 from CACHE/teacher.
 
-The caching job exports the heads' weights; `python -m pipeline.teachers.l4p.heads_export CACHE/teacher`
-turns them into programs (graph + raw weights). student/ may not import pipeline/, so the heads reach it
+The caching job (an l4p teacher) writes the heads' weights and these programs (graph + raw weights;
+`python -m pipeline.teachers.l4p.heads_export CACHE/teacher` remakes them). student/ may not import pipeline/, so the heads reach it
 as these files, never as code. They are frozen and replicated on every rank: kept out of the student's
 module tree on purpose, so neither the optimizer nor ZeRO-3 partitioning ever sees them.
 
@@ -43,8 +43,8 @@ class FrozenTeacherHeads:
             path = directory / HEAD_PROGRAM_FILE.format(field=task)
             if not path.exists():
                 raise FileNotFoundError(
-                    f"{path} is missing: run `python -m pipeline.teachers.l4p.heads_export {directory}` once "
-                    "(needs the heads the caching job exported with an l4p teacher)"
+                    f"{path} is missing: a cache made by an l4p teacher has it (the caching job writes it); "
+                    f"to remake it from the exported weights: python -m pipeline.teachers.l4p.heads_export {directory}"
                 )
             module = torch.export.load(str(path)).module()
             for p in module.parameters():
