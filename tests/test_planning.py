@@ -17,9 +17,9 @@ from manifests.clips_table import current_clips, read_clips_table, write_clips_p
 from manifests.compaction import compact_clips
 from manifests.content_hash import HASHES_FILE, HASHES_SCHEMA, IDENTITIES_SCHEMA, ContentHashes, file_stats
 from manifests.planner import contains, missing_clips, unique_clips
-from manifests.schemas import CLIP_REQUESTS_SCHEMA
-from pipeline.sources import (build_requests, clip_requests, find_videos, keyed_requests, resolve_all_inside,
-                              resolve_inside)
+from manifests.schemas import CLIP_REQUESTS_SCHEMA, SPANNED_REQUESTS_SCHEMA
+from pipeline.sources import (build_requests, clip_requests, concat_requests, distinct_spans, find_videos,
+                              keyed_requests, resolve_all_inside, resolve_inside)
 
 SAMPLING = {"num_frames": 16}
 SPEC = '[{"name": "depth"}]'
@@ -342,3 +342,48 @@ def test_clip_ids_cut_the_extension_as_splitext_does(tmp_path):
     keys = hex_digests(table["cache_key"].combine_chunks()).to_pylist()
     expected = [f"{os.path.splitext(n)[0]}-{k[:8]}" for n, k in zip(names + ["w.mp4"], keys)]
     assert table["clip_id"].to_pylist() == expected
+
+
+def test_spans_are_keyed_in_columns_as_one_clip_at_a_time(tmp_path):
+    """One video, several spans (STI-Bench): one clip each, keyed with its span in its sampling, named with
+    the span; the video read once. Each key against the one-clip function on a hand-made sampling."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"bytes of a")
+    (videos / "b.mkv").write_bytes(b"bytes of b")
+    a, b, gone = (str(videos / n) for n in ("a.mp4", "b.mkv", "gone.mp4"))
+    paths = [a, a, b, a, gone, a, a]
+    # (0.0, 1.0) and (-0.0, 1.0) differ in the key's JSON ("-0.0"): two clips, as one at a time.
+    spans = [(0.0, 0.7), (0.8, 1.5), None, (0.0, 0.7), (1.0, 2.5), (0.0, 1.0), (-0.0, 1.0)]
+    hasher = CountingHasher()
+    table = build_requests(paths, videos, SAMPLING, "t", SPEC, ContentHashes(hasher=hasher), spans=spans)
+    assert sorted(hasher.read) == [a, b], "each file read once, whatever its spans"
+    assert table["span_start"].to_pylist() == [None if s is None else s[0] for s in spans]
+    requests = clip_requests(table)
+    for request, path, span in zip(requests, paths, spans):
+        sampling = SAMPLING if span is None else {"num_frames": 16, "start": span[0], "end": span[1]}
+        identity = f"unreadable:{path}" if path == gone else f"sha256:{file_sha256(path)}"
+        assert request.cache_key == compute_cache_key(identity, sampling, "t", SPEC)
+        assert request.span == span
+        stem = os.path.splitext(os.path.basename(path))[0]
+        assert request.clip_id == (f"{stem}-{request.cache_key[:8]}" if span is None else
+                                   f"{stem}@{span[0]:g}-{span[1]:g}s-{request.cache_key[:8]}")
+    assert requests[0].clip_id.startswith("a@0-0.7s-") and requests[6].clip_id.startswith("a@-0-1s-")
+    assert requests[0].cache_key == requests[3].cache_key and requests[5].cache_key != requests[6].cache_key
+    assert len({r.cache_key for r in requests}) == 6
+    assert [r.span for r in clip_requests(unique_clips(table))] == [s for i, s in enumerate(spans) if i != 3]
+
+
+def test_a_table_without_spans_has_no_span_columns_and_joins_one_that_has(tmp_path):
+    videos = tmp_path / "videos"
+    make_videos(videos, 2)
+    plain = build_requests(find_videos(videos), videos, SAMPLING, "t", SPEC)
+    assert plain.schema.equals(CLIP_REQUESTS_SCHEMA)
+    no_span = build_requests(find_videos(videos), videos, SAMPLING, "t", SPEC, spans=[None, None])
+    assert no_span.equals(plain), "spans that are all None are no spans"
+    spanned = build_requests(find_videos(videos)[:1], videos, SAMPLING, "t", SPEC, spans=[(1.0, 2.0)])
+    both = unique_clips(concat_requests([plain, spanned]))
+    assert both.schema.equals(SPANNED_REQUESTS_SCHEMA) and both.num_rows == 3
+    assert [r.span for r in clip_requests(both)] == [None, None, (1.0, 2.0)]
+    with pytest.raises(ValueError, match="span of row 1: a start without an end"):
+        distinct_spans(pa.table({"span_start": [1.0, 2.0], "span_end": [3.0, None]}))
