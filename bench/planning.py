@@ -3,7 +3,7 @@ of videos (up to 1M real files) and for videos named by an annotation table (to 
 compacting the clips table costs.
 
     .venv/bin/python bench/planning.py [--folder-sizes 100000] [--table-sizes 1000000,10000000]
-                                       [--rows-per-part 64] [--workdir DIR]
+                                       [--span-sizes 1000000] [--rows-per-part 64] [--workdir DIR]
 
 Each step runs in its own fresh process, so each peak RSS is that step's alone; a stage's peak is the
 process's high-water mark during that stage (reset before it through /proc/self/clear_refs).
@@ -19,6 +19,9 @@ table N   an annotation table (sample_id, video) naming N videos in shuffled ord
           but only the new videos are files; the old ones' size and mtime come from a listing (a stand-
           in for their stat, whose per-file cost the folder case measures), their remembered hashes
           and the clips table (one compacted file, as compaction leaves it) come from a finished run.
+spans N   the keys stage alone (pipeline.sources.keyed_requests) for N clips of N/2 videos, without spans
+          and with each clip its own span of the video (STI-Bench's kind: SPAN_KINDS distinct spans),
+          alternated, medians of --repeats, in one process; the requests table's bytes of each.
 Stages, what pipeline/runner.py does before any Ray work: inputs (walk the folder / read the table's
 video column and resolve its paths inside the root), stat, hashes (remembered-hash lookup + reading
 the new files), keys (cache keys and clip ids), save (the remembered hashes rewritten), plan (the clips
@@ -50,6 +53,7 @@ CHUNK = 1 << 16  # rows generated at a time in setups
 STAGES = ("inputs", "stat", "hashes", "keys", "save", "plan")
 GOAL = {1_000_000: 6.0, 10_000_000: 60.0}  # seconds, from the issue; and 4 GB peak at 10M
 GOAL_PEAK_MB = 4096
+SPAN_KINDS = 1000
 
 
 def high_water_mb() -> float:
@@ -328,6 +332,37 @@ def compact(workdir: Path) -> dict:
             "mb_after": dir_mb(workdir / "cache" / "manifests" / "clips")}
 
 
+def spans(n: int, repeats: int) -> dict:
+    """Keys and clip ids of n clips (n/2 videos, two clips each) without spans, then with a span each."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from manifests.cache_key import DIGEST
+    from manifests.content_hash import IDENTITIES_SCHEMA
+    from pipeline.sources import keyed_requests, span_table
+
+    sampling, spec_json, _ = job_inputs()
+    root = Path("/data/videos")
+    names = pa.array(video_names(0, n // 2) * 2)
+    paths = pc.binary_join_element_wise(str(root), names, "/")
+    sha = pa.FixedSizeBinaryArray.from_buffers(DIGEST, len(paths), [None, pa.py_buffer(np.random.bytes(32 * len(paths)))])
+    identities = pa.table([sha, pa.nulls(len(paths), pa.string())], schema=IDENTITIES_SCHEMA)
+    start = np.arange(len(paths)) % SPAN_KINDS * 0.5
+    spanned = span_table(list(zip(start.tolist(), (start + 3.0).tolist())))
+    times = {"without": [], "with": []}
+    sizes = {}
+    for _ in range(repeats):
+        for label, table in (("without", None), ("with", spanned)):
+            began = time.perf_counter()
+            requests = keyed_requests(paths, identities, root, sampling, TEACHER_ID, spec_json, table)
+            times[label].append(time.perf_counter() - began)
+            sizes[label] = requests.nbytes
+            del requests
+    return {"seconds": {k: sorted(v)[len(v) // 2] for k, v in times.items()}, "mb": {k: v / 1e6 for k, v in sizes.items()},
+            "clips": len(paths)}
+
+
 def child(args) -> None:
     workdir = Path(args.child_dir)
     if args.child == "setup-folder":
@@ -336,14 +371,16 @@ def child(args) -> None:
         result = setup_table(workdir, args.child_size)
     elif args.child == "compact":
         result = compact(workdir)
+    elif args.child == "spans":
+        result = spans(args.child_size, args.repeats)
     else:
         result = plan(workdir, args.child.split("-", 1)[1])
     print(json.dumps(result))
 
 
-def run_child(step: str, workdir: Path, n: int, rows_per_part: int) -> dict:
+def run_child(step: str, workdir: Path, n: int, rows_per_part: int, repeats: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--child", step, "--child-dir", str(workdir), "--child-size", str(n),
-           "--rows-per-part", str(rows_per_part)]
+           "--rows-per-part", str(rows_per_part), "--repeats", str(repeats)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if out.returncode:
         raise RuntimeError(f"{step} of {n}: exit {out.returncode}\n{out.stderr[-3000:]}")
@@ -375,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--folder-sizes", default="100000", help="videos in the folder case, comma-separated")
     parser.add_argument("--table-sizes", default="1000000,10000000", help="videos in the table case, comma-separated")
+    parser.add_argument("--span-sizes", default="1000000", help="clips in the spans case, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated runs of each side in the spans case")
     parser.add_argument("--rows-per-part", type=int, default=64, help="clips per manifest part (= per shard)")
     parser.add_argument("--workdir", type=Path, default=None, help="where files go (default: a temporary dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -385,12 +424,13 @@ def main(argv: list[str] | None = None) -> None:
         child(args)
         return
     sizes = {case: [int(s) for s in text.split(",") if s] for case, text in
-             (("folder", args.folder_sizes), ("table", args.table_sizes))}
+             (("folder", args.folder_sizes), ("table", args.table_sizes), ("spans", args.span_sizes))}
     base = Path(tempfile.mkdtemp(prefix="p4d-bench-planning-", dir=args.workdir))
     try:
         print_conditions("bench/planning.py: planning a rerun (what is missing) at 100k-10M clips",
                          ["pyarrow", "numpy"], base)
-        print(f"folder sizes {sizes['folder']}, table sizes {sizes['table']}; {args.rows_per_part} rows per manifest "
+        print(f"folder sizes {sizes['folder']}, table sizes {sizes['table']}, span sizes {sizes['spans']}; "
+              f"{args.rows_per_part} rows per manifest "
               f"part, 1 in {FAILED_EVERY} rows failed, {NEW_FRACTION:.0%} new videos after the run; every step in a "
               "fresh process")
         rows, compactions, prepared = [], [], {}
@@ -430,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
                   f"({got['mb_after']:.0f} MB) in {got['seconds']:.1f} s ({got['cpu_seconds']:.1f} s CPU), peak RSS "
                   f"{got['peak_mb']:.0f} MB; "
                   f"cold hash of the first run: {setup['cold_hash_s']:.1f} s")
+        for n in sizes["spans"]:
+            got = run_child("spans", base, n, args.rows_per_part, args.repeats)
+            s, mb = got["seconds"], got["mb"]
+            print(f"keys and clip ids of {got['clips']} clips ({got['clips'] // 2} videos), median of {args.repeats}: "
+                  f"without spans {s['without']:.2f} s ({mb['without']:.0f} MB table), with a span each "
+                  f"({SPAN_KINDS} distinct) {s['with']:.2f} s ({mb['with']:.0f} MB): {s['with'] / s['without']:.2f}x")
         table = [(n, got) for label, n, got in rows if label.startswith("table")]
         if len(table) > 1:
             (n0, a), (n1, b) = table[0], table[-1]

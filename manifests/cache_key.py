@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -91,19 +92,14 @@ def cache_keys(
         payload[:, 8:72] = _hex_bytes(chunk)
         payload[:, 72:] = np.frombuffer(b'"}', np.uint8)
         flat = memoryview(payload.reshape(-1))
-        offsets = range(0, len(flat), _PAYLOAD_BYTES)
+        # Each clip's sampling's hash state: one for all (no lookup per clip), or the one `which` names.
+        states = (repeat(copies[0]) if which is None
+                  else map(copies.__getitem__, which[start:start + _KEY_CHUNK].tolist()))
         digests = []
-        if which is None:  # one sampling: the loop without a lookup per clip
-            copy = copies[0]
-            for offset in offsets:
-                digest = copy()
-                digest.update(flat[offset:offset + _PAYLOAD_BYTES])
-                digests.append(digest.digest())
-        else:
-            for offset, sampling in zip(offsets, which[start:start + _KEY_CHUNK].tolist()):
-                digest = copies[sampling]()
-                digest.update(flat[offset:offset + _PAYLOAD_BYTES])
-                digests.append(digest.digest())
+        for offset, copy in zip(range(0, len(flat), _PAYLOAD_BYTES), states):
+            digest = copy()
+            digest.update(flat[offset:offset + _PAYLOAD_BYTES])
+            digests.append(digest.digest())
         keys[start:start + len(chunk)] = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, DIGEST_BYTES)
     for i in np.flatnonzero(~readable):
         digest = copies[0 if which is None else which[i]]()

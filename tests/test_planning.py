@@ -216,9 +216,13 @@ def test_batch_keys_equal_the_single_video_function():
     shas = [hex_key(i) for i in range(50)]
     uris = [f'/v/é "{i}".mp4' for i in range(50)]  # JSON escapes and non-ASCII in the unreadable identity
     digests = pa.array([None if i % 7 == 0 else bytes.fromhex(s) for i, s in enumerate(shas)], DIGEST)
-    got = hex_digests(cache_keys(digests, pa.array(uris), [SAMPLING], "t", SPEC)).to_pylist()
-    assert got == [compute_cache_key(f"unreadable:{u}" if i % 7 == 0 else f"sha256:{s}", SAMPLING, "t", SPEC)
-                   for i, (s, u) in enumerate(zip(shas, uris))]
+    other = {"num_frames": 8}
+    identities = [f"unreadable:{u}" if i % 7 == 0 else f"sha256:{s}" for i, (s, u) in enumerate(zip(shas, uris))]
+    got = hex_digests(cache_keys(digests, pa.array(uris), [SAMPLING, other], "t", SPEC)).to_pylist()
+    assert got == [compute_cache_key(identity, SAMPLING, "t", SPEC) for identity in identities]
+    which = np.arange(50) % 3 % 2  # 0, 1, 0, 0, 1, 0, ...
+    got = hex_digests(cache_keys(digests, pa.array(uris), [SAMPLING, other], "t", SPEC, which)).to_pylist()
+    assert got == [compute_cache_key(identity, [SAMPLING, other][w], "t", SPEC) for identity, w in zip(identities, which)]
     assert hex_digests(digests.slice(3, 5)).to_pylist() == [None if i % 7 == 0 else shas[i] for i in range(3, 8)]
     assert hex_digests(digests, 4).to_pylist()[1] == shas[1][:8]
     with pytest.raises(ValueError, match=r"X row 1: 'ABC' is not a 64-character"):

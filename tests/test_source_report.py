@@ -59,7 +59,8 @@ def test_reports_count_ok_and_each_keys_latest_failure_before_and_after_compacti
         row(2, "ok", 1),  # ok after a failure: ok
         row(4, "failed", 0, "decode", "decoding failed at frame 9: /v/4.mp4"),
     ])
-    robofac = SourceRead("robofac=/r", samples=7, keys=digests_of_hex(pa.array([key(i) for i in (0, 1, 2, 3, 5)]), str))
+    robofac = SourceRead("robofac=/r", samples=7,
+                         keys=digests_of_hex(pa.array([key(i) for i in (0, 1, 2, 3, 5)]), str))
     videos = folder_source(Path("/v"), digests_of_hex(pa.array([key(i) for i in (4, 4, 0)]), str), samples=0)
     assert len(videos.keys) == 2, "a folder's clips are its distinct keys"
     for compacted in (False, True):
@@ -74,7 +75,8 @@ def test_reports_count_ok_and_each_keys_latest_failure_before_and_after_compacti
             assert {f["reason"]: f["example"] for f in report["top_failures"]} == expected["examples"]
         # By hand: 0 ok, 1 latest "hash: file not found", 2 ok, 3 the later row of equal times, 5 not cached.
         assert (robofac_report["clips"], robofac_report["ok"], robofac_report["failed"]) == (5, 2, 2)
-        assert robofac_report["top_failures"] == [{"reason": "hash: file not found", "clips": 2, "example": "/v/1-1.mp4"}]
+        assert robofac_report["top_failures"] == [
+            {"reason": "hash: file not found", "clips": 2, "example": "/v/1-1.mp4"}]
         assert robofac_report["lost"] is None
         assert (videos_report["ok"], videos_report["failed"]) == (1, 1)
         assert videos_report["top_failures"][0]["reason"] == "decode: decoding failed at frame N"

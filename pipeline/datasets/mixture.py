@@ -52,9 +52,8 @@ def load_mixture(sources: tuple[str, ...], media_dir: Path, lenient: bool, sampl
     for source in (parse_source(s) for s in sources):
         result = read_dataset(source, lenient, media_dir)
         clips = sorted({r[CLIP] for r in result.rows if r[CLIP] is not None}, key=lambda c: (str(c.path), c.span or ()))
-        spans = [c.span for c in clips]
         table = build_requests([str(c.path) for c in clips], source.root, sampling, teacher_id, output_spec, hashes,
-                               spans=spans if any(spans) else None)
+                               spans=[c.span for c in clips])
         keys = dict(zip(clips, hex_digests(table["cache_key"]).to_pylist()))
         requests.append(table.set_column(1, CLIP_REQUESTS_SCHEMA.field("clip_id"),
                                          pc.binary_join_element_wise(source.name, table["clip_id"], "/")))
