@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from manifests.clips_table import current_clips, read_clips_table
+from manifests.compaction import drop_clips
 from manifests.schemas import CLIP_OK
 from pipeline.cache_dir import CacheDir, CacheLockedError
 from pipeline.failures import describe
@@ -122,8 +123,7 @@ def scrub_cache(cache_root: str | Path, workers: int | None = None) -> Scrub:
 def repair(cache: CacheDir, damaged: tuple[Damage, ...]) -> None:
     """Mark the damaged clips missing (every row of their cache keys out of the clips table, atomically),
     under the cache's lock and once no writer of a killed job is alive."""
-    from manifests.compaction import drop_clips
-    from pipeline.runner import WRITER_EXIT_TIMEOUT_S
+    from pipeline.runner import WRITER_EXIT_TIMEOUT_S  # here: the runner imports Ray, not needed by scrub workers
 
     keys = sorted({d.cache_key for d in damaged})
     with cache.lock():
