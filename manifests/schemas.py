@@ -64,3 +64,22 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("meta", pa.string()),  # JSON: question type, exact answer value, units, ...
     ]
 )
+
+# The clips a job wants, as planning holds them in memory (pipeline.sources.build_requests): one row
+# per clip, its cache key and content hash as their 32 raw bytes (half their hex text: ten million
+# rows must fit beside everything else planning holds).
+CLIP_REQUESTS_SCHEMA = pa.schema(
+    [
+        pa.field("video_uri", pa.string(), nullable=False),  # absolute path
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("video_sha256", pa.binary(32)),  # null when the bytes could not be read
+        pa.field("read_error", pa.string()),  # why, naming the file
+        pa.field("cache_key", pa.binary(32), nullable=False),
+    ]
+)
+# A clip with its own part of its video (pipeline.sources.ClipRequest.span: an STI-Bench question's time
+# span) is sampled from span_start to span_end (seconds) instead of the job's sampling.start / end. Only
+# a table where some clip has a span holds these columns (null in the other rows): a table without
+# spans costs nothing for them.
+SPAN_FIELDS = (pa.field("span_start", pa.float64()), pa.field("span_end", pa.float64()))
+SPANNED_REQUESTS_SCHEMA = pa.schema([*CLIP_REQUESTS_SCHEMA, *SPAN_FIELDS])

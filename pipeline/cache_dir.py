@@ -12,6 +12,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from manifests.clips_table import CLIPS_DIR, read_clips_table
 from manifests.samples_table import SAMPLES_FILE
 from shards.atomic import remove_temporaries
@@ -116,7 +118,7 @@ class CacheDir:
         """Remove what a crashed job left: temporaries anywhere, and committed shards that no
         manifest part references (a crash between the shard rename and its manifest part)."""
         removed = remove_temporaries(self.root)
-        referenced = {s for s in read_clips_table(self.root)["shard"].to_pylist() if s}
+        referenced = set(pc.unique(read_clips_table(self.root, ("shard",))["shard"]).drop_null().to_pylist())
         for fmt in FORMATS:
             directory = self.shards_dir(fmt)
             if not directory.exists():
