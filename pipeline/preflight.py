@@ -19,10 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from manifests.cache_key import hex_digests
 from manifests.content_hash import ContentHashes, file_stats

@@ -34,7 +34,7 @@ def failure_reason(stage: str, error: str) -> str:
 
 def folder_source(root: Path, keys: pa.Array | pa.ChunkedArray, samples: int) -> SourceRead:
     """The `--videos` folder as a source: every video one clip (its samples table, if any, counted)."""
-    return SourceRead(f"videos={root}", samples=samples, keys=pc.unique(keys))
+    return SourceRead(f"videos={root}", samples=samples, keys=keys)
 
 
 def source_reports(sources: list[SourceRead], cache_root: Path) -> list[dict]:
@@ -47,9 +47,10 @@ def source_reports(sources: list[SourceRead], cache_root: Path) -> list[dict]:
     failed_keys = failures["cache_key"].combine_chunks()
     reports = []
     for source in sources:
-        ok = contains(ok_keys, source.keys)
+        keys = pc.unique(source.keys)  # computed after the job: not beside planning's columns
+        ok = contains(ok_keys, keys)
         # A key without an ok row is failed when it has a failed row; index_in finds its first, the latest.
-        at = pc.index_in(source.keys.filter(pa.array(~ok)), value_set=failed_keys).drop_null()
+        at = pc.index_in(keys.filter(pa.array(~ok)), value_set=failed_keys).drop_null()
         failed = failures.take(at).to_pylist()
         reasons = Counter(failure_reason(r["stage"] or "?", r["error"] or "") for r in failed)
         example = {}
@@ -57,7 +58,7 @@ def source_reports(sources: list[SourceRead], cache_root: Path) -> list[dict]:
             example.setdefault(failure_reason(r["stage"] or "?", r["error"] or ""), r["video_uri"])
         report = {
             "source": source.label, "samples": source.samples, "image_only_samples": source.image_only,
-            "rows_skipped": len(source.skipped), "clips": len(source.keys), "ok": int(ok.sum()), "failed": len(failed),
+            "rows_skipped": len(source.skipped), "clips": len(keys), "ok": int(ok.sum()), "failed": len(failed),
             "top_failures": [{"reason": reason, "clips": n, "example": example[reason]}
                              for reason, n in reasons.most_common(TOP_REASONS)],
         }

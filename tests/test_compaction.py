@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from conftest import ROOT, copy_scenes
 from manifests.clips_table import CLIPS_DIR, current_clips, folded_names, read_clips_table, write_clips_part

@@ -95,6 +95,8 @@ def test_the_index_reads_only_the_columns_and_rows_training_needs(tmp_path, monk
     index = load_cache_index(tmp_path)
     monkeypatch.undo()
     assert read[0].column_names == list(cache_index.INDEX_COLUMNS)
+    # Not the per-clip columns training never reads (the largest: the sampling JSON, 16+ timestamps, the path).
+    assert {"video_uri", "video_sha256", "sampling", "timestamps", "nbytes"}.isdisjoint(read[0].column_names)
     assert sorted(read[0]["cache_key"].to_pylist()) == [key["a"], key["a"], key["b"]]
     records = {r.sample_id: r for r in index.records}
     assert sorted(records) == ["robofac/a", "sat/train/0"] and index.skipped == {"clip failed: decode": 1}

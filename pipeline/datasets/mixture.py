@@ -29,7 +29,8 @@ class SourceRead:
     samples: int = 0
     image_only: int = 0  # samples that need no clip (SAT): usable whatever the clips do
     skipped: list[dict] = field(default_factory=list)  # {dataset, file, row, field, reason}
-    keys: pa.Array = field(default_factory=lambda: pa.array([], DIGEST))  # its clips' cache_keys, each once
+    # its clips' cache_keys (binary(32)); one may repeat (the same bytes under two names: one clip)
+    keys: pa.Array | pa.ChunkedArray = field(default_factory=lambda: pa.array([], DIGEST))
 
 
 @dataclass
@@ -62,7 +63,7 @@ def load_mixture(sources: tuple[str, ...], media_dir: Path, lenient: bool, sampl
             row["cache_key"] = None if clip is None else keys[clip]
         rows += result.rows
         reads.append(SourceRead(source.label, len(result.rows), sum(r["cache_key"] is None for r in result.rows),
-                                result.skipped, pc.unique(table["cache_key"].combine_chunks())))
+                                result.skipped, table["cache_key"]))
         log.info("source %s: %d samples, %d clips, %d rows skipped", source.label, len(result.rows), len(clips),
                  len(result.skipped))
     ids = Counter(r["sample_id"] for r in rows)
