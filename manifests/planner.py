@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from manifests.cache_key import digest_bytes, digests_of_hex
 from manifests.clips_table import read_clips_table
-from manifests.schemas import CLIP_OK
+from manifests.schemas import CLIP_OK, CLIP_TRANSIENT
 
 _COMPARE_ROWS = 1 << 20  # whole-key comparisons a chunk at a time: bounded temporaries
 
@@ -46,6 +46,7 @@ def missing_clips(requests: pa.Table, cache_root: str | Path, retry_failed: bool
 
     Done = an ok row in the clips table, or a failed row unless retry_failed: most failures are
     deterministic (a corrupt file stays corrupt), and a repaired video has new bytes, hence a new key.
+    A transient row (the machine failed the clip, not the clip itself) is never done.
     """
     done = recorded_keys(cache_root, ok_only=retry_failed)
     requests = unique_clips(requests)
@@ -53,15 +54,15 @@ def missing_clips(requests: pa.Table, cache_root: str | Path, retry_failed: bool
 
 
 def recorded_keys(cache_root: str | Path, ok_only: bool = False) -> pa.Array:
-    """The cache keys (binary(32)) of the clips table's rows, or of its ok rows only; a key once per row."""
+    """The cache keys (binary(32)) of the clips table's rows that settle a clip (ok or failed: a transient
+    row does not, the next run retries it), or of its ok rows only; a key once per row."""
     def keys_of(rows: pa.Table, where) -> pa.Table:
         # The keys as 32 bytes as they are read: as text they take twice that.
         keys = digests_of_hex(rows["cache_key"], lambda row: f"{where(row)}: field 'cache_key'")
-        if ok_only:
-            keys = keys.filter(pc.equal(rows["status"], CLIP_OK))
-        return pa.table({"cache_key": keys})
+        settled = pc.equal(rows["status"], CLIP_OK) if ok_only else pc.not_equal(rows["status"], CLIP_TRANSIENT)
+        return pa.table({"cache_key": keys.filter(settled)})
 
-    columns = ("cache_key", "status") if ok_only else ("cache_key",)
+    columns = ("cache_key", "status")
     return read_clips_table(cache_root, columns, convert=keys_of)["cache_key"].combine_chunks()
 
 

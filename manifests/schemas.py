@@ -9,7 +9,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 CLIP_OK = "ok"
-CLIP_FAILED = "failed"
+CLIP_FAILED = "failed"  # the clip itself cannot be cached (its reason in `error`): reruns keep it
+CLIP_TRANSIENT = "transient"  # the machine failed the clip every time it was tried: the next run retries it
 
 CLIPS_SCHEMA = pa.schema(
     [
@@ -24,7 +25,7 @@ CLIPS_SCHEMA = pa.schema(
         # fields (camray; latents in window-major token order) follow this order.
         pa.field("window_starts", pa.list_(pa.int32())),
         pa.field("teacher_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # CLIP_OK | CLIP_FAILED
+        pa.field("status", pa.string(), nullable=False),  # CLIP_OK | CLIP_FAILED | CLIP_TRANSIENT
         pa.field("stage", pa.string()),  # where a failure happened: hash | decode | teacher | encode
         pa.field("error", pa.string()),  # the readable reason of a failure
         pa.field("format", pa.string()),  # zarr | wds

@@ -81,13 +81,17 @@ def test_parts_are_never_overwritten_and_bad_rows_name_the_field(tmp_path):
 
 
 def test_planner_returns_only_missing_each_once(tmp_path):
-    key = {name: name * 64 for name in "abcd"}  # cache keys are 64 hex characters
-    write_clips_part(tmp_path, "s0", [row(key["a"], "ok", 0), row(key["b"], "failed", 1)])
-    names = ["a", "b", "c", "c", "d"]
-    wanted = pa.table([[f"/v/{n}.mp4" for n in names], names, pa.nulls(5, pa.binary(32)), pa.nulls(5, pa.string()),
+    """Done: an ok row, or a failed row unless retrying failures; a transient row never (e: the machine
+    failed it; f: transient, then ok)."""
+    key = {name: name * 64 for name in "abcdef"}  # cache keys are 64 hex characters
+    write_clips_part(tmp_path, "s0", [row(key["a"], "ok", 0), row(key["b"], "failed", 1),
+                                      row(key["e"], "transient", 2), row(key["f"], "transient", 3)])
+    write_clips_part(tmp_path, "s1", [row(key["f"], "ok", 4)])
+    names = ["a", "b", "c", "c", "d", "e", "f"]
+    wanted = pa.table([[f"/v/{n}.mp4" for n in names], names, pa.nulls(7, pa.binary(32)), pa.nulls(7, pa.string()),
                        [bytes.fromhex(key[n]) for n in names]], schema=CLIP_REQUESTS_SCHEMA)
-    assert missing_clips(wanted, tmp_path)["clip_id"].to_pylist() == ["c", "d"]
-    assert missing_clips(wanted, tmp_path, retry_failed=True)["clip_id"].to_pylist() == ["b", "c", "d"]
+    assert missing_clips(wanted, tmp_path)["clip_id"].to_pylist() == ["c", "d", "e"]
+    assert missing_clips(wanted, tmp_path, retry_failed=True)["clip_id"].to_pylist() == ["b", "c", "d", "e"]
 
 
 def sample(sample_id: str, content: str) -> dict:
