@@ -32,6 +32,7 @@ PACKAGES = ("pipeline", "shards", "manifests", "student")
 TESTS = {
     "student/losses.py": ["tests/test_student_model.py"],
     "pipeline/teachers/l4p/windows.py": ["tests/test_l4p_windows.py"],
+    "shards/torch_codecs.py": ["tests/test_torch_codecs.py"],
 }
 RESULT = re.compile(r"^\s+(\S+): (.+)$")
 
