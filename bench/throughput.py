@@ -64,15 +64,17 @@ from bench.conditions import median, print_conditions  # noqa: E402
 from pipeline.config import JobConfig, OutputConfig, TeacherConfig  # noqa: E402
 from pipeline.runner import field_specs, run_job  # noqa: E402
 from pipeline.sampling import SamplingConfig  # noqa: E402
-from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset, scene_name  # noqa: E402
+from bench.source_videos import FPS, ensure_videos  # noqa: E402
+from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset  # noqa: E402
 from pipeline.teachers.base import TeacherInput  # noqa: E402
 from pipeline.teachers.registry import teacher_class  # noqa: E402
+from pipeline.timing import CLIP_STAGES  # noqa: E402
 from shards.formats import FORMATS  # noqa: E402
 from shards.teacher_fields import L4P_DIM, L4P_HOOKS, PATCH, TOKENS_PER_WINDOW, TUBELET, teacher_shapes  # noqa: E402
 
 NUM_FRAMES = 16
 SCENE_SIZE = (320, 240)  # width, height
-STAGES = ("decode", "teacher", "encode", "write")
+STAGES = CLIP_STAGES
 MATCHED = "matched"
 MB = 1e6
 # The matched teacher runs under a registered name (the job's config needs one); run_job is handed
@@ -135,8 +137,8 @@ def decoded_inputs(videos: Path, num_clips: int, config: JobConfig, input_size) 
     from pipeline.video_reader import read_clip, resize_frames
 
     inputs = []
-    for i in range(num_clips):
-        clip = read_clip(videos / "videos" / f"{scene_name(i)}.mp4", config.sampling)
+    for path in sorted(videos.rglob("*.mp4"))[:num_clips]:
+        clip = read_clip(path, config.sampling)
         inputs.append(TeacherInput(clip.video_path, clip.frame_indices, clip.timestamps,
                                    resize_frames(clip.frames, input_size)))
     return inputs
@@ -192,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", default="zarr", choices=FORMATS, help="shard format of the job (default zarr)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where scenes and caches go (default: a temporary dir on /tmp, removed at the end)")
+    parser.add_argument("--video-size", type=size_arg, default=None, metavar="WxH",
+                        help="source videos of this size and --video-seconds, 30 fps (bench/source_videos.py) "
+                             "instead of the synthetic scenes (320x240, 16 frames); e.g. 1280x720. Not for oracle")
+    parser.add_argument("--video-seconds", type=float, default=10.0, help="with --video-size (default 10)")
     args = parser.parse_args(argv)
     teachers = [t for t in args.teachers.split(",") if t]
     unknown = sorted(set(teachers) - set(known))
@@ -199,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--teachers: unknown {unknown}; known {list(known)}")
     if args.clips < 1 or args.repeats < 1:
         parser.error("--clips and --repeats must be >= 1")
+    if args.video_size and "oracle" in teachers:
+        parser.error("--video-size: the oracle knows the synthetic scenes only")
     l4p = None
     if "l4p" in teachers:
         if not args.l4p_checkpoint:
@@ -208,20 +216,56 @@ def main(argv: list[str] | None = None) -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="p4d-bench-throughput-", dir=args.workdir))
     try:
-        run(workdir, args.clips, args.repeats, [bench_teacher(t, args.matched_gflop, l4p) for t in teachers], args.format)
+        run(workdir, args.clips, args.repeats, [bench_teacher(t, args.matched_gflop, l4p) for t in teachers], args.format,
+            args.video_size, args.video_seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher], fmt: str) -> None:
+# The stages that run on CPUs whatever the teacher's device: what a GPU node must feed per clip.
+CPU_SIDE = ("decode", "encode", "write")
+RATES = (5, 10, 20, 35)  # clips/s per GPU: bench/gpu_check.py's range for full L4P on an H100 / H200
+
+
+def print_core_seconds(runs: dict[str, list[dict]]) -> None:
+    """CPU core-seconds per clip per stage (the job's summary.json) and the cores they take per clip/s."""
+    repeats = len(next(iter(runs.values())))
+    print(f"\n-- CPU core-seconds per clip (median of {repeats}; time.process_time of each stage's processes, "
+          "summary.json core_seconds_per_clip)")
+    print(f"{'teacher':<10}" + "".join(f"{s:>16}" for s in STAGES) + f"{'CPU side':>10}")
+    for name, records in runs.items():
+        core = {s: median([r["core"][s] for r in records]) for s in STAGES}
+        print(f"{name:<10}" + "".join(f"{core[s]:>16.4f}" for s in STAGES)
+              + f"{sum(core[s] for s in CPU_SIDE):>10.4f}")
+    print(f"(CPU side = {' + '.join(CPU_SIDE)}: the stages that stay on CPUs on a GPU node; teacher and "
+          "teacher_encode ran on this CPU here,\n on a GPU node they are the GPU's host thread.) Cores per GPU at "
+          "R clips/s = R x CPU side:")
+    print(f"{'teacher':<10}" + "".join(f"{f'{rate} clips/s':>12}" for rate in RATES))
+    for name, records in runs.items():
+        side = sum(median([r["core"][s] for r in records]) for s in CPU_SIDE)
+        print(f"{name:<10}" + "".join(f"{rate * side:>12.1f}" for rate in RATES))
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
+
+
+def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher], fmt: str,
+        video_size: tuple[int, int] | None = None, video_seconds: float = 10.0) -> None:
     print_conditions("bench/throughput.py: caching job clips/s vs the teacher alone",
                      ["ray", "torch", "numpy", "zarr", "webdataset", "decord"], workdir)
     videos = workdir / "scenes"
-    generate_dataset(videos, SyntheticConfig(num_scenes=num_clips, seed=0, num_frames=NUM_FRAMES,
-                                             width=SCENE_SIZE[0], height=SCENE_SIZE[1]),
-                     workers=min(num_clips, os.cpu_count() or 1))
-    print(f"sizes: {num_clips} synthetic clips of {NUM_FRAMES} frames ({SCENE_SIZE[0]}x{SCENE_SIZE[1]} H.264), "
-          f"format {fmt}, {repeats} repetitions alternated (job, teacher-only, job, teacher-only, ...)")
+    if video_size:
+        ensure_videos(videos, num_clips, video_size, video_seconds)
+        source = f"{video_size[0]}x{video_size[1]} {video_seconds:g} s {FPS} fps H.264 videos (bench/source_videos.py)"
+    else:
+        generate_dataset(videos, SyntheticConfig(num_scenes=num_clips, seed=0, num_frames=NUM_FRAMES,
+                                                 width=SCENE_SIZE[0], height=SCENE_SIZE[1]),
+                         workers=min(num_clips, os.cpu_count() or 1))
+        source = f"synthetic scenes of {NUM_FRAMES} frames ({SCENE_SIZE[0]}x{SCENE_SIZE[1]} H.264)"
+    print(f"sizes: {num_clips} clips of {NUM_FRAMES} frames from {source}, format {fmt}, {repeats} repetitions "
+          "alternated (job, teacher-only, job, teacher-only, ...)")
     full_ratio = full_l4p_gflop_per_mb()
     print(f"full L4P: {full_ratio:.0f} GFLOP per output MB (raw fp16), the ratio `matched` aims at")
 
@@ -273,6 +317,7 @@ def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher
                 "alone_per_clip": teacher_seconds / num_clips,
                 "compute_wall_per_clip": seconds["compute_wall"] / num_clips,
                 **{f"{s}_per_clip": seconds[s] / num_clips for s in STAGES},
+                "core": summary["core_seconds_per_clip"],
             }
             record["ratio"] = record["job_rate"] / record["alone_rate"]
             record["steady_ratio"] = record["steady_rate"] / record["alone_rate"]
@@ -304,6 +349,7 @@ def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher
               f"{median([r['steady_rate'] for r in records]):>9.3f}{median(steady):>8.3f}"
               f"{' '.join(f'{x:.2f}' for x in steady):>17}"
               f"{median([r['wall_rate'] for r in records]):>17.3f}{median([r['outside'] for r in records]):>8.1f} s")
+    print_core_seconds(runs)
     print(f"\n-- derived from the medians above: rate(N) = N / (start-up + N / steady rate)")
     print(f"{'teacher':<10}{'start-up s':>12}{'steady ratio':>14}{'end-to-end >= 0.90 from':>26}")
     for name, records in runs.items():

@@ -26,7 +26,7 @@ Encodings (FieldSpec.encoding) and their worst-case error, which the tests check
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from zarr.abc.codec import BytesBytesCodec
@@ -238,6 +238,18 @@ def decode_field(spec: FieldSpec, stored: Mapping[str, np.ndarray]) -> np.ndarra
         return values
     logs = side["log_min"] + (codes.astype(np.float64) - 1) * spec.step
     return np.where(codes > 0, np.exp(logs), 0.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A quantized field as stored: its spec and its stored arrays (the main array and its side arrays,
+    by name), for a consumer that decodes it where it uses it (the student: on its GPU)."""
+
+    spec: FieldSpec
+    arrays: Mapping[str, np.ndarray]
+
+    def decode(self) -> np.ndarray:
+        return decode_field(self.spec, self.arrays)
 
 
 def check_encoded(specs: list[FieldSpec], arrays: Mapping[str, object]) -> None:

@@ -109,28 +109,43 @@ def _bf16(spec: FieldSpec, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
 
 
 def _as_uint16_bits(values: torch.Tensor) -> torch.Tensor:
-    """Integers in [0, 65535] as the int16 tensor of the same bits (numpy views it as uint16)."""
-    return torch.where(values > INT16_MAX, values - (UINT16_MAX + 1), values).to(torch.int16)
+    """Integers in [0, 65535] as the int16 tensor of the same bits (numpy views it as uint16): a cast to
+    a narrower integer keeps the low bits."""
+    return values.to(torch.int16)
 
 
 def _int8_token(spec: FieldSpec, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
     x = x.to(torch.float32)
-    offset = _float32_mean(x, -2, _token_means)
+    offset = _column_mean(x)
     centred = x - offset.unsqueeze(-2)
-    squares = centred.square()
-    channel = _float32_mean(squares, -2, _token_means, torch.sqrt)
+    channel = _column_rms(centred)
     channel = torch.where(channel == 0, torch.ones_like(channel), channel)  # a constant channel is its offset
     y = centred / channel.unsqueeze(-2)
-    del centred, squares
+    del centred
     if not bool(torch.isfinite(y).all()):
         return None  # overflow on the way (|values| near float32's max): numpy's result, whatever it is
     absmax = y.abs().amax(dim=-1)
-    rms = _float32_mean(y.square(), -1, _row_means, torch.sqrt)
+    rms = _row_rms(y)
     token = torch.maximum(absmax / INT8_MAX, torch.tensor(np.float32(spec.step), device=x.device) * rms)
     token = torch.where(token == 0, torch.ones_like(token), token)  # an all-zero token stores zeros
     codes = torch.round(y / token.unsqueeze(-1)).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     name = spec.name + SIDE_SEPARATOR
     return {spec.name: codes, name + "offset": offset, name + "channel_scale": channel, name + "token_scale": token}
+
+
+def _column_mean(x: torch.Tensor) -> torch.Tensor:
+    """numpy's x.mean(axis=-2, dtype=np.float64).astype(np.float32) of float32 x [..., N, C]."""
+    return _float32_mean(x, -2, _token_means)
+
+
+def _column_rms(x: torch.Tensor) -> torch.Tensor:
+    """numpy's np.sqrt(np.square(x).mean(axis=-2, dtype=np.float64)).astype(np.float32)."""
+    return _float32_mean(x.square(), -2, _token_means, torch.sqrt)
+
+
+def _row_rms(x: torch.Tensor) -> torch.Tensor:
+    """numpy's np.sqrt(np.square(x).mean(axis=-1, dtype=np.float64)).astype(np.float32)."""
+    return _float32_mean(x.square(), -1, _row_means, torch.sqrt)
 
 
 def _token_means(columns: np.ndarray) -> np.ndarray:
@@ -182,14 +197,30 @@ def _log_depth(spec: FieldSpec, x: torch.Tensor) -> dict[str, torch.Tensor] | No
         smallest = depth[valid].min()
         near = depth[valid & (depth <= smallest * (1 + 2.0**-36))]
         log_min = torch.tensor(np.log(_numpy(near)).min(), dtype=torch.float64, device=x.device)
-        logs = torch.log(torch.where(valid, depth, torch.ones_like(depth)))
-        steps = (logs - log_min) / spec.step
-        margin = _LOG_ULPS * _EPS * ((logs.abs() + log_min.abs()) / spec.step + steps.abs())
+        steps, margin = _log_steps(torch.where(valid, depth, torch.ones_like(depth)), log_min, spec.step)
         rounded = _rint_as_numpy(steps, margin, valid, lambda d: (np.log(d) - log_min.item()) / spec.step, depth)
         if bool((rounded[valid] + 1 > UINT16_MAX).any()):
             return None  # too wide a depth range for the step: numpy's error
         codes = torch.where(valid, rounded + 1, torch.zeros_like(rounded)).to(torch.int64)
     return {spec.name: _as_uint16_bits(codes), spec.name + SIDE_SEPARATOR + "log_min": log_min}
+
+
+def _log_steps(depth: torch.Tensor, log_min: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log(depth) - log_min) / step as the device computes it, and a bound on its distance from
+    numpy's (np.log within an ulp of the exact log, torch's too; the subtraction and the division
+    round alike from inputs that close)."""
+    logs = torch.log(depth)
+    steps = (logs - log_min) / step
+    return steps, _LOG_ULPS * _EPS * ((logs.abs() + log_min.abs()) / step + steps.abs())
+
+
+def _logit_steps(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """prob-u8's (clip(logit(p)) + PROB_LOGIT_MAX) / PROB_LOGIT_STEP for 0 < p < 1 as the device
+    computes it, and a bound on its distance from numpy's: log p and log1p(-p) each within an ulp,
+    both at most |logit| + log 2 in size."""
+    logit = torch.log(p) - torch.log1p(-p)
+    steps = (logit.clamp(-PROB_LOGIT_MAX, PROB_LOGIT_MAX) + PROB_LOGIT_MAX) / PROB_LOGIT_STEP
+    return steps, _LOG_ULPS * _EPS * ((logit.abs() + PROB_LOGIT_MAX) / PROB_LOGIT_STEP + steps.abs())
 
 
 def _rint_as_numpy(steps: torch.Tensor, margin: torch.Tensor, where: torch.Tensor,
@@ -216,10 +247,7 @@ def _prob_u8(spec: FieldSpec, x: torch.Tensor) -> dict[str, torch.Tensor] | None
     if p.numel() and bool(((p < 0) | (p > 1)).any()):
         return None  # not a probability: numpy's error
     inner = (p > 0) & (p < 1)
-    safe = torch.where(inner, p, torch.full_like(p, 0.5))
-    logit = torch.log(safe) - torch.log1p(-safe)
-    steps = (logit.clamp(-PROB_LOGIT_MAX, PROB_LOGIT_MAX) + PROB_LOGIT_MAX) / PROB_LOGIT_STEP
-    margin = _LOG_ULPS * _EPS * ((logit.abs() + PROB_LOGIT_MAX) / PROB_LOGIT_STEP + steps.abs())
+    steps, margin = _logit_steps(torch.where(inner, p, torch.full_like(p, 0.5)))
 
     def numpy_steps(q: np.ndarray) -> np.ndarray:
         return (np.clip(np.log(q) - np.log1p(-q), -PROB_LOGIT_MAX, PROB_LOGIT_MAX) + PROB_LOGIT_MAX) / PROB_LOGIT_STEP
@@ -237,8 +265,7 @@ def decode_tensor(spec: FieldSpec, stored: Mapping[str, torch.Tensor]) -> torch.
     if spec.encoding == "plain":
         return codes.to(torch.float32)
     if spec.encoding == "bf16":
-        bits = _uint16_values(codes) << 16
-        return torch.where(bits > 2**31 - 1, bits - 2**32, bits).to(torch.int32).view(torch.float32)
+        return (_uint16_values(codes) << 16).to(torch.int32).view(torch.float32)  # the low 32 bits
     if spec.encoding == "fixed":
         return (codes.to(torch.float64) * spec.step).to(torch.float32)
     if spec.encoding == "prob-u8":
@@ -259,5 +286,5 @@ def decode_tensor(spec: FieldSpec, stored: Mapping[str, torch.Tensor]) -> torch.
 
 
 def _uint16_values(codes: torch.Tensor) -> torch.Tensor:
-    """int64 values of uint16 codes held as int16 bits (or already as wider integers)."""
-    return codes.to(torch.int64) & UINT16_MAX if codes.dtype == torch.int16 else codes.to(torch.int64)
+    """int64 values of uint16 codes, held as their int16 bits (or as wider integers)."""
+    return codes.to(torch.int64) & UINT16_MAX

@@ -24,6 +24,7 @@ class DataConfig:
     batch_size: int = 2  # per rank
     num_workers: int = 1  # DataLoader workers per rank (0: read in the training process)
     shuffle_buffer: int = 64
+    clip_cache: int = 8  # clips each loader worker keeps after reading them (~10 MB each at L4P's shapes)
     seed: int = 0
     draw_marks: bool = True  # render region marks (<obj_k>) on the frames at load time
     marks: MarkStyle = field(default_factory=MarkStyle)
@@ -31,8 +32,9 @@ class DataConfig:
 
     def __post_init__(self):
         local_path(self.cache, "data.cache")
-        if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
-            raise ValueError("data.batch_size must be >= 1, data.num_workers and data.shuffle_buffer >= 0")
+        if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0 or self.clip_cache < 0:
+            raise ValueError("data.batch_size must be >= 1, data.num_workers, data.shuffle_buffer and "
+                             "data.clip_cache >= 0")
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,17 @@ there)."""
 from __future__ import annotations
 
 import re
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
+from shards import torch_codecs
 from shards.codecs import PROB_LOGIT_MAX, PROB_LOGIT_STEP, decode_field, encode_arrays, encode_field, stored_specs
 from shards.schema import FieldSpec
-from shards.torch_codecs import _float32_mean, _rint_as_numpy, decode_tensor, encode_outputs, encode_tensor
+from shards.torch_codecs import (_column_mean, _column_rms, _float32_mean, _log_steps, _logit_steps, _rint_as_numpy,
+                                 _row_means, _row_rms, _token_means, decode_tensor, encode_outputs, encode_tensor)
 
 
 def spec(shape, dtype, encoding="plain", step=0.0, name="x") -> FieldSpec:
@@ -26,10 +29,13 @@ def as_tensor(value) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
 
 
-def assert_same_bits(s: FieldSpec, value) -> dict[str, np.ndarray]:
-    """The torch encoding of `value` (as a float tensor) is numpy's, array for array and bit for bit."""
-    want = encode_field(s, np.asarray(value))
-    got = encode_tensor(s, as_tensor(value))
+def assert_same_bits(s: FieldSpec, value, on_device: bool = True) -> dict[str, np.ndarray]:
+    """The torch encoding of `value` (as a tensor) is numpy's, array for array and bit for bit, and it
+    was computed by torch (on_device) or, for the cases it leaves to numpy, by numpy."""
+    want = encode_field(s, np.asarray(value) if not isinstance(value, torch.Tensor) else value.float().numpy())
+    with mock.patch.object(torch_codecs, "encode_field", wraps=encode_field) as numpy_path:
+        got = encode_tensor(s, value if isinstance(value, torch.Tensor) else as_tensor(value))
+    assert numpy_path.called != on_device, "computed by numpy" if on_device else "not left to numpy"
     assert set(got) == set(want)
     for name, array in want.items():
         assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
@@ -39,9 +45,9 @@ def assert_same_bits(s: FieldSpec, value) -> dict[str, np.ndarray]:
 
 def assert_same_error(s: FieldSpec, value) -> None:
     with pytest.raises(ValueError) as numpy_error:
-        encode_field(s, np.asarray(value))
+        encode_field(s, np.asarray(value) if not isinstance(value, torch.Tensor) else value.float().numpy())
     with pytest.raises(ValueError, match=re.escape(str(numpy_error.value))):
-        encode_tensor(s, as_tensor(value))
+        encode_tensor(s, value if isinstance(value, torch.Tensor) else as_tensor(value))
 
 
 def float32_neighbours(values: np.ndarray) -> np.ndarray:
@@ -60,6 +66,9 @@ def test_fixed_ties_limits_zeros_and_refusals():
     stored = assert_same_bits(spec(values.shape, "int16", "fixed", step), values)["x"]
     assert stored[:80].tolist() == (np.rint(k + 0.5)).astype(int).tolist(), "ties to even"
     assert_same_bits(spec(values.shape, "int16", "fixed", 0.1), values.astype(np.float32))  # a step not a power of 2
+    # float32 values divided in float64, as numpy does: in float32 some land on the other side of a half step
+    near_halves = (np.random.default_rng(0).integers(-30000, 30000, 200_000) + 0.5) * np.float32(0.1)
+    assert_same_bits(spec(near_halves.shape, "int16", "fixed", 0.1), near_halves.astype(np.float32))
     assert_same_error(spec((3,), "int16", "fixed", step), [0.0, 32767.5 * step, 1.0])  # rounds to 32768
     assert_same_error(spec((2,), "int16", "fixed", step), [np.nan, 1.0])
     assert_same_error(spec((2,), "int16", "fixed", step), [np.inf, 1.0])
@@ -75,21 +84,26 @@ def test_float16_subnormals_ties_limits_and_float64_inputs():
         [0.0, -0.0],
     ])
     s = spec(values.shape, "float16")
-    for dtype in (np.float32, np.float64, np.float16):  # float64: numpy rounds once, so numpy computes it
-        stored = assert_same_bits(s, values.astype(dtype))["x"]
+    for dtype in (np.float32, np.float64, np.float16):  # float64: numpy rounds once, torch twice: numpy's
+        stored = assert_same_bits(s, values.astype(dtype), on_device=dtype != np.float64)["x"]
         assert np.signbit(stored[-1]) and not np.signbit(stored[-2]), "negative zero stays negative"
     assert_same_error(spec((2,), "float16"), np.array([1.0, 65520.0], np.float32))  # rounds to inf
     assert_same_error(spec((2,), "float16"), np.array([1.0, -np.inf], np.float32))
     assert_same_bits(spec(values.shape, "float32"), values)
     assert_same_bits(spec(values.shape, "float64"), values.astype(np.float32))
+    # A teacher computing in bfloat16 hands bfloat16 tensors: numpy sees their float32 values.
+    bf16 = torch.from_numpy(values[np.abs(values) < 6e4].astype(np.float32)).to(torch.bfloat16)
+    assert_same_bits(spec(bf16.shape, "float16"), bf16)
+    assert_same_bits(spec(bf16.shape, "uint16", "bf16"), bf16)
+    assert_same_error(spec((2,), "float16"), torch.tensor([1.0, float("inf")], dtype=torch.bfloat16))
 
 
 def test_integer_storage_and_non_float_inputs_are_numpys():
-    assert_same_bits(spec((4,), "uint8"), np.array([0.0, 1.0, 254.0, 255.0], np.float32))
+    assert_same_bits(spec((4,), "uint8"), np.array([0.0, 1.0, 254.0, 255.0], np.float32), on_device=False)
     assert_same_error(spec((2,), "uint8"), np.array([1.0, 256.0], np.float32))
     assert_same_error(spec((2,), "int8"), np.array([1.0, 2.5], np.float32))
-    assert_same_bits(spec((3,), "uint16"), np.array([0, 7, 65535], np.int64))
-    assert_same_bits(spec((2,), "float16"), np.array([True, False]))
+    assert_same_bits(spec((3,), "uint16"), np.array([0, 7, 65535], np.int64), on_device=False)
+    assert_same_bits(spec((2,), "float16"), np.array([True, False]), on_device=False)
     with pytest.raises(ValueError, match="dtype expected bool, integer or float"):
         encode_tensor(spec((2,), "float16"), np.array(["a", "b"]))
 
@@ -116,22 +130,27 @@ def heavy_tailed_latents(rng, shape=(2, 256, 40)) -> np.ndarray:
 
 
 @pytest.mark.parametrize("step", [0.0, 0.15])
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:(overflow|invalid value) encountered:RuntimeWarning")  # numpy's, on `huge`
 def test_int8_token_is_numpys_on_heavy_tailed_tokens(step):
     rng = np.random.default_rng(1)
     x = heavy_tailed_latents(rng)
     assert_same_bits(spec(x.shape, "int8", "int8-token", step), x)
     assert_same_bits(spec(x.shape, "int8", "int8-token", step), x.astype(np.float64))
     assert_same_bits(spec((2, 4, 3), "int8", "int8-token", step), np.zeros((2, 4, 3), np.float32))
+    assert_same_bits(spec(x.shape, "int8", "int8-token", step), torch.from_numpy(x).to(torch.bfloat16))
     # Sums that cancel: their last bits depend on the order of the additions.
     cancel = np.zeros((1, 9, 5), np.float32)
     cancel[0, :, 0] = [2.0**40, 1.0, -(2.0**40), 3.0, 2.0**-20, 2.0**40, -(2.0**40), 1.0, 0.5]
     cancel[0, :, 1:] = rng.normal(0, 1, (9, 4))
     assert_same_bits(spec(cancel.shape, "int8", "int8-token", step), cancel)
-    # Past float32's square root of the max: intermediate squares overflow (numpy's result, as numpy has it).
+    # Past float32's square root of the max the squares overflow to inf (IEEE alike on both sides);
+    # past its max the centring overflows and inf / inf gives NaN, whose cast to int8 C leaves undefined:
+    # numpy computes that field.
     huge = x.copy()
     huge[0, 3, 0] = 3e38
     assert_same_bits(spec(huge.shape, "int8", "int8-token", step), huge)
+    huge[0, :, 0], huge[0, 3, 0] = -3.4e38, 3.4e38
+    assert_same_bits(spec(huge.shape, "int8", "int8-token", step), huge, on_device=False)
     assert_same_error(spec(x.shape, "int8", "int8-token", step), np.where(x > 30, np.nan, x))
 
 
@@ -149,11 +168,67 @@ def test_an_undecided_float32_mean_is_computed_by_numpy_and_only_there():
     assert mean.tolist() == [7.0, 2.5, 0.1875]
     rooted = _float32_mean(values[1:], -1, numpy_means, torch.sqrt)
     np.testing.assert_array_equal(rooted.numpy(), np.sqrt([2.5, 0.1875]).astype(np.float32))
-    # Over the second to last axis, numpy adds the values one after the other (what _token_means assumes).
-    cols = np.random.default_rng(0).standard_t(2, (3, 50, 4)).astype(np.float32) * 1e6
-    cols[0, 0, 0] = 1e30
-    sequential = np.add.accumulate(cols.astype(np.float64), axis=-2)[..., -1, :] / cols.shape[-2]
-    np.testing.assert_array_equal(cols.mean(axis=-2, dtype=np.float64), sequential)
+
+
+def test_a_mean_is_undecided_within_the_stated_bound_of_a_float32_rounding():
+    """Four values with an exact float64 sum 1 + 2**-24 + c: their mean lies c / 4 above the midpoint
+    0.25 + 2**-26 between two float32 numbers. The bound, 4 n 2**-53 sum|x| + 4 2**-52 |sum| (here
+    3 2**-50), divided by n = 4: 3 2**-52. c / 4 = 3 2**-54 lies within it (numpy decides), 2**-50 not."""
+    calls = []
+
+    def numpy_means(rows):
+        calls.append(len(rows))
+        return rows.astype(np.float64).sum(axis=-1) / rows.shape[-1]
+
+    rows = torch.tensor([[0.5, 0.5 + 2**-24, 3 * 2.0**-52, 0.0], [0.5, 0.5 + 2**-24, 2.0**-48, 0.0]])
+    mean = _float32_mean(rows, -1, numpy_means)
+    assert calls == [1], "the first mean only"
+    assert mean.tolist() == [0.25 + 2**-25, 0.25 + 2**-25]
+
+
+def crafted_mean_at_a_float32_tie() -> np.ndarray:
+    """16 float32 values whose squares average to (1 + 2**-24)**2 exactly: their rms is the midpoint
+    between the float32 numbers 1 and 1 + 2**-23 (numpy rounds it to even, 1.0)."""
+    return np.array([1.0] * 12 + [2.0, 2.0**-10, 2.0**-10, 2.0**-22], np.float32)
+
+
+def test_the_int8_token_statistics_are_numpys_where_the_device_cannot_decide():
+    rng = np.random.default_rng(5)
+    x = heavy_tailed_latents(rng, (2, 16, 24))
+    x[1, :, 2] = crafted_mean_at_a_float32_tie()  # a channel whose rms is a float32 tie
+    x[0, :, 5] = [0.5, 0.5 + 2**-24, 3 * 2.0**-52, 0.0] * 4  # a channel whose mean is within reach of a tie
+    t = torch.from_numpy(x)
+    np.testing.assert_array_equal(_column_mean(t).numpy(), x.mean(axis=-2, dtype=np.float64).astype(np.float32))
+    np.testing.assert_array_equal(_column_rms(t).numpy(),
+                                  np.sqrt(np.square(x).mean(axis=-2, dtype=np.float64)).astype(np.float32))
+    tie = torch.from_numpy(crafted_mean_at_a_float32_tie()[None])
+    assert _row_rms(tie).tolist() == [1.0] and _column_rms(tie.T).tolist() == [1.0]
+    np.testing.assert_array_equal(_row_rms(t).numpy(),
+                                  np.sqrt(np.square(x).mean(axis=-1, dtype=np.float64)).astype(np.float32))
+    # What numpy computes for them: the whole array's means, a row or a column at a time.
+    wide = (rng.standard_t(2, (3, 50, 4)) * 1e6).astype(np.float32)
+    wide[0, 0, 0] = 1e30
+    np.testing.assert_array_equal(_token_means(wide.transpose(0, 2, 1).reshape(-1, 50)),
+                                  wide.mean(axis=-2, dtype=np.float64).reshape(-1))
+    np.testing.assert_array_equal(_row_means(wide.reshape(-1, 4)), wide.mean(axis=-1, dtype=np.float64).reshape(-1))
+
+
+def test_the_log_margins_cover_the_devices_distance_from_numpy():
+    """log-depth and prob-u8 round values computed through log: torch's log and numpy's differ in the
+    last bit for some inputs; the margin that decides what numpy recomputes must cover that."""
+    rng = np.random.default_rng(6)
+    depth = np.exp(rng.uniform(-6, 7, 1_000_000))
+    assert (torch.log(torch.from_numpy(depth)).numpy() != np.log(depth)).sum() > 100, "or this tests nothing"
+    for log_min, step in ((np.log(depth.min()), 2**-8), (-30.0, 1e-3), (2.5, 0.37), (6.9, 2**-12)):
+        steps, margin = _log_steps(torch.from_numpy(depth), torch.tensor(log_min, dtype=torch.float64), step)
+        exact = (np.log(depth) - log_min) / step
+        assert (np.abs(steps.numpy() - exact) <= margin.numpy()).all()
+    p = rng.uniform(0, 1, 1_000_000)
+    p[:1000] = rng.uniform(0, 1e-6, 1000)
+    steps, margin = _logit_steps(torch.from_numpy(p))
+    exact = (np.clip(np.log(p) - np.log1p(-p), -PROB_LOGIT_MAX, PROB_LOGIT_MAX) + PROB_LOGIT_MAX) / PROB_LOGIT_STEP
+    assert (steps.numpy() != exact).any()
+    assert (np.abs(steps.numpy() - exact) <= margin.numpy()).all()
 
 
 # -- log-depth --------------------------------------------------------------------------------------------
@@ -194,11 +269,27 @@ def test_log_depth_ties_invalid_pixels_and_refusals():
 
 
 def test_a_code_at_a_half_step_boundary_is_rounded_by_numpy():
-    steps = torch.tensor([0.5, 1.5 + 1e-9, 2.25, 3.5, 4.0])
-    margin = torch.full_like(steps, 1e-6)
-    where = torch.tensor([True, True, True, False, True])
-    rounded = _rint_as_numpy(steps, margin, where, lambda inputs: inputs * 10 + 0.25, torch.tensor([1.0, 2, 3, 4, 5]))
-    assert rounded.tolist() == [10, 20, 2, 4, 4]  # numpy's values where undecided (and wanted), else rint
+    steps = torch.tensor([0.5, 1.5 + 2**-20, 2.25, 3.5, 4.0, 5.5 + 2**-19], dtype=torch.float64)
+    margin = torch.full_like(steps, 2**-20)
+    where = torch.tensor([True, True, True, False, True, True])
+    rounded = _rint_as_numpy(steps, margin, where, lambda inputs: inputs * 10 + 0.25,
+                             torch.tensor([1.0, 2, 3, 4, 5, 6], dtype=torch.float64))
+    assert rounded.tolist() == [10, 20, 2, 4, 4, 6]  # numpy's values where undecided (and asked), else rint
+
+
+def torch_log_above_numpys(low: float, high: float) -> float:
+    """A depth in [low, high) whose torch log is an ulp above numpy's."""
+    d = np.exp(np.random.default_rng(7).uniform(np.log(low), np.log(high), 100_000))
+    return float(d[torch.log(torch.from_numpy(d)).numpy() > np.log(d)][0])
+
+
+def test_log_depth_where_torchs_log_and_numpys_disagree_at_a_half_step():
+    """A depth d whose torch log lies above numpy's, the shallowest depth d0, and the step
+    2 (log d - log d0) (numpy's log): numpy's code is round(0.5) + 1 = 1; torch's log alone says 2."""
+    d0, d = 0.7, torch_log_above_numpys(1.5, 60.0)
+    step = 2 * (np.log(d) - np.log(d0))
+    stored = assert_same_bits(spec((3,), "uint16", "log-depth", step), np.array([d0, d, 0.0]))
+    assert stored["x"].tolist() == [1, 1, 0]
 
 
 # -- prob-u8 ----------------------------------------------------------------------------------------------
@@ -208,6 +299,8 @@ def test_prob_u8_ends_tails_and_refusals():
     p = np.concatenate([[0.0, 1.0, 1e-300, 1 - 1e-16, 0.5, 3e-4], ties, np.nextafter(ties, 1.0)])
     stored = assert_same_bits(spec(p.shape, "uint8", "prob-u8"), p)["x"]
     assert stored[:2].tolist() == [0, 255] and stored[2] == 1 and stored[3] == 254
+    many = np.random.default_rng(8).uniform(0, 1, 100_000).astype(np.float32)  # the logit in float64, as numpy
+    assert_same_bits(spec(many.shape, "uint8", "prob-u8"), many)
     assert_same_error(spec((2,), "uint8", "prob-u8"), [0.5, 1.0 + 1e-12])
 
 
@@ -227,6 +320,12 @@ def test_encode_outputs_is_encode_arrays_for_tensors_and_arrays():
         assert list(got) == list(want)
         for name, array in want.items():
             assert got[name].flags.c_contiguous and got[name].tobytes() == array.tobytes(), name
+    with mock.patch.object(torch_codecs, "encode_tensor") as device_path:  # CPU fields: numpy, the faster there
+        encode_outputs(specs, {k: torch.from_numpy(np.asarray(v)) for k, v in values.items()})
+    assert not device_path.called
+    transposed = {**values, "flow": np.ascontiguousarray(values["flow"].T).T}  # a view, as teachers hand over
+    got = encode_outputs([*specs[:2], spec((2, 3, 8, 8), "float32", name="flow"), specs[3]], transposed)
+    assert got["flow"].flags.c_contiguous and np.array_equal(got["flow"], values["flow"])
     with pytest.raises(ValueError, match="'flow': missing"):
         encode_outputs(specs, {k: v for k, v in values.items() if k != "flow"})
 
