@@ -27,7 +27,7 @@ timestamps, checksum-verified:
           (tokenizing, the tiny Qwen2.5-VL adapter's video preparation at --video-size, float32 targets).
   now     the loader's worker today (student/loader.py): the reader keeps --clip-cache clips and hands
           quantized fields as stored, collate stacks them as stored. "step decode" is the other half of
-          it, StudentBatch.decode_targets, run in the trainer (here on the CPU; on a GPU node on the GPU).
+          it, StudentBatch.to(device), run in the trainer (here on the CPU; on a GPU node on the GPU).
 CPU ms per sample = time.process_time of the pass / its samples (this process, 1 thread): what a
 worker's core spends. Read amplification = clip reads (from shards) / distinct clips, over the pass
 and over the whole of epoch 0 with 1 and 2 workers (a worker keeps its own clips; batches go to
@@ -150,7 +150,7 @@ class Subject:
         result = {"seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "reads": reader.reads}
         cpu = time.process_time()
         for batch in batches:
-            batch.decode_targets("cpu")
+            batch.to("cpu")
             if set(batch.targets) != set(self.fields):
                 raise RuntimeError(f"batch holds {sorted(batch.targets)}, expected {self.fields}")
         result["decode_cpu"] = time.process_time() - cpu
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video-size", type=int, default=224,
                         help="the student's video side for collate (default 224, ModelConfig's default)")
     parser.add_argument("--clip-cache", type=int, default=DataConfig.clip_cache,
-                        help=f"clips a worker keeps, the path of now (default data.clip_cache, {DataConfig.clip_cache})")
+                        help=f"clips a worker keeps on the path of now (default: data.clip_cache, "
+                             f"{DataConfig.clip_cache})")
     args = parser.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
     if args.samples < args.batch_size or args.repeats < 1 or args.clips < 1 or args.clip_cache < 0:
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{median([r['decode_cpu'] for r in runs]) / s.samples * 1e3:>13.1f}"
                       f"{median([r['reads'] for r in runs]) / touched:>9.2f}")
     print("(worker CPU: time.process_time of reading, building and collating the pass / its samples; step decode: "
-          "decode_targets on this CPU\n (before: nothing left to decode; a GPU node decodes there); reads / clips: "
+          "to(device) on this CPU\n (before: nothing left to decode; a GPU node decodes there); reads / clips: "
           "clip reads from shards / distinct clips of the pass.)")
 
     print(f"\n-- read amplification over epoch 0 (clip reads / distinct clips; {len(first.epoch)} batches of "

@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="p4d-bench-throughput-", dir=args.workdir))
     try:
-        run(workdir, args.clips, args.repeats, [bench_teacher(t, args.matched_gflop, l4p) for t in teachers], args.format,
-            args.video_size, args.video_seconds)
+        run(workdir, args.clips, args.repeats, [bench_teacher(t, args.matched_gflop, l4p) for t in teachers],
+            args.format, args.video_size, args.video_seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

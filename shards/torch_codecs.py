@@ -52,20 +52,14 @@ def encode_outputs(specs: list[FieldSpec], arrays: Mapping[str, object]) -> dict
     for spec in specs:
         value = arrays[spec.name]
         on_cpu = not isinstance(value, torch.Tensor) or value.device.type == "cpu"
-        stored = encode_field(spec, _numpy(value) if isinstance(value, torch.Tensor) else value) if on_cpu \
-            else encode_tensor(spec, value)
-        for name, array in stored.items():
-            out[name] = array if array.flags.c_contiguous else array.copy(order="C")
+        out.update(encode_field(spec, _numpy(value) if isinstance(value, torch.Tensor) else value) if on_cpu
+                   else encode_tensor(spec, value))
     return out
 
 
-def encode_tensor(spec: FieldSpec, value: object) -> dict[str, np.ndarray]:
-    """One field's stored arrays (codecs.encode_field's) computed by torch on the value's device."""
-    if not isinstance(value, torch.Tensor):
-        array = np.asarray(value)
-        if array.dtype.kind != "f" or array.shape != spec.shape:
-            return encode_field(spec, array)  # numpy's case whatever the device: not a float array
-        value = torch.from_numpy(np.ascontiguousarray(array))
+def encode_tensor(spec: FieldSpec, value: torch.Tensor) -> dict[str, np.ndarray]:
+    """One field's stored arrays (codecs.encode_field's, C-contiguous) computed by torch on the tensor's
+    device."""
     with torch.no_grad():
         encoded = _on_device(spec, value)
     if encoded is None:  # outside the device path: numpy computes it (or raises) on a CPU copy
@@ -87,7 +81,7 @@ def _on_device(spec: FieldSpec, x: torch.Tensor) -> dict[str, torch.Tensor] | No
         return None
     encode = {"plain": _plain, "bf16": _bf16, "int8-token": _int8_token, "log-depth": _log_depth,
               "fixed": _fixed, "prob-u8": _prob_u8}[spec.encoding]
-    return encode(spec, x)
+    return encode(spec, x.contiguous())  # a view (a merged map's time slice): outputs in C order
 
 
 def _plain(spec: FieldSpec, x: torch.Tensor) -> dict[str, torch.Tensor] | None:

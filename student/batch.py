@@ -14,11 +14,11 @@ The batch's video samples must share their frame count (one cache = one sampling
 
 Stored targets stay stored through the batch (`encoded_targets`: about 4x fewer bytes from the loader
 workers to the step than float32) and become float32 values on the training device in the step
-(`StudentBatch.decode_targets`, shards/torch_codecs.py).
+(`StudentBatch.to(device)`, shards/torch_codecs.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -45,19 +45,30 @@ class StudentBatch:
     window_frames: torch.Tensor | None = None  # [W, 16] clip frame of each teacher window slot
     targets: dict[str, torch.Tensor] = field(default_factory=dict)  # field -> float32 [Bv, ...]
     target_valid: dict[str, torch.Tensor] = field(default_factory=dict)  # field -> bool [Bv]
-    # field -> (its spec, its stored arrays [Bv, ...] by name): targets not decoded yet (decode_targets)
+    # field -> (its spec, its stored arrays [Bv, ...] by name): targets not decoded yet (`to` decodes them)
     encoded_targets: dict[str, tuple[FieldSpec, dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return self.input_ids.shape[0]
 
-    def decode_targets(self, device: torch.device | str) -> None:
-        """The stored targets as float32 values on `device` (the training device: the step decodes
-        there), moved into `targets`."""
+    def to(self, device: torch.device | str) -> StudentBatch:
+        """The batch on `device` (the training device), its stored targets decoded there into float32
+        `targets`; returns itself."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        self.input_ids, self.attention_mask = move(self.input_ids), move(self.attention_mask)
+        self.labels, self.video_rows = move(self.labels), move(self.video_rows)
+        self.window_frames = None if self.window_frames is None else move(self.window_frames)
+        self.images = [replace(v, pixels=move(v.pixels), slot_times=move(v.slot_times)) for v in self.images]
+        self.videos = [replace(v, pixels=move(v.pixels), slot_times=move(v.slot_times)) for v in self.videos]
+        self.targets = {name: move(t) for name, t in self.targets.items()}
+        self.target_valid = {name: move(t) for name, t in self.target_valid.items()}
         for name, (spec, arrays) in self.encoded_targets.items():
-            self.targets[name] = decode_tensor(spec, {k: v.to(device, non_blocking=True) for k, v in arrays.items()})
+            self.targets[name] = decode_tensor(spec, {k: move(v) for k, v in arrays.items()})
         self.encoded_targets = {}
+        return self
 
 
 def collate(

@@ -163,7 +163,7 @@ class Trainer:
     def step(self, batch):
         """One optimizer step on this rank's batch; the auxiliary terms are weighted by their valid
         samples over all ranks. The cached targets arrive as stored and are decoded on this rank's device."""
-        batch.decode_targets(self.engine.device)
+        batch = batch.to(self.engine.device)
         output = self.engine(batch, global_denominators(batch, self.model, self.world))
         self.engine.backward(output.loss)
         self.engine.step()

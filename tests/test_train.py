@@ -155,7 +155,7 @@ def test_only_the_needed_fields_are_read(train_cache, tiny_qwen, monkeypatch):
     loader = loader_for(train_cache, tiny_qwen, fields=("depth",), weights={"sat": 0.0})
     batch = next(iter(loader))
     assert set(batch.encoded_targets) == {"depth"} and not batch.targets, "as stored until the step"
-    batch.decode_targets("cpu")
+    batch.to("cpu")
     assert set(batch.targets) == {"depth"}
     assert batch.targets["depth"].shape[1:] == (16, 224, 224)
     assert asked and all(fields == ["frames", "timestamps", "depth"] for fields in asked), asked
@@ -308,7 +308,7 @@ def test_loader_draws_marks_and_augments_consistently(train_cache, tiny_qwen):
     a, b = next(iter(plain)), next(iter(loader_for(train_cache, tiny_qwen, **flipping)))
     again = next(iter(loader_for(train_cache, tiny_qwen, **flipping)))
     assert not b.encoded_targets, "augmented views are decoded in the loader"
-    a.decode_targets("cpu")
+    a.to("cpu")
     assert a.sample_ids == b.sample_ids == again.sample_ids
     assert torch_equal(b.targets["flow"], again.targets["flow"])  # seeded: a restart draws the same view
     by_id = {r.sample_id: r for r in index.records}
@@ -350,7 +350,7 @@ def test_the_loader_hands_stored_targets_that_decode_to_the_cached_values(train_
         stored = {name: arrays for name, (_, arrays) in batch.encoded_targets.items()}
         assert set(stored) == {"latents", "depth", "flow", "dyn_mask"} and set(batch.targets) == {"camray"}
         assert stored["latents"]["latents"].dtype == torch.int8
-        batch.decode_targets("cpu")
+        batch.to("cpu")
         assert not batch.encoded_targets and set(batch.targets) == set(STORED_FIELDS)
         for k, sid in enumerate(batch.sample_ids):
             cached = read_cached_clip(train_cache, by_id[sid].clip, STORED_FIELDS)
@@ -372,13 +372,14 @@ def test_a_batch_stacks_stored_targets_with_zeros_for_samples_without_them(tiny_
     depth = rng.uniform(0.5, 20.0, (16, 224, 224))
     encoded = Encoded(spec, encode_field(spec, depth))
     sample = {"frames": np.zeros((16, 28, 28, 3), np.uint8), "timestamps": np.arange(16) / 8, "window_starts": [0],
-              "conversations": [{"role": "user", "content": "<video>\nhow deep?"}, {"role": "assistant", "content": "3"}]}
+              "conversations": [{"role": "user", "content": "<video>\nhow deep?"},
+                                {"role": "assistant", "content": "3"}]}
     samples = [{**sample, "sample_id": "a", "targets": {"depth": encoded}}, {**sample, "sample_id": "b", "targets": {}}]
     adapter = build_adapter("qwen2_5_vl", AutoConfig.from_pretrained(tiny_qwen), tiny_qwen, (56, 56))
     batch = collate(samples, adapter, load_tokenizer(tiny_qwen), ("depth",))
     (stored_spec, arrays), = batch.encoded_targets.values()
     assert stored_spec == spec and arrays["depth"].shape == (2, 16, 224, 224) and not arrays["depth"][1].any()
-    batch.decode_targets("cpu")
+    batch.to("cpu")
     assert batch.target_valid["depth"].tolist() == [True, False]
     np.testing.assert_array_equal(batch.targets["depth"][0].numpy(), encoded.decode())
     assert not batch.targets["depth"][1].any(), "a missing target decodes to zeros (its loss is masked)"
