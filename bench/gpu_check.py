@@ -315,6 +315,10 @@ def check(workdir: Path, sizes: Sizes) -> dict:
     return results
 
 
+def peak(gb: float) -> str:
+    return "no GPU" if np.isnan(gb) else f"GPU peak {gb:.1f} GB"
+
+
 def table(results: dict) -> list[str]:
     """The check's figures as Markdown rows."""
     sizes = results["sizes"]
@@ -327,21 +331,21 @@ def table(results: dict) -> list[str]:
     if teacher:
         rows.append(f"| teacher alone (L4P{' tiny' if sizes.tiny else ''}, random, "
                     f"{'bf16' if results['device'] != 'CPU' else 'fp32'}) | {teacher['clips_per_s']:.2f} clips/s, "
-                    f"GPU peak {teacher['gpu_peak_gb']:.1f} GB |")
+                    f"{peak(teacher['gpu_peak_gb'])} |")
     if codecs:
         verdict = "bit for bit" if not codecs["differ"] else "DIFFER: " + ", ".join(codecs["differ"])
         rows.append(f"| torch codecs where the teacher is vs numpy ({codecs['checked']} fields) | {verdict} |")
     if job:
+        ratio = f"; steady / alone {job['steady'] / teacher['clips_per_s']:.2f}" if teacher else ""
         rows.append(f"| job end-to-end / steady | {job['end_to_end']:.2f} / {job['steady']:.2f} clips/s "
-                    f"(start-up {job['startup_s']:.1f} s)" + (f"; steady / alone {job['steady'] / teacher['clips_per_s']:.2f}"
-                                                              if teacher else "") + " |")
+                    f"(start-up {job['startup_s']:.1f} s){ratio} |")
         for stage in CLIP_STAGES:
             rows.append(f"| CPU core-s per clip: {stage} | {job['core'][stage]:.4f} |")
     student = results.get("student")
     if student:
         for kind, label in (("cached", "cached targets"), ("online", "teacher online")):
-            rows.append(f"| student step, {label} | {student[kind]['step_s']:.3f} s, GPU peak "
-                        f"{student[kind]['gpu_peak_gb']:.1f} GB |")
+            rows.append(f"| student step, {label} | {student[kind]['step_s']:.3f} s, "
+                        f"{peak(student[kind]['gpu_peak_gb'])} |")
         errors = ", ".join(f"{k} {e:.3g} of {m:.3g}" for k, (e, m) in student["target_error"].items())
         rows.append(f"| max abs(cached target - teacher online), of max abs(target) | {errors} |")
     for name, error in results["errors"].items():

@@ -1,7 +1,7 @@
 """End-to-end clips/s of the real caching job beside the teacher's forward alone on the same clips.
 
     .venv/bin/python bench/throughput.py [--clips 48] [--repeats 2] [--teachers l4p-tiny,matched] \
-        [--matched-gflop 150] [--format zarr]
+        [--matched-gflop 150] [--format zarr] [--video-size 1280x720 --video-seconds 10]
 
 Teachers: `l4p-tiny` (the tests' model: ~1 s per clip here, little compute per output byte) and
 `matched` (bench/matched_teacher.py: outputs of the full L4P shapes, ~29.5 MB raw fp16 per clip,
@@ -12,7 +12,8 @@ real model, on a GPU node: --teachers l4p --l4p-checkpoint PATH [--l4p-dtype bfl
 
 A (the job): pipeline.runner.run_job on an in-process Ray (JobConfig with ray.address "local", every
 run into a fresh cache directory, default job settings otherwise) over --clips synthetic scenes of 16
-frames (320 x 240). Two rates from its summary:
+frames (320 x 240), or with --video-size over --clips videos of that size and --video-seconds
+(bench/source_videos.py: 720p 10 s is what a decoder meets in real data sets). Two rates from its summary:
   end-to-end   clips / seconds.compute_wall: from Ray up to the last shard committed, which includes
                start-up (the teacher's worker process and model build, the first decodes) but NOT
                Ray's own start and shut-down (printed apart as "outside compute_wall").
@@ -27,12 +28,17 @@ exactly as the job's decode stage does, in the job's batch size; one untimed war
 This is what the job would reach if decode, encode and write were free and fully hidden.
 
 A and B alternate (job, teacher-only, job, teacher-only, ...) per teacher; the ratios A/B are taken
-per repetition and their medians quoted. The per-stage seconds per clip (decode, teacher, encode =
-cast + quantize + pack, i.e. compress and checksum; write = the writer appending bytes and committing)
-are the job's own timers summed over clips and divided by the clips: the stages overlap and
+per repetition and their medians quoted. The per-stage seconds per clip (decode, teacher,
+teacher_encode = cast + quantize where the teacher is, encode = the clip's frames + pack, i.e.
+compress and checksum; write = the writer appending bytes and committing) are the job's own timers
+summed over clips and divided by the clips: the stages overlap and
 share the cores, so they do not add up to compute_wall, and a stage's time inside the job includes
 waiting for a core that another stage holds. "teacher busy" = the teacher's seconds in the job /
 the steady span: below 100 % the teacher waited for inputs or shared its core.
+
+The CPU core-seconds per clip per stage are the job's summary.json `core_seconds_per_clip`
+(time.process_time of each stage's processes, pipeline/timing.py); the stages that stay on CPUs on a
+GPU node (decode, encode, write) times a rate give the cores per GPU that rate takes.
 
 Start-up is a fixed cost per job and the steady state a rate, so end-to-end grows with the job:
 rate(N) = N / (startup + N / steady rate). The last table derives from the measured medians the
@@ -328,11 +334,11 @@ def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher
                   f"({teacher_seconds:.2f} s)   ratio {record['ratio']:.3f}, steady {record['steady_ratio']:.3f}")
 
     print(f"\n-- seconds per clip inside the job (median of {repeats}; stages overlap, each timed in its worker)")
-    print(f"{'teacher':<10}" + "".join(f"{s:>9}" for s in STAGES) + f"{'sum':>9}{'compute_wall':>14}"
+    print(f"{'teacher':<10}" + "".join(f"{s:>16}" for s in STAGES) + f"{'sum':>9}{'compute_wall':>14}"
           f"{'teacher-only':>14}{'start-up s':>12}{'teacher busy':>14}")
     for name, records in runs.items():
         stage = [median([r[f"{s}_per_clip"] for r in records]) for s in STAGES]
-        print(f"{name:<10}" + "".join(f"{v:>9.3f}" for v in stage) + f"{sum(stage):>9.3f}"
+        print(f"{name:<10}" + "".join(f"{v:>16.3f}" for v in stage) + f"{sum(stage):>9.3f}"
               + f"{median([r['compute_wall_per_clip'] for r in records]):>14.3f}"
               + f"{median([r['alone_per_clip'] for r in records]):>14.3f}"
               + f"{median([r['startup'] for r in records]):>12.2f}"

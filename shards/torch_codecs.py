@@ -52,8 +52,12 @@ def encode_outputs(specs: list[FieldSpec], arrays: Mapping[str, object]) -> dict
     for spec in specs:
         value = arrays[spec.name]
         on_cpu = not isinstance(value, torch.Tensor) or value.device.type == "cpu"
-        out.update(encode_field(spec, _numpy(value) if isinstance(value, torch.Tensor) else value) if on_cpu
-                   else encode_tensor(spec, value))
+        stored = encode_field(spec, _numpy(value) if isinstance(value, torch.Tensor) else value) if on_cpu \
+            else encode_tensor(spec, value)
+        for name, array in stored.items():
+            # A teacher's view (a transposed or fancy-indexed map) keeps its memory order through numpy's
+            # arithmetic: the writers and checksums want C order.
+            out[name] = array if array.flags.c_contiguous else array.copy(order="C")
     return out
 
 
