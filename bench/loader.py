@@ -156,11 +156,14 @@ class Subject:
         result["decode_cpu"] = time.process_time() - cpu
         return result
 
-    def epoch_amplification(self, now: bool, workers: int) -> float:
-        """Clip reads over epoch 0 / distinct clips, with `workers` workers taking batches round-robin."""
+    def epoch_amplification(self, keep: int, workers: int) -> float:
+        """Clip reads over epoch 0 / distinct clips, with `workers` workers taking batches round-robin,
+        each keeping its last `keep` clips."""
+        from shards.cache_reader import ClipReader
+
         reads = 0
         for worker in range(workers):
-            reader = self.reader(now)
+            reader = ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields), decode=False, keep_clips=keep)
             for batch in self.epoch[worker::workers]:
                 for i in batch:
                     if self.index.records[i].clip is not None:
@@ -277,12 +280,13 @@ def main(argv: list[str] | None = None) -> None:
           "to(device) on this CPU\n (before: nothing left to decode; a GPU node decodes there); reads / clips: "
           "clip reads from shards / distinct clips of the pass.)")
 
+    keeps = sorted({0, 1, 2, 4, args.clip_cache})
     print(f"\n-- read amplification over epoch 0 (clip reads / distinct clips; {len(first.epoch)} batches of "
-          f"{args.batch_size}, 1 rank)")
-    print(f"{'format':<8}" + "".join(f"{f'{kind}, {w} worker(s)':>22}" for kind in ("before", "now") for w in (1, 2)))
+          f"{args.batch_size}, 1 rank), by the clips a worker keeps (0: before; {args.clip_cache}: now)")
+    print(f"{'format':<8}{'workers':>8}" + "".join(f"{f'keep {k}':>10}" for k in keeps))
     for fmt, s in subjects.items():
-        print(f"{fmt:<8}" + "".join(f"{s.epoch_amplification(kind == 'now', w):>22.2f}"
-                                   for kind in ("before", "now") for w in (1, 2)))
+        for workers in (1, 2):
+            print(f"{fmt:<8}{workers:>8}" + "".join(f"{s.epoch_amplification(k, workers):>10.2f}" for k in keeps))
 
 
 if __name__ == "__main__":
