@@ -175,6 +175,8 @@ class TeacherAlone:
             failed = [o for o in outputs if isinstance(o, Exception)]
             if failed:
                 raise RuntimeError(f"teacher-only run failed: {failed[0]}")
+        if self.torch.cuda.is_available():  # a GPU teacher's outputs are computed asynchronously
+            self.torch.cuda.synchronize()
         return time.perf_counter() - start
 
 

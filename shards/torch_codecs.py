@@ -15,9 +15,13 @@ CPU copy of the field: values that fail a check (so its errors are numpy's, word
 numpy rounds once and torch twice (float64 to float16), integer storage of float values, and
 intermediate overflow.
 
+encode_outputs (the teacher actor's call) gives a field in CPU memory to numpy itself, the reference
+and, on a CPU, the faster of the two; encode_tensor is the torch path, on any device.
+
 decode_tensor is bit for bit numpy's for every encoding whose decode is arithmetic; log-depth and
 prob-u8 decode through exp in float64, which torch and numpy compute to within an ulp: their float32
-results agree (tested over every code), a float64 ulp being 2**-29 of a float32 one.
+results agree (tested over every code, for several log_min and steps), a float64 ulp being 2**-29 of
+a float32 one.
 
 uint16 arrays travel as int16 tensors of the same bits (torch's uint16 lacks most operations on GPUs).
 """
