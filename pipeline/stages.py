@@ -24,10 +24,10 @@ from pipeline.teachers.base import TeacherError, TeacherInput
 from pipeline.timing import Seconds
 from shards.base import PackedClip
 from shards.codecs import encode_arrays
-from shards.torch_codecs import encode_outputs
 from shards.formats import open_writer, pack_clip, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
 from shards.teacher_fields import CLIP_FIELDS, clip_window_starts
+from shards.torch_codecs import encode_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +94,13 @@ class TeacherActor:
 
     def predict(self, *payloads: Decoded):
         """-> per clip (its stored teacher arrays or a Failure, its share of the batch's seconds)."""
+        import torch
+
         seconds = Seconds()
         with seconds.timing("teacher"):
             outputs = self.teacher.predict_each([p.teacher_input for p in payloads])
+            if torch.cuda.is_available():  # a GPU computes asynchronously: its work ends here, not in the encode
+                torch.cuda.synchronize()
         with seconds.timing("teacher_encode"):
             results = [self._encode(o) for o in outputs]
         share = seconds.share(len(payloads))
