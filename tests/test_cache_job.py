@@ -236,6 +236,31 @@ def test_bad_inputs_become_failed_rows_with_reasons(synthetic_set, ray_session, 
     assert retried["clips"]["computed"] == 5 and retried["clips"]["failed"] == 5
 
 
+def test_a_teacher_output_that_does_not_fit_its_storage_fails_its_clip_by_name(synthetic_set, ray_session, tmp_path):
+    """The teacher actor quantizes its outputs: a NaN in one clip's depth fails that clip at stage
+    encode with the field named, and the other clip of the batch is cached."""
+    from pipeline.teachers.oracle import OracleTeacher
+
+    class NaNDepthOracle(OracleTeacher):  # defined here, so Ray ships it to the actor by value
+        def predict(self, clips):
+            outputs = super().predict(clips)
+            for clip, output in zip(clips, outputs):
+                if clip.video_path.endswith("scene_0001.mp4"):
+                    output["depth"] = output["depth"].copy()
+                    output["depth"][3, 10, 20] = np.nan
+            return outputs
+
+    videos, cache = tmp_path / "videos", tmp_path / "cache"
+    copy_scenes(synthetic_set, videos, ["scene_0000", "scene_0001"])
+    summary = run_job(job(videos, cache), NaNDepthOracle)
+    assert summary["clips"]["ok"] == 1 and summary["clips"]["failed"] == 1
+    rows = {Path(r["video_uri"]).name: r for r in current_clips(read_clips_table(cache)).values()}
+    failed = rows["scene_0001.mp4"]
+    assert (failed["status"], failed["stage"]) == ("failed", "encode")
+    assert failed["error"] == "field 'depth': values expected finite, got 1 NaN and 0 inf values"
+    assert rows["scene_0000.mp4"]["status"] == "ok"
+
+
 def test_oracle_refuses_videos_without_ground_truth(ray_session, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
