@@ -19,7 +19,8 @@ Markdown (the README's cluster section takes it, with the date) and writes it to
    teacher alone, and the CPU core-seconds per clip per stage from its summary.json.
 3. student step: a Qwen2.5-VL-7B-shaped student (hidden 3584, 28 heads / 4 KV heads, intermediate
    18944, vocabulary 152064, vision 1280 wide) cut to --student-layers LLM layers and 2 vision
-   blocks, random, bfloat16, with the P4D branch at L4P's width; AdamW on its trainable parameters.
+   blocks, random, bfloat16, with the P4D branch at L4P's width and the recipe's D_m (the frozen L4P
+   heads the job of 2 exported to its cache); AdamW on its trainable parameters.
    Batches of --student-batch clips of the job's cache, each step (median of --steps after a warm-up):
    "cached" = the batch moved to the GPU with its stored targets decoded there (StudentBatch.to, as
    the Trainer's step does) + forward + backward + optimizer step; "teacher online" = the same with
@@ -178,8 +179,9 @@ def the_job(videos: Path, out: Path, sizes: Sizes, teacher_class: type, device: 
             "startup_s": seconds["startup"], "core": summary["core_seconds_per_clip"], "summary": summary}
 
 
-def student_model(sizes: Sizes, model_dir: Path, device: torch.device):
-    """The student of the check and its optimizer, on `device`."""
+def student_model(sizes: Sizes, model_dir: Path, heads: Path | None, device: torch.device):
+    """The student of the check and its optimizer, on `device`. D_m: the recipe's, the frozen L4P heads
+    the job exported to `heads`, or (None) the light decoders."""
     from transformers import AutoConfig, Qwen2_5_VLConfig
 
     from student.adapters import ADAPTER_CLASSES, build_adapter
@@ -188,7 +190,8 @@ def student_model(sizes: Sizes, model_dir: Path, device: torch.device):
 
     hf_config = AutoConfig.from_pretrained(model_dir)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    branch = BranchConfig(latent_dim=TINY.embed_dim if sizes.tiny else FULL.embed_dim, light_hidden=64)
+    branch = BranchConfig(latent_dim=TINY.embed_dim if sizes.tiny else FULL.embed_dim,
+                          decoders="light" if heads is None else "teacher", teacher_heads=heads and str(heads))
     if not sizes.tiny:  # Qwen2.5-VL-7B's widths (its config.json), cut in depth; the tiny tokenizer's ids
         text = dict(hf_config.text_config.to_dict(), hidden_size=3584, intermediate_size=18944,
                     num_hidden_layers=sizes.student_layers, num_attention_heads=28, num_key_value_heads=4,
@@ -304,12 +307,13 @@ def check(workdir: Path, sizes: Sizes) -> dict:
 
     def students():
         model_dir = make_tiny_vlm("qwen2_5_vl", workdir / "tiny-qwen2_5_vl")
-        model, optimizer = student_model(sizes, model_dir, device)
+        model, optimizer = student_model(sizes, model_dir, workdir / "cache" / "teacher", device)
         tokenizer = load_tokenizer(model_dir)
         groups = student_groups(workdir / "cache", model.config.needed_fields(), sizes.student_batch)
         cached = student_steps(model, optimizer, tokenizer, groups, sizes.steps, device)
         online = student_steps(model, optimizer, tokenizer, groups, sizes.steps, device, teacher)
-        return {"cached": cached, "online": online, "target_error": target_error(teacher, groups[0])}
+        return {"cached": cached, "online": online, "decoders": model.config.branch.decoders,
+                "target_error": target_error(teacher, groups[0])}
 
     part("student", students)
     return results
@@ -344,7 +348,7 @@ def table(results: dict) -> list[str]:
     student = results.get("student")
     if student:
         for kind, label in (("cached", "cached targets"), ("online", "teacher online")):
-            rows.append(f"| student step, {label} | {student[kind]['step_s']:.3f} s, "
+            rows.append(f"| student step (D_m {student['decoders']}), {label} | {student[kind]['step_s']:.3f} s, "
                         f"{peak(student[kind]['gpu_peak_gb'])} |")
         errors = ", ".join(f"{k} {e:.3g} of {m:.3g}" for k, (e, m) in student["target_error"].items())
         rows.append(f"| max abs(cached target - teacher online), of max abs(target) | {errors} |")

@@ -1,13 +1,17 @@
-"""Student step time with cached teacher targets, beside the same step without the P4D branch and the
-same step with the l4p-tiny teacher run ONLINE inside it; peak memory per rank in each case. Real
-DeepSpeed ZeRO-3, 2 CPU ranks (gloo).
+"""Student step time with cached teacher targets (D_m: the light decoders, or the frozen L4P heads as
+released), beside the same step without the P4D branch and the same step with the l4p-tiny teacher run
+ONLINE inside it; peak memory per rank in each case. Real DeepSpeed ZeRO-3, 2 CPU ranks (gloo).
 
-    .venv/bin/python bench/train_step.py [--repeats 2] [--steps 6] [--warmup 2] [--clips 4]
+    .venv/bin/python bench/train_step.py [--repeats 2] [--steps 6] [--warmup 2] [--clips 4] [--cases ...]
 
-The three cases (one `deepspeed --num_gpus 2` launch each, DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1,
-alternated A B C A B C ... for --repeats rounds):
-  cached     the student as configured: the P4D branch on, L_LD + L_ED against the targets read from
-             the cache with the batch (what the trainer does).
+The four cases (one `deepspeed --num_gpus 2` launch each, DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1,
+alternated A B C D A B C D ... for --repeats rounds):
+  cached     the student as configured (D_m: the light decoders): the P4D branch on, L_LD + L_ED against
+             the targets read from the cache with the batch (what the trainer does).
+  heads      the same with D_m = the frozen DPT heads of the cache's l4p-tiny teacher (branch.decoders
+             teacher, the released D_m; the programs written once from CACHE/teacher): what the light
+             decoders save is heads / cached. The tiny heads are far cheaper than the released ones:
+             the FLOPs of both D_m at full size per sample follow the table.
   no-branch  the same student without the P4D branch (student.model.ablation "tpe": TPE on, branch
              disabled, so no teacher field is read): the branch's overhead is cached / no-branch.
   online     the branch on, but the cache's targets are NOT read: inside the timed step, before the
@@ -55,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.conditions import PROJECT_ROOT, median, print_conditions  # noqa: E402
 
-CASES = ("cached", "no-branch", "online")
+CASES = ("cached", "heads", "no-branch", "online")
 TRAIN_CONFIG = PROJECT_ROOT / "configs" / "train" / "demo.yaml"
 SCENE_SIZE = (160, 120)
 TEACHER = "l4p-tiny"
@@ -89,6 +93,8 @@ def rank_main(args: argparse.Namespace) -> None:
     cfg = load_train_config(args.config, args.set)
     if args.case == "no-branch":
         cfg = replace(cfg, student=ablation(cfg.student, "tpe"))
+    if args.case == "heads":
+        cfg = replace(cfg, student=replace(cfg.student, branch=replace(cfg.student.branch, decoders="teacher")))
     total_steps = args.warmup + args.steps
     trainer = Trainer(replace(cfg, run=replace(cfg.run, max_steps=total_steps)))  # the trainer's own setup
     index, model, tokenizer, rank = trainer.index, trainer.model, trainer.tokenizer, trainer.rank
@@ -210,17 +216,23 @@ def run(args: argparse.Namespace, cases: list[str]) -> None:
     from bench.caches import BENCH_DATA, describe_specs, ensure_cache
     from pipeline.config import TeacherConfig
     from pipeline.teachers.registry import teacher_identity
+    from student.config import BranchConfig
     from student.tiny import make_tiny_vlm
     from student.train_config import load_train_config
 
     work = BENCH_DATA / "train-step"
-    print_conditions("bench/train_step.py: student step with cached targets vs no P4D branch vs the teacher online",
+    print_conditions("bench/train_step.py: student step with cached targets (light D_m or the frozen heads) vs no "
+                     "P4D branch vs the teacher online",
                      ["torch", "deepspeed", "transformers", "numpy", "zarr"], BENCH_DATA)
     model_dir = BENCH_DATA / "tiny-qwen2_5_vl"
     if not (model_dir / "config.json").exists():
         make_tiny_vlm("qwen2_5_vl", model_dir)
     t = time.perf_counter()
     cache, reused = ensure_cache("train-step", TEACHER, "zarr", args.clips, SCENE_SIZE)
+    if "heads" in cases:
+        from pipeline.teachers.l4p.heads_export import export_head_programs
+
+        export_head_programs(cache / "teacher")  # derived from the exported weights: rewritten each run
     shapes = teacher_identity(TeacherConfig(name=TEACHER), 16).shapes
     hooks, _, latent_dim = shapes["latents"]
     sets = overrides(model_dir, cache, work / "run", latent_dim, hooks)
@@ -279,11 +291,53 @@ def run(args: argparse.Namespace, cases: list[str]) -> None:
     print(f"\n-- ratios per round, median (per-round values)")
     print(f"branch overhead   cached / no-branch:  step {ratio('cached', 'no-branch', 'step')}   "
           f"data+step {ratio('cached', 'no-branch', 'total')}")
+    print(f"D_m frozen heads / light:  heads / cached:  step {ratio('heads', 'cached', 'step')}   "
+          f"data+step {ratio('heads', 'cached', 'total')}")
     print(f"what the cache saves  online / cached:  step {ratio('online', 'cached', 'step')}   "
           f"data+step {ratio('online', 'cached', 'total')}")
     print("(step = [online: teacher] + all-reduce of valid counts + forward + backward + optimizer step; data = read,\n"
           " decode and collate in the rank, as num_workers=0; max RSS = the rank process's high-water mark, "
           "interpreter and libraries included.)")
+    print_full_size_dm_flops(BranchConfig().light_hidden)
+
+
+def print_full_size_dm_flops(light_hidden: int) -> None:
+    """D_m's FLOPs per 16-frame sample and step at the released sizes (L4P FULL: 4 hooks x 1408, maps
+    224 x 224; the light decoders at the default width), forward and backward, counted by
+    FlopCounterMode on the meta device (nothing computed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.teachers.l4p.config import FULL
+    from pipeline.teachers.l4p.dpt import DPTHead
+    from pipeline.teachers.l4p.heads_export import TASK_FIELDS
+    from shards.teacher_fields import GRID, MAP_CHANNELS, MAP_SIZE
+    from student.p4d import LightMapDecoder
+
+    def counted(module, inputs) -> tuple[float, float]:
+        with FlopCounterMode(display=False) as forward:
+            out = module(*inputs)
+        with FlopCounterMode(display=False) as backward:
+            out.float().sum().backward()
+        return forward.get_total_flops(), backward.get_total_flops()
+
+    rows = {}
+    with torch.device("meta"):
+        taps = [torch.empty(1, FULL.num_tokens, FULL.embed_dim, requires_grad=True) for _ in FULL.hooks]
+        tokens = torch.empty(1, FULL.num_tokens, len(FULL.hooks) * FULL.embed_dim, requires_grad=True)
+        for task, field in TASK_FIELDS.items():
+            head = DPTHead(FULL, FULL.heads[task]).requires_grad_(False)  # frozen: input gradients only
+            light = LightMapDecoder(tokens.shape[-1], light_hidden, MAP_CHANNELS[field],
+                                    GRID if field == "camray" else MAP_SIZE)
+            rows[field] = (counted(lambda *t: head(list(t)), taps), counted(lambda t: light(t, 1), [tokens]))
+    print(f"\n-- D_m at the released sizes, per 16-frame sample and step (FlopCounterMode on the meta device; "
+          f"light_hidden {light_hidden}), TFLOP forward + backward")
+    print(f"{'task':10}{'frozen heads':>22}{'light':>22}")
+    for field, ((hf, hb), (lf, lb)) in rows.items():
+        print(f"{field:10}{hf / 1e12:>11.4f} + {hb / 1e12:<8.4f}{lf / 1e12:>11.4f} + {lb / 1e12:<8.4f}")
+    heads = sum(sum(h) for h, _ in rows.values())
+    light = sum(sum(lt) for _, lt in rows.values())
+    print(f"{'total':10}{heads / 1e12:>19.3f}{light / 1e12:>22.3f}   frozen heads / light = {heads / light:.0f}x")
 
 
 if __name__ == "__main__":

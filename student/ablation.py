@@ -95,7 +95,7 @@ def depth_probe(export: Path, train_cache: Path, test_cache: Path, steps: int, s
     exported = StudentModel.from_export(export)
     config = replace(
         exported.config,
-        branch=BranchConfig(latent_dim=latent_dim, tasks=("depth",), light_hidden=64),
+        branch=BranchConfig(latent_dim=latent_dim, tasks=("depth",), decoders="light", light_hidden=64),
         loss=LossConfig(ce_weight=0.0, ld_weight=0.0, ed_weight=1.0, task_weights={"depth": 1.0}),
     )
     probe = StudentModel(config, exported.base, exported.adapter)

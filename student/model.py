@@ -1,8 +1,8 @@
 """The student: a stock Hugging Face VLM + TPE (no parameters) + the P4D branch (training only).
 
 Every step runs the same modules in the same order whatever the batch holds (ZeRO-3 ranks must,
-docs/stack.md): images through the vision tower, then videos (an all-zero dummy stands in for a missing
-modality, its output added to the loss as 0 x sum), TPE, the LLM, then the P4D branch (on a dummy grid
+docs/stack.md): images through the vision tower, then videos with TPE (an all-zero dummy stands in for
+a missing modality, its output added to the loss as 0 x sum), the LLM, then the P4D branch (on a dummy grid
 when the batch has no video). Auxiliary terms are masked per sample, so an image-only sample (SAT)
 or a sample whose field was not cached contributes exactly 0 to L_LD / L_ED.
 
@@ -51,10 +51,13 @@ class StudentModel(nn.Module):
         self.config = config
         self.base = base
         self.adapter = adapter
-        self.branch = P4DBranch(adapter.hidden_size, config.branch, map_size) if config.branch.enabled else None
-        if config.model.freeze_vision:
-            for p in adapter.vision_parameters(base):
-                p.requires_grad_(False)
+        # The branch in the base's dtype: ZeRO-3 under bf16 keeps one dtype for every trainable weight.
+        self.branch = P4DBranch(adapter.hidden_size, config.branch, map_size).to(base.dtype) \
+            if config.branch.enabled else None
+        frozen = [*(adapter.vision_parameters(base) if config.model.freeze_vision else ()),
+                  *(adapter.projector_parameters(base) if config.model.freeze_projector else ())]
+        for p in frozen:
+            p.requires_grad_(False)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -67,6 +70,8 @@ class StudentModel(nn.Module):
         hf_config = AutoConfig.from_pretrained(path)
         adapter = build_adapter(config.model.adapter, hf_config, path, config.model.video_size)
         base = adapter.model_class.from_pretrained(path, dtype=getattr(torch, config.model.dtype))
+        if config.model.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return cls(config, base, adapter, map_size)
 
     @classmethod
@@ -77,10 +82,12 @@ class StudentModel(nn.Module):
         if not meta_path.exists():
             raise FileNotFoundError(f"{directory} is not an exported p4d student (no {STUDENT_META})")
         meta = json.loads(meta_path.read_text())
+        # An export written before TPE had a placement was trained with it after the projector.
+        tpe = {"placement": "after_projector", **meta["tpe"]}
         config = StudentConfig(
             model=ModelConfig(adapter=meta["adapter"], path=str(directory), dtype=dtype,
-                              video_size=tuple(meta["video_size"])),
-            tpe=from_dict(TPEConfig, meta["tpe"], f"{meta_path}:tpe"),
+                              video_size=tuple(meta["video_size"]), gradient_checkpointing=False),
+            tpe=from_dict(TPEConfig, tpe, f"{meta_path}:tpe"),
             branch=BranchConfig(enabled=False),
         )
         return cls.from_config(config)
@@ -94,14 +101,11 @@ class StudentModel(nn.Module):
         for kind, inputs, dummy in (("image", batch.images, adapter.dummy_image),
                                     ("video", batch.videos, adapter.dummy_video)):
             if inputs:
-                encoded[kind] = adapter.encode(model, inputs, kind)
+                encoded[kind] = adapter.encode(model, inputs, kind, self.config.tpe)
             elif uniform:
-                zero = zero + 0.0 * sum(f.float().sum() for f in adapter.encode(model, [dummy()], kind))
-        videos = encoded.get("video", [])
-        if videos and self.config.tpe.enabled:
-            tpe = self.config.tpe
-            videos = [adapter.add_tpe(f, inp, tpe.base, tpe.scale) for f, inp in zip(videos, batch.videos)]
-        mm = adapter.mm_encoder_outputs(encoded.get("image", []), videos)
+                dummies = adapter.encode(model, [dummy()], kind, self.config.tpe)
+                zero = zero + 0.0 * sum(f.float().sum() for f in dummies)
+        mm = adapter.mm_encoder_outputs(encoded.get("image", []), encoded.get("video", []))
         kwargs = adapter.forward_kwargs(batch.input_ids, batch.images, batch.videos)
         return mm, kwargs, zero
 
@@ -168,7 +172,8 @@ class StudentModel(nn.Module):
                 loss_fn = lambda p, t: latent_loss_per_sample(p, t, loss_cfg.ld_kind)  # noqa: E731
             else:
                 weight = loss_cfg.ed_weight * loss_cfg.task_weights[fld]
-                loss_fn = lambda p, t, task=fld: map_loss_per_sample(task, p, t)  # noqa: E731
+                loss_fn = lambda p, t, task=fld: map_loss_per_sample(  # noqa: E731
+                    task, p, t, loss_cfg.ed_kind, loss_cfg.ed_forms[task])
             per_sample = torch.zeros(batch.size, dtype=torch.float32, device=hidden.device)
             valid = torch.zeros(batch.size, dtype=torch.bool, device=hidden.device)
             if batch.videos and fld in batch.targets:

@@ -6,12 +6,13 @@ tokens, window-major, (t, h, w) row-major.
 
 D_4DP takes the LLM hidden states at a video's visual-token positions as a grid [slots, rows, cols, D],
 picks for every teacher slot the student slot that holds the same frame (every 2nd frame), resizes the
-spatial grid to 16 x 16 (bilinear) and maps D -> C with one head per hooked teacher layer.
+spatial grid to 16 x 16 (bilinear, antialiased: torchvision's Resize, as released) and maps D -> C with
+one head per hooked teacher layer (released: a Linear, weights normal(0, 0.1), bias 0).
 
-D_m ("light", the default): per task, a token-wise MLP over the concatenated hook outputs that
-un-patchifies each token into its 2 frames x (S/16)^2 pixels, then averages the windows that show the
-same clip frame. Cheap next to the frozen teacher DPT heads the released code runs every step
-(decoders="teacher": student/teacher_heads.py), which decode the same latents the same way per window.
+D_m, per window, then each clip frame the mean of the windows that show it: "teacher" (the default,
+released) runs the frozen L4P DPT heads on the predicted latents (student/teacher_heads.py); "light"
+is, per task, a token-wise MLP over the concatenated hook outputs that un-patchifies each token into
+its 2 frames x (S/16)^2 pixels, far cheaper than the heads (bench/train_step.py).
 """
 from __future__ import annotations
 
@@ -29,9 +30,15 @@ def window_frames(num_frames: int) -> torch.Tensor:
     return torch.from_numpy(window_frame_indices(num_frames))
 
 
+LINEAR_INIT_STD = 0.1  # the released D_4DP Linear's weights: normal(0, 0.1), bias 0
+
+
 def _head(in_dim: int, out_dim: int, cfg: BranchConfig) -> nn.Module:
     if cfg.head == "linear":
-        return nn.Linear(in_dim, out_dim)
+        head = nn.Linear(in_dim, out_dim)
+        nn.init.normal_(head.weight, mean=0.0, std=LINEAR_INIT_STD)
+        nn.init.zeros_(head.bias)
+        return head
     # The paper's D_4DP head: 3 layers, GELU.
     return nn.Sequential(
         nn.Linear(in_dim, cfg.mlp_hidden), nn.GELU(), nn.Linear(cfg.mlp_hidden, cfg.mlp_hidden), nn.GELU(),
@@ -52,7 +59,9 @@ class LatentDecoder(nn.Module):
         x = grid[:, slot_index]  # [B, W8, rows, cols, D]
         x = x.flatten(0, 1).permute(0, 3, 1, 2)
         if (rows, cols) != (GRID, GRID):
-            x = F.interpolate(x, size=(GRID, GRID), mode="bilinear", align_corners=False)
+            # In float32: the antialiased kernel has no bfloat16 version on the CPU.
+            x = F.interpolate(x.float(), size=(GRID, GRID), mode="bilinear", align_corners=False,
+                              antialias=True).to(grid.dtype)
         x = x.permute(0, 2, 3, 1).reshape(b, -1, d)  # [B, W8 * 256, D], (t, h, w) row-major
         return torch.stack([head(x) for head in self.heads], dim=1)
 
@@ -99,7 +108,7 @@ class P4DBranch(nn.Module):
              for t in (cfg.tasks if light else ())}
         )
         # Not an nn.Module attribute: frozen, replicated, invisible to the optimizer and to ZeRO-3.
-        self.teacher_heads = None if light else FrozenTeacherHeads(cfg.teacher_heads, cfg.tasks)
+        self.teacher_heads = None if light else FrozenTeacherHeads(cfg.teacher_heads, cfg.tasks, cfg.latent_dim)
 
     def forward(
         self, grid: torch.Tensor, frames: torch.Tensor, num_frames: int, frames_per_slot: int

@@ -1,36 +1,50 @@
-"""D_m option "teacher": the frozen L4P DPT heads, loaded as torch.export programs from CACHE/teacher.
+"""D_m "teacher" (the default, as released): the frozen L4P DPT heads, loaded as torch.export programs
+from CACHE/teacher.
 
-The caching job exports the heads' weights; `python -m pipeline.teachers.l4p.heads_export CACHE/teacher`
-turns them into programs (graph + raw weights). student/ may not import pipeline/, so the heads reach it
+The caching job (an l4p teacher) writes the heads' weights and these programs (graph + raw weights;
+`python -m pipeline.teachers.l4p.heads_export CACHE/teacher` remakes them). student/ may not import pipeline/, so the heads reach it
 as these files, never as code. They are frozen and replicated on every rank: kept out of the student's
 module tree on purpose, so neither the optimizer nor ZeRO-3 partitioning ever sees them.
 
 Each program returns its head's raw output: log depth, flow, the motion logit, the raw rays (what the
 cache holds for dyn_mask and camray, and the student's prediction space). Cost per 16-frame window,
 every step (bench/l4p_teacher.py): 85.8 M parameters and 2.84 TFLOP for each dense head (depth, flow,
-dyn_mask), 82.3 M and 0.27 TFLOP for camray: what the "light" decoders avoid. The released code does
-this; use it to reproduce it.
+dyn_mask), 82.3 M and 0.27 TFLOP for camray: what the "light" decoders avoid.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from shards.teacher_fields import HEAD_PROGRAM_FILE, L4P_HOOKS
 
+HEADS_META = "l4p_heads.json"  # written beside the heads' weights by the caching job (an l4p teacher)
 
 
 class FrozenTeacherHeads:
-    def __init__(self, directory: str | Path, tasks: tuple[str, ...]):
+    def __init__(self, directory: str | Path | None, tasks: tuple[str, ...], latent_dim: int):
+        if directory is None:
+            raise ValueError("branch.decoders='teacher' needs branch.teacher_heads (the trainer sets CACHE/teacher)")
         directory = Path(directory)
+        meta = directory / HEADS_META
+        if not meta.exists():
+            raise FileNotFoundError(
+                f"{directory} holds no exported L4P heads ({HEADS_META}): only a cache made by an l4p teacher "
+                "has them (the oracle has none); use student.branch.decoders=light on this cache"
+            )
+        width = json.loads(meta.read_text())["config"]["embed_dim"]
+        if width != latent_dim:
+            raise ValueError(f"the teacher heads in {directory} take {width}-wide latents, "
+                             f"student.branch.latent_dim is {latent_dim}")
         self.programs = {}
         for task in tasks:
             path = directory / HEAD_PROGRAM_FILE.format(field=task)
             if not path.exists():
                 raise FileNotFoundError(
-                    f"{path} is missing: run `python -m pipeline.teachers.l4p.heads_export {directory}` once "
-                    "(needs the heads the caching job exported with an l4p teacher)"
+                    f"{path} is missing: a cache made by an l4p teacher has it (the caching job writes it); "
+                    f"to remake it from the exported weights: python -m pipeline.teachers.l4p.heads_export {directory}"
                 )
             module = torch.export.load(str(path)).module()
             for p in module.parameters():

@@ -1,14 +1,16 @@
 """Train the student from a teacher cache with DeepSpeed ZeRO-3; the teacher never loads.
 
-    deepspeed --num_gpus 8 student/train.py --config configs/train/demo.yaml
+    deepspeed --num_gpus 8 student/train.py --config configs/train/4drgpt.yaml --set student.model.path=...
     torchrun --standalone --nproc_per_node 2 student/train.py --config ... --set run.max_steps=10
     (CPU boxes: DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 ...; gloo is used)
 
-Every step: next batch (this rank's slice of a deterministic stream), the valid-sample counts of each
-auxiliary term summed over ranks (exact global weighting), forward (uniform across ranks), backward,
-step. A checkpoint every run.checkpoint_every steps holds model, optimizer, scheduler, step and the
-loader position, and counts once its `complete` marker exists; a rerun resumes from the newest one.
-At the end the weights are consolidated (gathered module by module) and exported without the branch.
+Every step: data.global_batch / (data.batch_size x ranks) passes (gradient accumulation) of: next batch
+(this rank's slice of a deterministic stream), the valid-sample counts of each auxiliary term summed
+over ranks (exact global weighting within the pass), forward (uniform across ranks), backward; then
+DeepSpeed's optimizer step. A checkpoint every run.checkpoint_every steps holds model, optimizer,
+scheduler, step and the loader position, and counts once its `complete` marker exists; a rerun
+resumes from the newest one. At the end the weights are consolidated (gathered module by module) and
+exported without the branch.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, max_steps: int, warmup_ratio: float):
-    """Linear warmup over ceil(warmup_ratio x max_steps) steps, then cosine to 0 at max_steps."""
+    """Linear warmup over ceil(warmup_ratio x max_steps) optimizer steps, then cosine to 0 at max_steps."""
     from transformers import get_cosine_schedule_with_warmup
 
     return get_cosine_schedule_with_warmup(optimizer, math.ceil(max_steps * warmup_ratio), max_steps)
@@ -60,7 +62,7 @@ def lr_schedule(optimizer: torch.optim.Optimizer, max_steps: int, warmup_ratio: 
 
 def deepspeed_config(cfg, world: int) -> dict:
     ds = json.loads(Path(cfg.run.deepspeed).read_text())
-    accumulation = ds.get("gradient_accumulation_steps", 1)
+    accumulation = cfg.data.accumulation(world)
     ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
     ds["gradient_accumulation_steps"] = accumulation
     ds["train_batch_size"] = cfg.data.batch_size * accumulation * world
@@ -110,6 +112,7 @@ class Trainer:
         from student.loader import StudentLoader
         from student.model import StudentModel, load_tokenizer
 
+        cfg = cfg.with_teacher_heads()
         self.cfg = cfg
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -129,6 +132,7 @@ class Trainer:
         if self.index.teacher_id is not None:
             check_shapes(self.index.root, self.index.specs, fields, cfg.student.branch.hooks,
                          cfg.student.branch.latent_dim)
+            cfg.data.check_frames(self.index.root, self.index.specs["frames"].shape[0])
         log.info("data: %s", record_summary(self.index))
 
         ds_config = deepspeed_config(cfg, self.world)
@@ -137,15 +141,20 @@ class Trainer:
         self._hf_deepspeed = HfDeepSpeedConfig(ds_config)
         self.model = StudentModel.from_config(cfg.student)
         self.tokenizer = load_tokenizer(cfg.student.model.path)
+        self.loader = StudentLoader(self.index, cfg.data, self.rank, self.world, self.model.adapter, self.tokenizer,
+                                    fields)
+        self.accumulation = ds_config["gradient_accumulation_steps"]
+        self.max_steps = cfg.run.steps(len(self.loader.epoch_batches(0)), self.accumulation)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model, optimizer=optimizer, model_parameters=params, config=ds_config,
-            lr_scheduler=lr_schedule(optimizer, cfg.run.max_steps, cfg.optim.warmup_ratio),
+            lr_scheduler=lr_schedule(optimizer, self.max_steps, cfg.optim.warmup_ratio),
         )
-        self.loader = StudentLoader(self.index, cfg.data, self.rank, self.world, self.model.adapter, self.tokenizer,
-                                    fields)
-        self.steps_done = 0
+        log.info("%d optimizer steps of %d pass(es) x %d samples x %d ranks", self.max_steps, self.accumulation,
+                 cfg.data.batch_size, self.world)
+        self.steps_done = 0  # optimizer steps
+        self.passes = 0  # forward / backward passes (accumulation of them make a step)
 
     def resume(self) -> None:
         """From the newest complete checkpoint, if any: weights, optimizer, schedule, step, loader position."""
@@ -156,18 +165,20 @@ class Trainer:
             return
         _, client = self.engine.load_checkpoint(str(self.checkpoints), tag=tag)
         self.steps_done = client["step"]
+        self.passes = self.steps_done * self.accumulation
         self.loader.load_state_dict(client["loader"])
         log.info("resumed from %s: step %d, loader at epoch %d batch %d", tag, self.steps_done, self.loader.epoch,
                  self.loader.batch)
 
     def step(self, batch):
-        """One optimizer step on this rank's batch; the auxiliary terms are weighted by their valid
-        samples over all ranks. The cached targets arrive as stored and are decoded on this rank's device."""
-        batch = batch.to(self.engine.device)
+        """One pass on this rank's batch; the auxiliary terms are weighted by their valid samples over
+        all ranks. DeepSpeed updates the weights on the last pass of every `accumulation`."""
+        batch = batch.to(self.engine.device)  # cached targets arrive as stored: decoded on this device
         output = self.engine(batch, global_denominators(batch, self.model, self.world))
         self.engine.backward(output.loss)
         self.engine.step()
-        self.steps_done += 1
+        self.passes += 1
+        self.steps_done = self.passes // self.accumulation
         return output
 
     def checkpoint(self) -> None:
@@ -202,16 +213,18 @@ class Trainer:
 
         run = self.cfg.run
         self.resume()
-        progress = StepLog(self.out, self.rank, run.max_steps, self.steps_done)
+        progress = StepLog(self.out, self.rank, self.max_steps, self.steps_done)
         stream = iter(self.loader)
-        while self.steps_done < run.max_steps:
+        while self.steps_done < self.max_steps:
             start = time.perf_counter()
             batch = next(stream)
             data_wait = time.perf_counter() - start
             output = self.step(batch)
-            progress.record(self.steps_done, batch, output, data_wait, time.perf_counter() - start, self.world,
-                            self.scheduler.get_last_lr()[0], self.steps_done % run.log_every == 0)
-            if self.steps_done % run.checkpoint_every == 0 or self.steps_done == run.max_steps:
+            stepped = self.passes % self.accumulation == 0
+            progress.record(self.steps_done + (not stepped), batch, output, data_wait, time.perf_counter() - start,
+                            self.world, self.scheduler.get_last_lr()[0], stepped,
+                            stepped and self.steps_done % run.log_every == 0)
+            if stepped and (self.steps_done % run.checkpoint_every == 0 or self.steps_done == self.max_steps):
                 self.checkpoint()
         progress.close()
         if run.export:
@@ -220,9 +233,10 @@ class Trainer:
 
 
 class StepLog:
-    """What a step leaves behind: each rank's sample ids and loss in RUN/batches-rank<r>.jsonl; on rank 0
-    every loss term, samples/s, data wait and learning rate to TensorBoard (RUN/tensorboard), a
-    progress bar and, every log_every steps, a log line."""
+    """What a step leaves behind: each rank's sample ids and loss per pass in RUN/batches-rank<r>.jsonl
+    (under the optimizer step the pass belongs to); on rank 0, at each step's last pass, every loss
+    term, samples/s, data wait and learning rate to TensorBoard (RUN/tensorboard), a progress bar and,
+    every log_every steps, a log line."""
 
     def __init__(self, out: Path, rank: int, max_steps: int, done: int):
         from torch.utils.tensorboard import SummaryWriter
@@ -234,11 +248,11 @@ class StepLog:
         self.bar = tqdm(total=max_steps, initial=done, desc="train", unit="step", disable=rank != 0)
 
     def record(self, step: int, batch, output, data_wait: float, seconds: float, world: int, lr: float,
-               log_line: bool) -> None:
+               stepped: bool, log_line: bool) -> None:
         loss = output.loss.item()
         self.batches.write(json.dumps({"step": step, "samples": batch.sample_ids, "loss": loss}) + "\n")
         self.batches.flush()
-        if self.rank != 0:
+        if self.rank != 0 or not stepped:
             return
         terms = {k: float(v) for k, v in output.terms.items()}
         rate = batch.size * world / seconds
@@ -251,8 +265,8 @@ class StepLog:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}")
         if log_line:
-            log.info("step %d loss %.4f %s | %.2f samples/s, data wait %.3f s, lr %.2e", step, loss,
-                     " ".join(f"{k} {v:.4f}" for k, v in terms.items()), rate, data_wait, lr)
+            log.info("step %d loss %.6g %s | %.2f samples/s, data wait %.3f s, lr %.2e", step, loss,
+                     " ".join(f"{k} {v:.6g}" for k, v in terms.items()), rate, data_wait, lr)
 
     def close(self) -> None:
         self.bar.close()

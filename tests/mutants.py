@@ -30,9 +30,10 @@ PACKAGES = ("pipeline", "shards", "manifests", "student")
 # module -> the pytest arguments that select its tests: those that check the module's values and run
 # in seconds (each mutant reruns them; the L4P teacher's and the caching job's tests take ~30 s each).
 TESTS = {
-    "student/losses.py": ["tests/test_student_model.py"],
+    "student/losses.py": ["tests/test_losses.py"],
     "pipeline/teachers/l4p/windows.py": ["tests/test_l4p_windows.py"],
     "shards/torch_codecs.py": ["tests/test_torch_codecs.py"],
+    "student/charts.py": ["tests/test_charts.py"],
 }
 RESULT = re.compile(r"^\s+(\S+): (.+)$")
 

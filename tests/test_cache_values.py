@@ -87,9 +87,9 @@ def encoding_error_bound(spec: FieldSpec, exact: np.ndarray, stored: dict[str, n
         if np.dtype(spec.dtype).kind != "f":
             return np.zeros_like(magnitude)  # integers are stored exactly (range checked on write)
         info = np.finfo(spec.dtype)
-        # Round to nearest: half an ulp, 2**-(mantissa bits + 1) relative; subnormals in absolute terms
-        # (half the smallest subnormal, in float64: in float16 it rounds to 0).
-        return np.maximum(info.eps / 2 * magnitude, float(info.smallest_subnormal) / 2)
+        # Round to nearest: half an ulp, 2**-(mantissa bits + 1) relative; subnormals in absolute terms.
+        # (In float64: half the smallest float16 subnormal is itself 0 in float16.)
+        return np.maximum(float(info.eps) / 2 * magnitude, float(info.smallest_subnormal) / 2)
     if spec.encoding == "bf16":
         return 2.0**-8 * magnitude  # 8 significant bits, round to nearest even
     if spec.encoding == "int8-token":

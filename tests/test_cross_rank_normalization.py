@@ -76,11 +76,13 @@ def train_one_step(cache: Path, model_dir: Path, out: Path, ranks: int, batch_si
     config = out.with_suffix(".json")
     config.write_text(json.dumps({
         "student": {"model": {"adapter": "qwen2_5_vl", "path": str(model_dir), "video_size": [56, 56]},
-                    "branch": {"latent_dim": LATENT_DIM, "light_hidden": 16},
+                    "branch": {"latent_dim": LATENT_DIM, "decoders": "light", "light_hidden": 16},
                     # The answer tokens' cross-entropy is a mean over each rank's own tokens (not
                     # the subject here): off, so the loss is the distillation terms alone.
-                    "loss": {"ce_weight": 0.0, "ld_weight": WEIGHT, "ed_weight": WEIGHT}},
-        "data": {"cache": str(cache), "batch_size": batch_size, "num_workers": 0, "shuffle_buffer": 4},
+                    "loss": {"ce_weight": 0.0, "ld_weight": WEIGHT, "ed_weight": WEIGHT,
+                             "task_weights": {"depth": 1.0, "flow": 1.0, "dyn_mask": 1.0, "camray": 1.0}}},
+        "data": {"cache": str(cache), "datasets": [], "batch_size": batch_size, "global_batch": None,
+                 "num_workers": 0, "shuffle_buffer": 4},
         "optim": {"lr": LR, "warmup_ratio": 0.0},
         "run": {"out": str(out), "max_steps": 1, "checkpoint_every": 1,
                 "deepspeed": str(ROOT / "configs/deepspeed/zero3_cpu.json")},

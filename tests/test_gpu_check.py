@@ -24,6 +24,7 @@ def test_gpu_check_tiny_runs_every_part(ray_session, tmp_path, capsys):
     assert job["summary"]["clips"]["ok"] == 2 and job["steady"] >= job["end_to_end"] > 0
     assert set(job["core"]) == set(CLIP_STAGES) and all(job["core"][s] > 0 for s in CLIP_STAGES), job["core"]
     student = results["student"]
+    assert student["decoders"] == "teacher", "the recipe's D_m: the frozen L4P heads the job exported"
     for kind in ("cached", "online"):
         assert student[kind]["step_s"] > 0 and np.isfinite(student[kind]["losses"]).all(), kind
     # Both steps train on the same targets: the cached ones are the teacher's, to within their storage.
@@ -37,12 +38,13 @@ def test_gpu_check_tiny_runs_every_part(ray_session, tmp_path, capsys):
 
 
 def test_the_student_of_the_gpu_check_has_qwen2_5_vl_7bs_widths(tmp_path):
-    """Built on the meta device (no memory): the full-size student's config as the GPU run builds it."""
+    """Built on the meta device (no memory): the full-size student's config as the GPU run builds it
+    (its D_m the light decoders: the frozen heads are the job's files, loaded the same way as --tiny's)."""
     from student.tiny import make_tiny_vlm
 
     sizes = Sizes(clips=1, video_size=(1280, 720), video_seconds=10.0, batch_size=4, steps=1, student_batch=2,
                   student_layers=2, tiny=False)
-    model, _ = student_model(sizes, make_tiny_vlm("qwen2_5_vl", tmp_path / "qwen"), torch.device("meta"))
+    model, _ = student_model(sizes, make_tiny_vlm("qwen2_5_vl", tmp_path / "qwen"), None, torch.device("meta"))
     text = model.base.config.text_config
     assert (text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads,
             text.num_hidden_layers, text.vocab_size) == (3584, 18944, 28, 4, 2, 152064)

@@ -19,7 +19,9 @@ from pipeline.teachers.l4p import encoder as encoder_module
 from pipeline.teachers.l4p.checkpoint import load_strict, normalize_keys
 from pipeline.teachers.l4p.config import FULL, TASKS, TINY, config_from_dict
 from pipeline.teachers.l4p.dpt import DPTHead, apply_output_transform, dpt_flops
-from pipeline.teachers.l4p.heads_export import META_FILE, WEIGHTS_FILE, export_heads, load_heads
+from pipeline.teachers.l4p.heads_export import (
+    META_FILE, WEIGHTS_FILE, export_head_programs, export_heads, load_heads,
+)
 from pipeline.teachers.l4p.model import L4PModel, heads_state_dict
 
 KEY_LIST = Path(__file__).parent / "data" / "l4p_state_dict.tsv"
@@ -251,6 +253,26 @@ def test_heads_export_round_trip_without_the_encoder(tiny_model, tmp_path, monke
     taps = tokens(TINY, seed=3)
     with torch.no_grad():
         assert torch.equal(heads["camray"](taps), tiny_model.head("camray")(taps))
+
+
+def test_head_programs_follow_the_weights_they_were_made_from(tiny_model, tmp_path):
+    """The caching job writes the programs the student loads once per weights: an unchanged export keeps
+    them, new weights replace each field's program when it is next asked for (a stale program would
+    decode with the old heads)."""
+    directory = export_heads(tiny_model, TINY, tmp_path / "heads")
+    paths = export_head_programs(directory, fields=("depth", "camray"))
+    written = {p: p.stat().st_mtime_ns for p in paths}
+    assert export_head_programs(directory, fields=("depth", "camray")) == paths
+    assert {p: p.stat().st_mtime_ns for p in paths} == written, "an unchanged export was rewritten"
+    torch.manual_seed(1)
+    other = L4PModel(TINY).eval()
+    export_heads(other, TINY, directory)
+    export_head_programs(directory, fields=("depth",))
+    (camray,) = export_head_programs(directory, fields=("camray",))  # its program predates the new weights
+    taps = tokens(TINY, seed=4)
+    with torch.no_grad():
+        program = torch.export.load(str(camray)).module()
+        torch.testing.assert_close(program(*taps), other.head("camray")(taps))
 
 
 def test_config_survives_json():

@@ -176,3 +176,6 @@ def test_job_with_l4p_tiny_on_a_real_video_and_synthetic_scenes(fmt, synthetic_s
     # The frozen heads are exported beside the cache and load without the encoder.
     head_config, heads = load_heads(cache / "teacher")
     assert head_config == TINY and set(heads) == {"depth", "flow_2d_backward", "dyn_mask", "camray"}
+    # ... and as the programs the student's default D_m loads.
+    assert sorted(p.name for p in (cache / "teacher").glob("*.pt2")) == [
+        f"l4p_head_{field}.pt2" for field in ("camray", "depth", "dyn_mask", "flow")]

@@ -25,7 +25,7 @@ def test_teacher_heads_decode_like_the_teacher_and_train_the_student(tmp_path):
     written = export_head_programs(tmp_path / "teacher", FIELDS)
     assert sorted(p.name for p in written) == ["l4p_head_camray.pt2", "l4p_head_depth.pt2"]
 
-    heads = FrozenTeacherHeads(tmp_path / "teacher", FIELDS)
+    heads = FrozenTeacherHeads(tmp_path / "teacher", FIELDS, TINY.embed_dim)
     latents = torch.randn(1, 4, 2 * TINY.num_tokens, TINY.embed_dim)  # two windows
     decoded = {field: heads(field, latents, windows=2) for field in FIELDS}
     for w in range(2):

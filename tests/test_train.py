@@ -176,8 +176,9 @@ def free_port() -> int:
 def write_config(path: Path, cache: Path, model_dir: Path, out: Path, steps: int, every: int) -> Path:
     path.write_text(json.dumps({
         "student": {"model": {"adapter": "qwen2_5_vl", "path": str(model_dir), "video_size": [56, 56]},
-                    "branch": {"latent_dim": LATENT_DIM, "light_hidden": 16}},
-        "data": {"cache": str(cache), "batch_size": 2, "num_workers": 1, "shuffle_buffer": 16},
+                    "branch": {"latent_dim": LATENT_DIM, "decoders": "light", "light_hidden": 16}},
+        "data": {"cache": str(cache), "datasets": [], "batch_size": 2, "global_batch": None, "num_workers": 1,
+                 "shuffle_buffer": 16},
         "optim": {"lr": 1e-3, "warmup_ratio": 0.0},
         "run": {"out": str(out), "max_steps": steps, "checkpoint_every": every,
                 "deepspeed": str(ROOT / "configs/deepspeed/zero3_cpu.json")},

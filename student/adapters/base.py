@@ -2,8 +2,9 @@
 
 A VLM is vision encoder -> projector -> LLM. The student must (1) build the pixel inputs itself
 (transformers' video processors import torchvision, which cannot be installed here), (2) compute the
-projected visual tokens itself so that TPE can be added per frame before the LLM, (3) know where the
-visual tokens sit in the sequence and how they tile (time, rows, cols) so that D_4DP can read the
+projected visual tokens itself so that TPE can be added per frame: on the vision encoder's output
+before the projector (the method's placement, the default) or on the projected tokens, (3) know where
+the visual tokens sit in the sequence and how they tile (time, rows, cols) so that D_4DP can read the
 LLM's hidden states back as a grid. Everything else is the stock transformers model, driven with
 `mm_encoder_outputs` (precomputed visual features: accepted by forward and generate alike).
 
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from student.tpe import add_timestamp_encoding
+from student.config import TPEConfig
+from student.tpe import add_timestamp_encoding, timestamp_encoding
 
 
 @dataclass(frozen=True)
@@ -120,15 +122,26 @@ class VLMAdapter(ABC):
         return self.prepare_image(np.zeros((*self.video_size, 3), np.uint8))
 
     # -- features -------------------------------------------------------------------------------
-    @abstractmethod
-    def encode(self, model, inputs: list[VisualInput], kind: str) -> list[torch.Tensor]:
-        """Projected visual tokens of each input, [num_tokens, hidden], in ONE vision-tower call."""
+    def encode(self, model, inputs: list[VisualInput], kind: str, tpe: TPEConfig | None = None) -> list[torch.Tensor]:
+        """Projected visual tokens of each input, [num_tokens, hidden], in ONE vision-tower call; a
+        video's tokens carry TPE (if `tpe` is on) where `tpe.placement` puts it. Images have no time."""
+        stamped = tpe is not None and tpe.enabled and kind == "video"
+        before = tpe if stamped and tpe.placement == "before_projector" else None
+        features = self._encode(model, inputs, kind, before)
+        if stamped and before is None:
+            features = [self._stamp_projected(f, inp, tpe) for f, inp in zip(features, inputs)]
+        return features
 
-    def add_tpe(self, features: torch.Tensor, inp: VisualInput, base: float, scale: float) -> torch.Tensor:
-        """TPE on the grid tokens of one video; the extra (non-grid) tokens are left alone."""
+    @abstractmethod
+    def _encode(self, model, inputs: list[VisualInput], kind: str, tpe: TPEConfig | None) -> list[torch.Tensor]:
+        """encode's one vision-tower call; `tpe`: add it to the vision encoder's output of each frame
+        before the projector (None: no TPE there)."""
+
+    def _stamp_projected(self, features: torch.Tensor, inp: VisualInput, tpe: TPEConfig) -> torch.Tensor:
+        """TPE after the projector, on the grid tokens of one video; the extra (non-grid) tokens are left alone."""
         g = inp.grid
         grid = features[: g.grid_tokens].reshape(g.slots, g.rows * g.cols, -1)
-        grid = add_timestamp_encoding(grid, inp.slot_times, base, scale)
+        grid = add_timestamp_encoding(grid, inp.slot_times, tpe.base, tpe.scale)
         return torch.cat([grid.reshape(g.grid_tokens, -1), features[g.grid_tokens:]], dim=0)
 
     @abstractmethod
@@ -136,7 +149,11 @@ class VLMAdapter(ABC):
 
     @abstractmethod
     def vision_parameters(self, model) -> list[torch.nn.Parameter]:
-        """The vision encoder's parameters (frozen in the paper's recipe; the projector is not)."""
+        """The vision encoder's parameters, the projector's excluded (frozen as released: model.freeze_vision)."""
+
+    @abstractmethod
+    def projector_parameters(self, model) -> list[torch.nn.Parameter]:
+        """The multimodal projector's parameters (frozen as released: model.freeze_projector)."""
 
     def forward_kwargs(self, input_ids: torch.Tensor, images: list[VisualInput], videos: list[VisualInput]) -> dict:
         """Extra model kwargs the precomputed features need (Qwen: rope grids and timing)."""
@@ -152,6 +169,13 @@ def full_tensor(param: torch.nn.Parameter) -> torch.Tensor:
 
     with deepspeed.zero.GatheredParameters([param]):
         return param.detach().clone()
+
+
+def stamp_runs(features: torch.Tensor, times: torch.Tensor, rows: torch.Tensor, tpe: TPEConfig) -> torch.Tensor:
+    """features [sum(rows), D], run i of rows[i] consecutive rows showing time times[i] seconds ->
+    features + tpe.scale x the encoding of each row's time."""
+    pe = timestamp_encoding(times, features.shape[-1], tpe.base).to(features.device, features.dtype)
+    return features + tpe.scale * pe.repeat_interleave(rows.to(features.device), dim=0)
 
 
 def slot_times(timestamps: np.ndarray, frames_per_slot: int) -> torch.Tensor:

@@ -5,7 +5,8 @@ A video is F frames at the tower's image size; each frame's projected tokens are
 ceil(h/2) x ceil(w/2) tokens + 1 extra. An image (single-image samples, "anyres" off) is its full
 h x w token grid + 1 newline, the model's own unpatched image path. All videos of a batch go through
 the tower in ONE call (their frames concatenated), all images in one more: ranks under ZeRO-3 then
-run the same calls whatever their mix of samples.
+run the same calls whatever their mix of samples. TPE before the projector: on each frame's selected
+tower features (SigLIP width), before `multi_modal_projector`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from student.tpe import add_timestamp_encoding
 
 from .base import (
     TokenGrid, VisualInput, VLMAdapter, full_tensor, read_normalization, slot_times, to_normalized_float,
@@ -46,8 +49,9 @@ class LlavaOneVisionAdapter(VLMAdapter):
         pixels = to_normalized_float(np.asarray(image)[None], self.video_size, self.mean, self.std)
         return VisualInput(pixels, TokenGrid(1, self.side, self.side, 1, extra=1), torch.zeros(1), {})
 
-    def _tower(self, model, pixels: torch.Tensor) -> torch.Tensor:
-        """[N, 3, S, S] -> projected tokens [N, side * side, hidden], as the model's feature path."""
+    def _tower(self, model, pixels: torch.Tensor, times: torch.Tensor | None, tpe) -> torch.Tensor:
+        """[N, 3, S, S] -> projected tokens [N, side * side, hidden], as the model's feature path; with
+        `tpe`, frame i's selected features get the encoding of times[i] before the projector."""
         cfg = self.hf_config
         out = model.model.vision_tower(pixels.to(model.dtype), output_hidden_states=True, return_dict=True)
         layer = cfg.vision_feature_layer
@@ -57,10 +61,13 @@ class LlavaOneVisionAdapter(VLMAdapter):
             feats = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
         if cfg.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]
+        if tpe is not None:
+            feats = add_timestamp_encoding(feats, times, tpe.base, tpe.scale)
         return model.model.multi_modal_projector(feats)
 
-    def encode(self, model, inputs, kind):
-        tokens = self._tower(model, torch.cat([i.pixels for i in inputs]))
+    def _encode(self, model, inputs, kind, tpe):
+        times = torch.cat([i.slot_times for i in inputs])  # one slot per frame
+        tokens = self._tower(model, torch.cat([i.pixels for i in inputs]), times, tpe)
         newline = full_tensor(model.model.image_newline)[None].to(tokens.dtype)
         if kind == "video":
             tokens = model.model.apply_pooling(tokens)
@@ -75,6 +82,9 @@ class LlavaOneVisionAdapter(VLMAdapter):
         # image_newline is read outside its module's forward (full_tensor): it stays frozen with the
         # tower, so ZeRO-3 and single-process training treat it alike.
         return [*model.model.vision_tower.parameters(), model.model.image_newline]
+
+    def projector_parameters(self, model):
+        return list(model.model.multi_modal_projector.parameters())
 
     def mm_encoder_outputs(self, images, videos):
         out = {}

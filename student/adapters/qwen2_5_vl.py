@@ -13,7 +13,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .base import TokenGrid, VisualInput, VLMAdapter, read_normalization, slot_times, to_normalized_float
+from .base import TokenGrid, VisualInput, VLMAdapter, read_normalization, slot_times, stamp_runs, to_normalized_float
 
 # OpenAI CLIP statistics: Qwen2.5-VL's preprocessor default.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -68,11 +68,24 @@ class Qwen25VLAdapter(VLMAdapter):
         return [self.hf_config.vision_start_token_id, *super().placeholder_ids(kind, grid),
                 self.hf_config.vision_end_token_id]
 
-    def encode(self, model, inputs, kind):
+    def _encode(self, model, inputs, kind, tpe):
         pixels = torch.cat([i.pixels for i in inputs]).to(model.dtype)
         thw = torch.tensor([i.meta["grid_thw"] for i in inputs], dtype=torch.long)
         get = model.model.get_video_features if kind == "video" else model.model.get_image_features
-        return list(get(pixels, thw, return_dict=True).pooler_output)
+        if tpe is None:
+            return list(get(pixels, thw, return_dict=True).pooler_output)
+        # The merger is the projector: TPE goes on its input, the vision blocks' output (one row per
+        # 14-px patch of a frame pair). Those rows are window-reordered, but only within each temporal
+        # slot of each input (transformers' get_vision_window_index orders windows slot by slot), so
+        # the rows of slot s are still the s-th run of grid_h x grid_w rows: one time per run.
+        times = torch.cat([i.slot_times for i in inputs])
+        rows = torch.cat([torch.full((gt,), gh * gw) for gt, gh, gw in (i.meta["grid_thw"] for i in inputs)])
+        hook = model.model.visual.merger.register_forward_pre_hook(
+            lambda module, args: (stamp_runs(args[0], times, rows, tpe),))
+        try:
+            return list(get(pixels, thw, return_dict=True).pooler_output)
+        finally:
+            hook.remove()
 
     def mm_encoder_outputs(self, images, videos):
         out = {}
@@ -83,8 +96,11 @@ class Qwen25VLAdapter(VLMAdapter):
         return out
 
     def vision_parameters(self, model):
-        # visual.merger is Qwen's projector (2x2 merge + MLP into the LLM width): it trains.
         return [p for n, p in model.model.visual.named_parameters() if not n.startswith("merger.")]
+
+    def projector_parameters(self, model):
+        # visual.merger is Qwen's projector: 2 x 2 merge + MLP into the LLM width.
+        return list(model.model.visual.merger.parameters())
 
     def forward_kwargs(self, input_ids, images, videos):
         types = torch.zeros_like(input_ids, dtype=torch.int32)

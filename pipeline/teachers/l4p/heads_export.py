@@ -5,11 +5,13 @@ parameters each, camray 82.3 M) but never the 1 B-param encoder.
 directory/l4p_heads.safetensors  the heads' weights under their checkpoint names
                                  (l4p_model.task_heads.<task>.task_head.dpt.*)
 directory/l4p_heads.json         {"config": L4PConfig fields, "tasks": [...], "weights_sha256": ...}
-directory/l4p_head_<field>.pt2   (optional, `export_head_programs`) each head as a torch.export
-                                 program giving the head's raw output (log depth, flow, the motion logit,
-                                 the raw rays: the student's prediction space): what student/ loads, since
-                                 it may not import this package (the heads reach it as data)
+directory/l4p_head_<field>.pt2   each head as a torch.export program giving the head's raw output
+                                 (log depth, flow, the motion logit, the raw rays: the student's
+                                 prediction space): what student/ loads, since it may not import this
+                                 package (the heads reach it as data)
+directory/l4p_head_programs.json {field: weights_sha256}: the weights each program was made from
 
+The caching job writes all of it (the teacher's `export`); the programs can be remade by hand:
     python -m pipeline.teachers.l4p.heads_export CACHE/teacher     # write the .pt2 programs
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .model import HEADS_PREFIX, L4PModel, heads_state_dict
 
 WEIGHTS_FILE = "l4p_heads.safetensors"
 META_FILE = "l4p_heads.json"
+PROGRAMS_FILE = "l4p_head_programs.json"  # the weights each program was made from
 _DPT_INFIX = ".task_head.dpt."
 # Cache field name of each L4P task (the cache says "flow" for L4P's flow_2d_backward).
 TASK_FIELDS = {"depth": "depth", "flow_2d_backward": "flow", "dyn_mask": "dyn_mask", "camray": "camray"}
@@ -116,24 +119,37 @@ def export_head_programs(directory: str | Path, fields: tuple[str, ...] | None =
     inputs, so a student can push its predicted latents through the frozen heads."""
     directory = Path(directory)
     config, heads = load_heads(directory)
+    # A program is derived from the weights beside it: written when they change, else kept (exporting
+    # the full heads takes a while, and every job's first teacher actor exports). The record names the
+    # weights each field's program was made from.
+    weights_sha256 = json.loads((directory / META_FILE).read_text())["weights_sha256"]
+    record_path = directory / PROGRAMS_FILE
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
     batch = torch.export.Dim("windows", min=1, max=4096)
     example = tuple(torch.zeros(2, config.num_tokens, config.embed_dim) for _ in range(4))
     written = []
     for task, head in heads.items():
-        if fields is not None and TASK_FIELDS[task] not in fields:
+        field = TASK_FIELDS[task]
+        final = directory / HEAD_PROGRAM_FILE.format(field=field)
+        if fields is not None and field not in fields:
+            continue
+        if record.get(field) == weights_sha256 and final.exists():
+            written.append(final)
             continue
         program = torch.export.export(
             _FourTaps(head), example, dynamic_shapes=tuple({0: batch} for _ in range(4))
         )
-        final = directory / HEAD_PROGRAM_FILE.format(field=TASK_FIELDS[task])
         temp = temporary_path(final)
         try:
-            torch.export.save(program, temp)
+            with temp.open("wb") as f:  # a file object: torch.export.save warns about a name not ending .pt2
+                torch.export.save(program, f)
             if final.exists():
-                final.unlink()  # a program is derived from the weights beside it: rewriting it is safe
+                final.unlink()
             written.append(commit_temporary(temp, final))
         finally:
             remove_temporary(temp)
+        record[field] = weights_sha256
+        atomic_write_bytes(record_path, json.dumps(record, sort_keys=True).encode(), replace=True)
     return written
 
 

@@ -17,7 +17,7 @@ from pipeline.config import TeacherConfig
 from pipeline.teachers.base import Teacher, TeacherIdentity, TeacherInput, hash_id
 from pipeline.teachers.l4p.checkpoint import load_state_dict_file, load_strict, state_dict_sha256
 from pipeline.teachers.l4p.config import FULL, TINY, L4PConfig
-from pipeline.teachers.l4p.heads_export import export_heads
+from pipeline.teachers.l4p.heads_export import export_head_programs, export_heads
 from pipeline.teachers.l4p.model import L4PModel
 from pipeline.teachers.l4p.windows import crop, merge_depth, merge_dyn_mask, merge_flow
 from shards.teacher_fields import INPUT_SIZE, clip_window_starts, teacher_shapes, window_frame_indices
@@ -78,8 +78,11 @@ class L4PTeacher(Teacher):
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(shape)
 
     def export(self, directory: str | Path) -> Path:
-        """The frozen DPT heads alone, so a student can decode maps without the encoder."""
-        return export_heads(self.model, self.arch, directory)
+        """The frozen DPT heads alone, so a student can decode maps without the encoder: their weights,
+        and the torch.export programs the student's default D_m loads (written once per weights)."""
+        directory = export_heads(self.model, self.arch, directory)
+        export_head_programs(directory)
+        return directory
 
     @torch.inference_mode()
     def predict(self, clips: list[TeacherInput]) -> list[dict[str, torch.Tensor]]:
