@@ -195,6 +195,7 @@ class Trainer:
     def step(self, batch):
         """One pass on this rank's batch; the auxiliary terms are weighted by their valid samples over
         all ranks. DeepSpeed updates the weights on the last pass of every `accumulation`."""
+        batch = batch.to(self.engine.device)  # cached targets arrive as stored: decoded on this device
         output = self.engine(batch, global_denominators(batch, self.model, self.world))
         self.engine.backward(output.loss)
         self.engine.step()
