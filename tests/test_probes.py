@@ -196,6 +196,19 @@ def test_welch_p_values_and_holm_agree_with_the_formulas():
     s = t / math.sqrt(4 + t * t)
     assert p["ld_ed"]["depth_r2"] == pytest.approx(1 - (3 * s - s**3) / 2, rel=1e-6)  # 0.0213
     assert p["tpe"]["depth_r2"] == pytest.approx(1.0)
+    # Unequal variances and sizes: Welch's t and Welch-Satterthwaite df, the p of a t with df degrees of
+    # freedom as the incomplete beta ratio I_x(k, 1/2), x = df / (df + t^2), k = df / 2, integrated here
+    # numerically: int_0^x s^(k-1) (1-s)^(-1/2) ds = (1/k) int_0^(x^k) (1 - u^(1/k))^(-1/2) du.
+    a, b = [1.0, 2.0, 3.0, 4.0], [10.0, 14.0]
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t, df = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / 3 + vb**2 / 1)
+    k = df / 2
+    u = np.linspace(0.0, (df / (df + t * t)) ** k, 2_000_001)
+    density = (1 - u ** (1 / k)) ** -0.5 / k
+    beta = math.gamma(k) * math.gamma(0.5) / math.gamma(k + 0.5)
+    expected = float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(u))) / beta
+    got = welch({"baseline": [{"m": v} for v in b], "x": [{"m": v} for v in a]}, metrics=("m",))["x"]["m"]
+    assert got == pytest.approx(expected, rel=1e-4)  # df 1.21, p 0.105; a pooled t-test says 0.0037
     # Holm at 0.05 over 3 tests, the i-th smallest p against 0.05 / (3 - i): 0.01 <= 0.0167, 0.02 <= 0.025,
     # 0.04 <= 0.05: all three rejected. With 0.03 second: 0.03 > 0.025 stops it, 0.01 alone is rejected.
     assert holm({"a": {"x": 0.01, "y": 0.02}, "b": {"x": 0.04}}) == {("a", "x"), ("a", "y"), ("b", "x")}
