@@ -38,9 +38,9 @@ demo format="zarr": venv
     @echo "student: {{data}}/runs/demo-{{format}} (export/ = plain transformers checkpoint, tensorboard/, checkpoints/)"
 
 # The paper's ablation on CPU with a tiny student: synthetic training scenes and held-out benchmark
-# scenes cached by the oracle, then the rows (default baseline / +TPE / +LD+ED) trained per seed, read by
-# the 4D probes (with Welch tests against the baseline) and evaluated; ~60 CPU minutes (README).
-ablation seeds="0 1 2 3 4" rows="baseline tpe ld_ed": venv
+# scenes cached by the oracle, then the rows (default baseline / +LD+ED; add tpe for +TPE) trained per seed,
+# read by the 4D probes (with Welch tests against the baseline) and evaluated; ~60 CPU minutes (README).
+ablation seeds="0 1 2 3" rows="baseline ld_ed": venv
     {{py}} -m pipeline.synthetic.dataset --out {{data}}/ablation/train --scenes 32 --seed 0
     {{py}} pipeline/cache_teacher.py --videos {{data}}/ablation/train --teacher oracle --latent-dim 64 --num-frames 16 --out {{data}}/ablation/train-cache
     {{py}} -m pipeline.synthetic.benchmark --out {{data}}/ablation/bench --scenes 24

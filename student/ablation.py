@@ -51,11 +51,14 @@ from student.train_config import load_train_config
 
 log = logging.getLogger("p4d.ablation")
 ROWS = ("baseline", "tpe", "ld", "ed", "ld_ed")
-# `just ablation`'s default, sized to ~60 CPU minutes (README, evidence): the rows that answer whether
-# distillation moves 4D perception in (tpe: the same student and TPE without it), with seeds enough for
-# a Welch test to see a difference of ~2 seed standard deviations.
-DEFAULT_ROWS = ("baseline", "tpe", "ld_ed")
-DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+# `just ablation`'s default, sized from measured run times to ~60 CPU minutes (README, evidence): a run
+# (250 steps, 60 benchmark questions, the probes seeing and blind) took ~6 min for the baseline on an idle
+# 2-core machine, and +LD+ED's steps ~1.7x the baseline's, so ~8 min: the two rows that answer whether P4D moves 4D perception in, with 4 seeds
+# (the fewest with which Welch's test sees a difference of ~2.5 seed standard deviations); +TPE, the
+# row that tells TPE from distillation, adds ~6 min per seed (--rows).
+DEFAULT_ROWS = ("baseline", "ld_ed")
+DEFAULT_SEEDS = (0, 1, 2, 3)
+DEFAULT_EVAL_LIMIT = 60  # questions of the benchmark per run: enough to see a one-letter collapse
 BLIND = "_blind"  # suffix of a probe's control: the same probe on the student shown black frames
 PROBE_COLUMNS = (*PROBES, *(f"{p}{BLIND}" for p in PROBES))  # the probes (student/probes.py), their controls
 ALPHA = 0.05
@@ -258,14 +261,15 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS)
     p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--eval-limit", type=int, default=DEFAULT_EVAL_LIMIT,
+                   help="benchmark questions per run (0: all)")
     p.add_argument("--answer-by", choices=("generate", "likelihood"), default="likelihood",
                    help="how eval answers (student/eval.py); tiny CPU students rarely emit the answer format")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if "baseline" not in a.rows:
         p.error("--rows must hold baseline: every row is tested against it")
-    run(Path(a.config), a.bench_cache, a.out, a.seeds, a.rows, a.ranks, a.eval_limit,
+    run(Path(a.config), a.bench_cache, a.out, a.seeds, a.rows, a.ranks, a.eval_limit or None,
         a.train_data, a.bench_data, a.answer_by)
     print((a.out / "ablation.md").read_text())
 
