@@ -52,8 +52,9 @@ from student.train_config import load_train_config
 log = logging.getLogger("p4d.ablation")
 ROWS = ("baseline", "tpe", "ld", "ed", "ld_ed")
 # `just ablation`'s default, sized from measured run times to ~60 CPU minutes (README, evidence): a run
-# (250 steps, 60 benchmark questions, the probes seeing and blind) took ~6 min for the baseline on an idle
-# 2-core machine, and +LD+ED's steps ~1.7x the baseline's, so ~8 min: the two rows that answer whether P4D moves 4D perception in, with 4 seeds
+# (250 steps, 60 benchmark questions, the probes seeing and blind) took 8 min for the baseline and 10 for
+# +LD+ED on the 2-core machine shared with other jobs (the baseline trains in 2 of them when idle, 5
+# shared): the two rows that answer whether P4D moves 4D perception in, with 4 seeds
 # (the fewest with which Welch's test sees a difference of ~2.5 seed standard deviations); +TPE, the
 # row that tells TPE from distillation, adds ~6 min per seed (--rows).
 DEFAULT_ROWS = ("baseline", "ld_ed")
