@@ -31,7 +31,7 @@ class OnlineTeacherTargets:
     batch's cached frames. `seconds`: the time the last call took."""
 
     def __init__(self, cache, teacher: TeacherConfig, fields: tuple[str, ...]):
-        index = load_cache_index(cache, split=None)
+        index = load_cache_index(cache, split=None, clip_columns=("video_uri",))
         identity = teacher_identity(teacher, index.specs["frames"].shape[0])
         if index.teacher_id != identity.teacher_id:
             raise ValueError(f"{cache}: cached by {index.teacher_id}, not by this {teacher.name} teacher "

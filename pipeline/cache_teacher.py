@@ -62,8 +62,8 @@ def format_summary(summary: dict) -> str:
 def final_line(summary: dict) -> str:
     clips, kinds = summary["clips"], summary["failures_by_kind"]
     reasons = "; ".join(f"{count} x {reason}" for reason, count in summary["failures_by_reason"].items())
-    failed = f"{clips['failed']} failed: {kinds['input']} by their input, {kinds['transient']} transient " \
-             f"(retried by the next run) ({reasons})" if clips["failed"] else "0 failed"
+    failed = f"{clips['failed']} failed ({reasons}): {kinds['input']} by their input, {kinds['transient']} " \
+             "transient (retried by the next run)" if clips["failed"] else "0 failed"
     return (f"done: {clips['wanted']} clips wanted, {clips['already_cached']} already cached, "
             f"{clips['ok']} ok, {failed}; {Path(summary['cache']) / 'summary.json'}")
 

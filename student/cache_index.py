@@ -65,7 +65,7 @@ class Record:
     regions: tuple  # REGION structs as dicts
     images: tuple[str, ...]  # image paths relative to the cache's image root
     meta: str | None  # JSON: answers, options, question type (what an evaluator scores against)
-    clip: dict | None  # the clip's manifest row, its INDEX_COLUMNS only
+    clip: dict | None  # the clip's manifest row, its INDEX_COLUMNS (and the caller's clip_columns) only
 
     @property
     def shard(self) -> str | None:
@@ -92,17 +92,19 @@ def load_cache_index(
     needed: tuple[str, ...] = (),
     field_dtypes: dict[str, str] | None = None,
     training: bool = False,
+    clip_columns: tuple[str, ...] = (),
 ) -> CacheIndex:
     """`needed`: teacher fields the enabled losses read; `field_dtypes`: the stored dtype the config
     expects per field (a run tuned for fp16 latents must not silently train on int8 ones); `training`:
-    refuse a selection holding evaluation data (refuse_evaluation_data)."""
+    refuse a selection holding evaluation data (refuse_evaluation_data); `clip_columns`: manifest
+    columns beyond INDEX_COLUMNS a tool needs in each record's clip (the probes: video_uri)."""
     root = Path(cache)
     samples_path = root / SAMPLES_FILE
     if not samples_path.exists():
         raise FileNotFoundError(f"{root} holds no samples table ({SAMPLES_FILE}): not a p4d cache, or nothing cached yet")
     samples = read_samples(samples_path).to_pylist()
     wanted = [s for s in samples if (split is None or s["split"] == split) and (not datasets or s["dataset"] in datasets)]
-    clips = current_clips(read_clips_table(root, INDEX_COLUMNS, convert=rows_of_keys({s["cache_key"] for s in wanted})))
+    clips = current_clips(read_clips_table(root, (*INDEX_COLUMNS, *clip_columns), convert=rows_of_keys({s["cache_key"] for s in wanted})))
     if training:
         refuse_evaluation_data(wanted, datasets, str(root))
     unknown = set(datasets) - {s["dataset"] for s in samples}

@@ -70,7 +70,7 @@ class ClipTruth:
 def clip_truths(model, tokenizer, cache: str | Path, truth_dir: str | Path, blind: bool = False,
                 layer: int = -1) -> list[ClipTruth]:
     """Every clip of `cache` once: the frozen student's grid and the clip's ground truth."""
-    index = load_cache_index(cache, split=None)
+    index = load_cache_index(cache, split=None, clip_columns=("video_uri",))
     truth = read_region_truth(truth_dir).to_pydict()
     by_frame: dict[tuple[str, int], list[int]] = {}
     for i, (video, frame) in enumerate(zip(truth["video"], truth["frame"])):
