@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.schemas import CLIP_OK, CLIPS_SCHEMA
-from shards.atomic import atomic_write_bytes
+from shards.store import Store, is_url, open_for_read
 
 CLIPS_DIR = Path("manifests") / "clips"
 
@@ -32,18 +32,18 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA)
 
 
-def write_clips_part(cache_root: str | Path, part_name: str, rows: list[dict]) -> Path:
+def write_clips_part(cache_root: str | Path, part_name: str, rows: list[dict]) -> Path | str:
+    """Write a part once (atomically on a filesystem, a conditional create on an object store)."""
     table = rows_to_table(rows)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    path = Path(cache_root) / CLIPS_DIR / f"part-{part_name}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
-    return path
+    return Store(cache_root).write_bytes(CLIPS_DIR / f"part-{part_name}.parquet", sink.getvalue().to_pybytes())
 
 
-def clip_part_paths(cache_root: str | Path) -> list[Path]:
-    return sorted((Path(cache_root) / CLIPS_DIR).glob("part-*.parquet"))
+def clip_part_paths(cache_root: str | Path) -> list[Path | str]:
+    """The committed parts (paths, or URLs for a cache on an object store), in name order."""
+    store = Store(cache_root)
+    return [store.path(rel) for rel in store.glob(f"{CLIPS_DIR.as_posix()}/part-*.parquet")]
 
 
 # What planning needs of each row (current_status): reading only these keeps a rerun's plan of 100k
@@ -52,9 +52,17 @@ PLAN_COLUMNS = ("cache_key", "status", "created_at")
 _READ_THREADS = 4  # parts are small files: pyarrow decodes them without the GIL, so threads overlap the I/O
 
 
-def _read_part(path: Path, columns: tuple[str, ...] | None) -> pa.Table:
+def _read_part(path: Path | str, columns: tuple[str, ...] | None) -> pa.Table:
+    if is_url(path):
+        with open_for_read(path) as source:
+            return _read_parquet_part(source, path, columns)
+    # A path, not a Python file object: pyarrow then reads it natively, without the GIL.
+    return _read_parquet_part(path, path, columns)
+
+
+def _read_parquet_part(source, path: Path | str, columns: tuple[str, ...] | None) -> pa.Table:
     # One open per part: the footer gives the schema, then only the asked columns are read.
-    with pq.ParquetFile(path) as f:
+    with pq.ParquetFile(source) as f:
         if not f.schema_arrow.equals(CLIPS_SCHEMA, check_metadata=False):
             raise ValueError(f"{path}: schema differs from the clips schema; got {f.schema_arrow}")
         return f.read(columns=None if columns is None else list(columns), use_threads=False)

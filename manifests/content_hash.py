@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.cache_key import file_sha256
-from shards.atomic import atomic_write_bytes
+from shards.store import exists, join, open_for_read, write_file
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,17 @@ class ContentHashes:
     counting one).
     """
 
-    def __init__(self, path: Path | None = None, hasher: Callable[[str | Path], str] = file_sha256):
-        self.path = path
+    def __init__(self, path: Path | str | None = None, hasher: Callable[[str | Path], str] = file_sha256):
+        self.path = path  # a path, or a URL for a cache on an object store
         self._hasher = hasher
         self._entries: dict[str, tuple[int, int, str]] = {}
         self._changed = False
-        if path is not None and path.exists():
+        if path is not None and exists(path):
             self._entries = _read(path)
 
     @classmethod
     def of_cache(cls, cache_root: str | Path, hasher: Callable[[str | Path], str] = file_sha256) -> ContentHashes:
-        return cls(Path(cache_root) / HASHES_FILE, hasher)
+        return cls(join(cache_root, HASHES_FILE.as_posix()), hasher)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -81,14 +81,14 @@ class ContentHashes:
         table = pa.table([paths, *columns], schema=HASHES_SCHEMA)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path, sink.getvalue().to_pybytes(), replace=True)
+        write_file(self.path, sink.getvalue().to_pybytes(), replace=True)
         self._changed = False
 
 
-def _read(path: Path) -> dict[str, tuple[int, int, str]]:
+def _read(path: Path | str) -> dict[str, tuple[int, int, str]]:
     try:
-        table = pq.read_table(path)
+        with open_for_read(path) as source:
+            table = pq.read_table(source)
         if not table.schema.equals(HASHES_SCHEMA, check_metadata=False):
             raise ValueError(f"schema {table.schema} differs from {HASHES_SCHEMA}")
     except (OSError, ValueError, pa.ArrowException) as e:
