@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from configs.dataclass_io import Shorthand, add_config_arguments, config_from_args
 from pipeline.sampling import SamplingConfig
 from shards.formats import FORMATS
-from shards.local_path import local_path
+from shards.local_path import VIDEOS_STAY_LOCAL, cache_location, local_path
 from shards.schema import FieldStorage
 from shards.teacher_fields import TEACHER_FIELDS, default_storage
 
@@ -114,13 +114,13 @@ class JobConfig:
         if self.max_inflight is not None and self.max_inflight < self.teacher.batch_size:
             raise ValueError(f"max_inflight ({self.max_inflight}) must be >= teacher.batch_size "
                              f"({self.teacher.batch_size})")
-        local_path(self.out, "out")
+        cache_location(self.out, "out")
         for name in ("videos", "samples"):
             if getattr(self, name) is not None:
-                local_path(getattr(self, name), name)
+                local_path(getattr(self, name), name, VIDEOS_STAY_LOCAL)
         for source in self.sources:
             name, _, root = source.partition("=")
-            local_path(root, f"source {name!r}")
+            local_path(root, f"source {name!r}", VIDEOS_STAY_LOCAL)
 
 
 # The command line's flags: each is a shorthand for `--set <dotted key>=VALUE`, and every key of the

@@ -23,6 +23,7 @@ from pipeline.source_report import folder_source, source_reports
 from pipeline.sources import attach_cache_keys, build_requests, load_sources
 from pipeline.teachers import registry
 from shards.schema import FieldSpec, specs_to_json
+from shards.store import is_url
 from shards.teacher_fields import CLIP_FIELDS, clip_shapes
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
     address = resolve_ray_address(config.ray.address)
     if address != "local":
         _check_paths_for_cluster(config)
-    cache = CacheDir(Path(config.out).resolve())
+    cache = CacheDir(config.out if is_url(config.out) else Path(config.out).resolve())
     with cache.lock():
         cache.create()
         cache.wait_for_writers(WRITER_EXIT_TIMEOUT_S)
@@ -79,10 +80,10 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
         specs = field_specs(config, identity.shapes, config.sampling.num_frames)
         spec_json = specs_to_json(specs)
         sampling = asdict(config.sampling)
-        (cache.root / CONFIG_FILE).write_text(to_yaml(config))
-        (cache.root / TEACHER_DIR / "identity.json").write_text(
-            json.dumps({"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
-                        "preprocess_version": PREPROCESS_VERSION}, indent=2))
+        cache.store.write_bytes(CONFIG_FILE, to_yaml(config).encode(), replace=True)
+        cache.store.write_bytes(f"{TEACHER_DIR}/identity.json", json.dumps(
+            {"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
+             "preprocess_version": PREPROCESS_VERSION}, indent=2).encode(), replace=True)
 
         requests, mixture, stats, sources = [], None, RunStats(), []
         # Unchanged videos (same path, size, mtime) are not re-read: their hashes are remembered.
@@ -116,7 +117,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             writer_stats = _compute(config, address, cache, identity, specs, todo, stats, teacher_class)
 
         summary = {
-            "cache": str(cache.root.resolve()),
+            "cache": str(cache.root),
             "format": config.output.format,
             "teacher": config.teacher.name,
             "teacher_id": identity.teacher_id,
@@ -133,7 +134,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             "wall_seconds": round(time.perf_counter() - wall, 3),
             "clips_per_second": round(stats.computed / max(stats.seconds["compute_wall"], 1e-9), 3),
         }
-        (cache.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        cache.store.write_bytes(SUMMARY_FILE, json.dumps(summary, indent=2).encode(), replace=True)
         return summary
 
 

@@ -114,7 +114,7 @@ class Scheduler:
         # overlaps the writers' and decoders' start and the first decodes instead of preceding them.
         # An actor runs its calls in submission order, so the first predict queues behind it; its
         # result (its error ends the job) says when the teacher was ready.
-        self.exporting = self.teachers[0].export.remote(str(self.cache.root / TEACHER_DIR))
+        self.exporting = self.teachers[0].export.remote(str(self.cache.store.path(TEACHER_DIR)))
         self.waiting[self.exporting] = (self._exported, ())
         run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         row_defaults = {"teacher_id": self.identity.teacher_id, "fields": specs_to_json(self.specs),

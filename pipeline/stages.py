@@ -9,6 +9,8 @@ row and the job goes on.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -25,6 +27,7 @@ from shards.base import PackedClip
 from shards.codecs import encode_arrays
 from shards.formats import open_writer, pack_clip, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
+from shards.store import Store, is_url, join, location
 from shards.teacher_fields import clip_window_starts
 
 
@@ -85,7 +88,18 @@ class TeacherActor:
         self.teacher = (teacher_class or registered(config.name))(config)
 
     def export(self, directory: str) -> None:
-        self.teacher.export(directory)
+        if not is_url(directory):
+            self.teacher.export(directory)
+            return
+        # To an object store: exported locally, then each file uploaded whole unless already there
+        # (the heads are written once per weights).
+        store = Store(directory)
+        with tempfile.TemporaryDirectory(prefix="p4d-teacher-") as staging:
+            self.teacher.export(staging)
+            for path in sorted(Path(staging).rglob("*")):
+                rel = path.relative_to(staging).as_posix()
+                if path.is_file() and not store.exists(rel):
+                    store.upload(path, rel)
 
     def predict(self, *payloads: Decoded):
         """-> per clip (its outputs or a Failure, its share of the batch's seconds)."""
@@ -126,9 +140,7 @@ class ShardWriterActor:
 
     def __init__(self, cache_root: str, fmt: str, specs: list[FieldSpec], clips_per_shard: int,
                  shard_prefix: str, row_defaults: dict):
-        from pathlib import Path
-
-        self.root = Path(cache_root)
+        self.root = location(cache_root)
         # Held until this process ends, however it ends: a rerun waits for it (CacheDir.wait_for_writers).
         self.presence = CacheDir(self.root).hold_as_writer()
         self.fmt, self.specs, self.capacity = fmt, specs, clips_per_shard
@@ -153,7 +165,7 @@ class ShardWriterActor:
                 name = f"{self.prefix}-{self.sequence:05d}"
                 self.shard_name = name
                 self.shard_rel = f"shards/{self.fmt}/{shard_filename(self.fmt, name)}"
-                self.writer = open_writer(self.fmt, self.root / self.shard_rel, self.specs)
+                self.writer = open_writer(self.fmt, join(self.root, self.shard_rel), self.specs)
             stored = self.writer.add_packed(request.cache_key, result.packed)
             self.shard_rows.append(self._row(
                 request, status=CLIP_OK, format=self.fmt, shard=self.shard_rel, row=stored.row,

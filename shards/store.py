@@ -61,9 +61,9 @@ def check_store_url(value: str, what: str) -> None:
 def _filesystem(url: str):
     import fsspec
 
-    # A fresh instance per Store is not needed: fsspec caches filesystems by their arguments, and a
-    # forked loader worker gets a new one (fsspec resets its event loop after fork).
-    return fsspec.core.url_to_fs(url)
+    # No listings cache: other processes (the job's writers) add objects, and a cached listing would
+    # hide them (s3fs also answers `exists` from its parent's cached listing).
+    return fsspec.core.url_to_fs(url, use_listings_cache=False)
 
 
 class Store:
@@ -215,3 +215,16 @@ def write_file(path: str | os.PathLike, data: bytes, *, replace: bool = False) -
     """Store.write_bytes for one file given by its full path or URL."""
     parent, _, name = os.fspath(location(path)).rpartition("/")
     return Store(parent or ".").write_bytes(name, data, replace=replace)
+
+
+def fetch_directory(url: str, names: list[str]) -> Path:
+    """Download the files `names` of the directory at `url` (those that exist) into a fresh local
+    temporary directory, for readers that take a local path (torch.export.load); returns it."""
+    import tempfile
+
+    store = Store(url)
+    local = Path(tempfile.mkdtemp(prefix="p4d-fetched-"))
+    for name in names:
+        if store.exists(name):
+            (local / name).write_bytes(store.read_bytes(name))
+    return local

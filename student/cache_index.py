@@ -16,6 +16,7 @@ from pathlib import Path
 from manifests.clips_table import current_clips, read_clips_table
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from shards.schema import FieldSpec, specs_from_json
+from shards.store import exists, join, location
 from shards.teacher_fields import CLIP_FIELDS, teacher_shapes
 
 
@@ -65,7 +66,7 @@ class Record:
 
 @dataclass
 class CacheIndex:
-    root: Path
+    root: Path | str  # a path, or an object-store URL
     records: list[Record]
     teacher_id: str | None
     specs: dict[str, FieldSpec]  # stored field -> spec (one spec per field across the cache)
@@ -87,9 +88,9 @@ def load_cache_index(
     """`needed`: teacher fields the enabled losses read; `field_dtypes`: the stored dtype the config
     expects per field (a run tuned for fp16 latents must not silently train on int8 ones); `training`:
     refuse a selection holding evaluation data (refuse_evaluation_data)."""
-    root = Path(cache)
-    samples_path = root / SAMPLES_FILE
-    if not samples_path.exists():
+    root = location(cache)
+    samples_path = join(root, SAMPLES_FILE.as_posix())
+    if not exists(samples_path):
         raise FileNotFoundError(f"{root} holds no samples table ({SAMPLES_FILE}): not a p4d cache, or nothing cached yet")
     samples = read_samples(samples_path).to_pylist()
     clips = {k: row for k, row in current_clips(read_clips_table(root)).items()}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from shards.store import fetch_directory, is_url
 from shards.teacher_fields import HEAD_PROGRAM_FILE, L4P_HOOKS
 
 HEADS_META = "l4p_heads.json"  # written beside the heads' weights by the caching job (an l4p teacher)
@@ -27,6 +28,8 @@ class FrozenTeacherHeads:
     def __init__(self, directory: str | Path | None, tasks: tuple[str, ...], latent_dim: int):
         if directory is None:
             raise ValueError("branch.decoders='teacher' needs branch.teacher_heads (the trainer sets CACHE/teacher)")
+        if is_url(directory):
+            directory = fetch_directory(directory, [HEADS_META, *(HEAD_PROGRAM_FILE.format(field=t) for t in tasks)])
         directory = Path(directory)
         meta = directory / HEADS_META
         if not meta.exists():
