@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 LEASE_FILE = ".lease"  # the lock of a cache on an object store (CacheLease)
+# A lease outlives a killed job by at most this long (pipeline.config.JobConfig.lease_seconds).
+LEASE_SECONDS = 600.0
 # Held (shared) by every live shard writer: on a cluster a writer actor outlives its killed driver
 # until Ray reaps it, and a rerun must not start writing, nor clean, while it may still commit.
 WRITERS_LOCK_FILE = ".writers.lock"
@@ -49,6 +51,7 @@ class CacheDir:
     def __init__(self, root: str | Path):
         self.store = Store(root)
         self.root = self.store.root
+        self.lease_token: str | None = None  # while this process holds the lease of a cache on a store
 
     def shards_dir(self, fmt: str) -> Path | str:
         return self.store.path(f"shards/{fmt}")
@@ -69,10 +72,31 @@ class CacheDir:
         self.clips_dir.mkdir(parents=True, exist_ok=True)
         (self.root / TEACHER_DIR).mkdir(exist_ok=True)
 
-    def lock(self):
+    def lock(self, lease_seconds: float = LEASE_SECONDS):
         """One job per cache: a second one refuses instead of corrupting it. A flock on a filesystem;
-        on an object store a lease object (CacheLease)."""
-        return self._flock() if self.store.is_local else CacheLease(self.store).held()
+        on an object store a lease object (CacheLease) of `lease_seconds`."""
+        return self._flock() if self.store.is_local else self._lease(lease_seconds)
+
+    @contextmanager
+    def _lease(self, seconds: float):
+        lease = CacheLease(self.store, seconds)
+        with lease.held():
+            self.lease_token = lease.token
+            try:
+                yield
+            finally:
+                self.lease_token = None
+
+    def check_lease(self, token: str | None) -> None:
+        """Raise CacheLockedError unless the lease of token `token` is still current (None: a cache on a
+        filesystem, whose writers are waited for instead). A writer calls it before a manifest part: a
+        killed job's writer that outlived its lease must not commit into a rerun's cache."""
+        if token is None:
+            return
+        current = CacheLease(self.store).current()
+        if current is None or current["token"] != token or current["expires_at"] <= time.time():
+            raise CacheLockedError(f"{self.store}: this job's lease expired or was taken over ({current}); "
+                                   "its writers stop before committing")
 
     @contextmanager
     def _flock(self):
@@ -149,10 +173,6 @@ class CacheDir:
         return removed
 
 
-# A lease outlives its job by at most this long (a killed job cannot delete it); a live job renews it
-# every LEASE_SECONDS / 3.
-LEASE_SECONDS = 600.0
-
 
 class CacheLease:
     """The one-job lock of a cache on an object store: the object CACHE/.lease naming its holder and
@@ -166,6 +186,7 @@ class CacheLease:
     """
 
     def __init__(self, store: Store, seconds: float = LEASE_SECONDS):
+        # Renewed every seconds / 3 while the job runs.
         self.store, self.seconds = store, seconds
         self.token = secrets.token_hex(8)
         self.holder = f"pid {os.getpid()} on {socket.gethostname()}"
@@ -174,7 +195,7 @@ class CacheLease:
         return json.dumps({"holder": self.holder, "token": self.token,
                            "expires_at": time.time() + self.seconds}).encode()
 
-    def _current(self) -> dict | None:
+    def current(self) -> dict | None:
         try:
             return json.loads(self.store.read_bytes(LEASE_FILE))
         except FileNotFoundError:
@@ -186,7 +207,7 @@ class CacheLease:
                 self.store.write_bytes(LEASE_FILE, self._record())
                 return
             except FileExistsError:
-                current = self._current()
+                current = self.current()
                 if current is not None and current["expires_at"] > time.time():
                     expires = dt.datetime.fromtimestamp(current["expires_at"], dt.timezone.utc)
                     raise CacheLockedError(
@@ -200,13 +221,13 @@ class CacheLease:
 
     def renew(self) -> None:
         """Push the expiry on, unless the lease is no longer ours (then raise: stop writing)."""
-        current = self._current()
+        current = self.current()
         if current is None or current["token"] != self.token:
             raise CacheLockedError(f"{self.store}: this job's lease was taken over ({current})")
         self.store.write_bytes(LEASE_FILE, self._record(), replace=True)
 
     def release(self) -> None:
-        current = self._current()
+        current = self.current()
         if current is not None and current["token"] == self.token:
             self.store.delete(LEASE_FILE)
 

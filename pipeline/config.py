@@ -101,6 +101,9 @@ class JobConfig:
     retry_failed: bool = False
     max_inflight: int | None = None  # clips between decode and write; None = from batch size
     num_writers: int = 1
+    # A cache on an object store: how long the job's lease (its lock) outlives a killed job, seconds. It must
+    # exceed the time a killed job's writer actors live on (Ray reaps them within seconds to a minute).
+    lease_seconds: float = 600.0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -108,6 +111,8 @@ class JobConfig:
 
     def __post_init__(self):
         # 0 would crash mid-job (no writer) or silently mean the default (max_inflight).
+        if self.lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {self.lease_seconds}")
         if self.num_writers < 1 or (self.max_inflight is not None and self.max_inflight < 1):
             raise ValueError(f"num_writers and max_inflight must be >= 1, got {self.num_writers} and {self.max_inflight}")
         # Fewer clips in flight than a teacher batch would never fill a batch while videos remain.

@@ -71,7 +71,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
     if address != "local":
         _check_paths_for_cluster(config)
     cache = CacheDir(config.out if is_url(config.out) else Path(config.out).resolve())
-    with cache.lock():
+    with cache.lock(config.lease_seconds):
         cache.create()
         cache.wait_for_writers(WRITER_EXIT_TIMEOUT_S)
         cache.clean()

@@ -121,7 +121,7 @@ class Scheduler:
                         "sampling": json.dumps(asdict(self.config.sampling), sort_keys=True)}
         output = self.config.output
         self.writers = [ShardWriterActor.remote(str(self.cache.root), output.format, self.specs, output.clips_per_shard,
-                                                f"{run_id}-w{i}", row_defaults)
+                                                f"{run_id}-w{i}", row_defaults, self.cache.lease_token)
                         for i in range(self.config.num_writers)]
         self.next_writer = itertools.cycle(self.writers)
 

@@ -139,10 +139,12 @@ class ShardWriterActor:
     when full or at finish, and only then is its manifest part written, last."""
 
     def __init__(self, cache_root: str, fmt: str, specs: list[FieldSpec], clips_per_shard: int,
-                 shard_prefix: str, row_defaults: dict):
+                 shard_prefix: str, row_defaults: dict, lease_token: str | None = None):
         self.root = location(cache_root)
         # Held until this process ends, however it ends: a rerun waits for it (CacheDir.wait_for_writers).
-        self.presence = CacheDir(self.root).hold_as_writer()
+        self.cache = CacheDir(self.root)
+        self.presence = self.cache.hold_as_writer()
+        self.lease_token = lease_token  # of a cache on an object store: checked before each manifest part
         self.fmt, self.specs, self.capacity = fmt, specs, clips_per_shard
         self.prefix, self.defaults = shard_prefix, row_defaults
         self.sequence = 0
@@ -185,6 +187,7 @@ class ShardWriterActor:
         # Order matters: the shard becomes visible first, the manifest part (the proof) last.
         path = self.writer.commit()
         self.stats["bytes_on_disk"] += shard_disk_bytes(path)
+        self.cache.check_lease(self.lease_token)
         write_clips_part(self.root, self.shard_name, self.shard_rows + self.failed_rows)
         self.stats["shards"].append(self.shard_rel)
         self.writer, self.shard_rows, self.failed_rows = None, [], []
@@ -195,6 +198,7 @@ class ShardWriterActor:
             if self.writer is not None:
                 self._commit()
             if self.failed_rows:
+                self.cache.check_lease(self.lease_token)
                 write_clips_part(self.root, f"{self.prefix}-failed", self.failed_rows)
                 self.failed_rows = []
         return self.stats
