@@ -1,48 +1,61 @@
-"""Grouped bar charts as PNG with PIL (matplotlib is not in the stack; a bar chart needs no more)."""
+"""Grouped bar charts as PNG, drawn by matplotlib.
+
+The figure is built on matplotlib's object API (`Figure`, no pyplot): no global figure state and no
+GUI backend, so a chart can be drawn from any thread or process (the ablation's driver, eval runs).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+import numpy as np
+from matplotlib.figure import Figure
 
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+GROUP_WIDTH = 0.8  # of one column's slot: the rest is the gap between groups
+HEADROOM = 0.1  # of y_max, above it
+
+
+def bar_figure(title: str, columns: list[str], series: dict[str, list[float | None]],
+               errors: dict[str, list[float | None]] | None = None, y_max: float = 100.0) -> Figure:
+    """One group of bars per column, one bar per series (a model / ablation row), each labelled with
+    its value; optional error bars (e.g. the spread over seeds). None values are left out. The y axis
+    is ticked from 0 to y_max."""
+    for kind, table in (("series", series), ("errors", errors or {})):
+        for name, values in table.items():
+            if len(values) != len(columns):
+                raise ValueError(f"{kind} {name!r} has {len(values)} values for {len(columns)} columns {columns}")
+    bars = len(columns) * max(1, len(series))
+    fig = Figure(figsize=(max(5.0, 2.5 + 0.4 * bars), 3.6), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    width = GROUP_WIDTH / max(1, len(series))
+    slots = np.arange(len(columns), dtype=float)
+    for s, (name, values) in enumerate(series.items()):
+        shown = [g for g, value in enumerate(values) if value is not None]
+        spread = (errors or {}).get(name)
+        # NaN draws no error bar for that one bar; an error of 0 draws a flat one.
+        yerr = None if spread is None else [np.nan if spread[g] is None else spread[g] for g in shown]
+        offset = (s - (len(series) - 1) / 2) * width
+        drawn = ax.bar(slots[shown] + offset, [values[g] for g in shown], width, yerr=yerr, capsize=2,
+                       color=f"C{s}", label=name)
+        ax.bar_label(drawn, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(slots, columns)
+    ax.set_xlim(-0.5, len(columns) - 0.5)
+    # Ticks up to y_max, room above it for the labels of bars (and error bars) that reach it: a label
+    # whose anchor leaves the axes is not drawn at all.
+    ax.set_ylim(0, y_max * (1 + HEADROOM))
+    ax.set_yticks([tick for tick in ax.get_yticks() if tick <= y_max])
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", color="0.9")
+    ax.set_axisbelow(True)
+    ax.set_title(title)
+    if series:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return fig
 
 
 def bar_chart(path: str | Path, title: str, columns: list[str], series: dict[str, list[float | None]],
               errors: dict[str, list[float | None]] | None = None, y_max: float = 100.0) -> Path:
-    """One group of bars per column, one bar per series (a model / ablation row); optional error bars
-    (e.g. the spread over seeds). None values are left out."""
-    group_w, bar_gap, left, top, bottom, height = 26 * max(1, len(series)) + 14, 2, 48, 36, 60, 300
-    width = left + group_w * len(columns) + 20 + 160
-    img = Image.new("RGB", (width, top + height + bottom), "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    draw.text((left, 8), title, fill="black", font=font)
-    for tick in range(0, 101, 20):
-        y = top + height - tick / 100 * height
-        draw.line([(left - 4, y), (left + group_w * len(columns), y)], fill=(225, 225, 225))
-        draw.text((4, y - 6), f"{tick / 100 * y_max:g}", fill="black", font=font)
-    bar_w = (group_w - 14) // max(1, len(series)) - bar_gap
-    for g, column in enumerate(columns):
-        x0 = left + g * group_w + 7
-        for s, (name, values) in enumerate(series.items()):
-            value = values[g]
-            if value is None:
-                continue
-            x = x0 + s * (bar_w + bar_gap)
-            y = top + height - min(value, y_max) / y_max * height
-            draw.rectangle([x, y, x + bar_w, top + height], fill=PALETTE[s % len(PALETTE)])
-            err = (errors or {}).get(name, [None] * len(columns))[g]
-            if err:
-                cx, dy = x + bar_w / 2, err / y_max * height
-                draw.line([(cx, y - dy), (cx, y + dy)], fill="black", width=1)
-        draw.text((x0, top + height + 6), column, fill="black", font=font)
-    for s, name in enumerate(series):
-        y = top + 10 + 16 * s
-        lx = left + group_w * len(columns) + 20
-        draw.rectangle([lx, y, lx + 10, y + 10], fill=PALETTE[s % len(PALETTE)])
-        draw.text((lx + 16, y - 1), name, fill="black", font=font)
+    """`bar_figure` written to `path` (a .png)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    bar_figure(title, columns, series, errors, y_max).savefig(path)
     return path
