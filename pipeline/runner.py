@@ -55,7 +55,8 @@ def _check_paths_for_cluster(config: JobConfig) -> None:
     paths = [("--out", config.out, config.out), ("--videos", config.videos, config.videos),
              ("--samples", config.samples, config.samples),
              *(("--source", source, source.split("=", 1)[-1]) for source in config.sources)]
-    relative = [f"{flag} {value!r}" for flag, value, path in paths if path and not os.path.isabs(path)]
+    relative = [f"{flag} {value!r}" for flag, value, path in paths
+                if path and not os.path.isabs(path) and not is_url(path)]
     if relative:
         raise ValueError(f"on a Ray cluster, paths must be absolute and on a filesystem every node sees: "
                          f"{', '.join(relative)}")

@@ -198,7 +198,7 @@ def wds_cache(s3, synthetic_set, tmp_path_factory) -> str:
     return url
 
 
-def test_webdataset_clips_read_back_from_the_bucket_with_checksums(s3, wds_cache, tmp_path):
+def test_webdataset_clips_read_back_from_the_bucket_with_checksums(s3, wds_cache, tmp_path, capsys):
     ok = _assert_consistent(s3, "wds", "wds", expected_ok=4)
     # The same values as the same tar read from a local file (what the rest of the suite checks).
     row = next(iter(ok.values()))
@@ -208,6 +208,13 @@ def test_webdataset_clips_read_back_from_the_bucket_with_checksums(s3, wds_cache
     assert set(from_bucket) == set(from_file)
     for name in from_file:
         np.testing.assert_array_equal(from_bucket[name], from_file[name])
+
+    # The cache viewer lists the bucket's clips (every clip once, with its shard and row).
+    from student.inspect_cache import main as inspect_main
+
+    assert inspect_main([wds_cache]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[-1] for line in listed) == sorted(f"{r['shard']}#{r['row']}" for r in ok.values())
 
     # A flipped byte in the bucket's object is caught by the checksum, naming shard and clip.
     key = f"{BUCKET}/wds/{row['shard']}"
