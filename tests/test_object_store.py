@@ -109,6 +109,15 @@ def test_an_expired_lease_is_taken_over_and_its_writers_may_not_commit(s3):
             cache.check_lease(dead.token)  # the killed job's writer, still alive
 
 
+def test_a_running_job_renews_its_lease(s3):
+    lease = CacheLease(Store(f"s3://{BUCKET}/renewed"), seconds=1.5)
+    with lease.held():
+        first = lease.current()["expires_at"]
+        time.sleep(2.0)  # past the first expiry: renewed every 0.5 s meanwhile
+        assert lease.current()["token"] == lease.token
+        assert lease.current()["expires_at"] > first + 1.0
+
+
 # -- the caching job: killed, refused while its lease lives, rerun -----------------------------------
 
 def _job(videos: Path, url: str, fmt: str, log: Path) -> subprocess.Popen:
@@ -230,6 +239,25 @@ def test_webdataset_clips_read_back_from_the_bucket_with_checksums(s3, wds_cache
             read_cached_clip(wds_cache, row, ["timestamps"])
     finally:
         s3.put_file(str(local / row["shard"]), key)
+
+
+def test_the_rerun_clean_up_deletes_unreferenced_shards_only(s3, wds_cache):
+    """What a crash between a shard's upload and its manifest part leaves: objects nothing references."""
+    for orphan in ("shards/wds/cut.tar", "shards/zarr/cut.zarr/zarr.json", "shards/zarr/cut.zarr/depth/c/0"):
+        s3.pipe_file(f"{BUCKET}/wds/{orphan}", b"partial")
+    removed = CacheDir(wds_cache).clean()
+    assert sorted(removed) == [f"{wds_cache}/shards/wds/cut.tar", f"{wds_cache}/shards/zarr/cut.zarr"]
+    assert not s3.exists(f"{BUCKET}/wds/shards/zarr")
+    _assert_consistent(s3, "wds", "wds", expected_ok=4)
+
+
+def test_a_committed_shard_in_the_bucket_is_never_replaced(s3, wds_cache):
+    from shards.formats import open_writer
+    from shards.schema import specs_from_json
+
+    row = next(iter(current_clips(read_clips_table(wds_cache)).values()))
+    with pytest.raises(FileExistsError, match="committed shards are never replaced"):
+        open_writer("wds", f"{wds_cache}/{row['shard']}", specs_from_json(row["fields"]))
 
 
 def test_zero3_trains_two_steps_from_the_bucket(s3, wds_cache, tmp_path, tmp_path_factory):
