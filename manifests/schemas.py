@@ -9,7 +9,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 CLIP_OK = "ok"
-CLIP_FAILED = "failed"
+CLIP_FAILED = "failed"  # the clip itself cannot be cached (its reason in `error`): reruns keep it
+CLIP_TRANSIENT = "transient"  # the machine failed the clip every time it was tried: the next run retries it
 
 CLIPS_SCHEMA = pa.schema(
     [
@@ -24,7 +25,7 @@ CLIPS_SCHEMA = pa.schema(
         # fields (camray; latents in window-major token order) follow this order.
         pa.field("window_starts", pa.list_(pa.int32())),
         pa.field("teacher_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # CLIP_OK | CLIP_FAILED
+        pa.field("status", pa.string(), nullable=False),  # CLIP_OK | CLIP_FAILED | CLIP_TRANSIENT
         pa.field("stage", pa.string()),  # where a failure happened: hash | decode | teacher | encode
         pa.field("error", pa.string()),  # the readable reason of a failure
         pa.field("format", pa.string()),  # zarr | wds
@@ -64,3 +65,22 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("meta", pa.string()),  # JSON: question type, exact answer value, units, ...
     ]
 )
+
+# The clips a job wants, as planning holds them in memory (pipeline.sources.build_requests): one row
+# per clip, its cache key and content hash as their 32 raw bytes (half their hex text: ten million
+# rows must fit beside everything else planning holds).
+CLIP_REQUESTS_SCHEMA = pa.schema(
+    [
+        pa.field("video_uri", pa.string(), nullable=False),  # absolute path
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("video_sha256", pa.binary(32)),  # null when the bytes could not be read
+        pa.field("read_error", pa.string()),  # why, naming the file
+        pa.field("cache_key", pa.binary(32), nullable=False),
+    ]
+)
+# A clip with its own part of its video (pipeline.sources.ClipRequest.span: an STI-Bench question's time
+# span) is sampled from span_start to span_end (seconds) instead of the job's sampling.start / end. Only
+# a table where some clip has a span holds these columns (null in the other rows): a table without
+# spans costs nothing for them.
+SPAN_FIELDS = (pa.field("span_start", pa.float64()), pa.field("span_end", pa.float64()))
+SPANNED_REQUESTS_SCHEMA = pa.schema([*CLIP_REQUESTS_SCHEMA, *SPAN_FIELDS])

@@ -15,6 +15,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from manifests.clips_table import CLIPS_DIR, read_clips_table
 from manifests.samples_table import SAMPLES_FILE
 from shards.atomic import remove_temporaries
@@ -63,6 +65,10 @@ class CacheDir:
     @property
     def samples_path(self) -> Path | str:
         return self.store.path(SAMPLES_FILE)
+
+    def has_clips_table(self) -> bool:
+        """Whether the clips table's folder exists (on an object store: holds an object)."""
+        return self.clips_dir.is_dir() if self.store.is_local else bool(self.store.children(CLIPS_DIR.as_posix()))
 
     def create(self) -> None:
         if not self.store.is_local:
@@ -162,7 +168,7 @@ class CacheDir:
         manifest part references (a crash between the shard rename and its manifest part)."""
         # An object store has no temporaries (a shard is uploaded under its final name): only orphans.
         removed = remove_temporaries(self.root) if self.store.is_local else []
-        referenced = {s for s in read_clips_table(self.root)["shard"].to_pylist() if s}
+        referenced = set(pc.unique(read_clips_table(self.root, ("shard",))["shard"]).drop_null().to_pylist())
         for fmt in FORMATS:
             for rel in self.store.children(f"shards/{fmt}"):
                 if rel not in referenced:
@@ -171,7 +177,6 @@ class CacheDir:
         for path in removed:
             log.info("removed leftover of an interrupted run: %s", path)
         return removed
-
 
 
 class CacheLease:

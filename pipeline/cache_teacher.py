@@ -8,8 +8,10 @@ Runs on an in-process Ray, or under `ray job submit` on the cluster it was submi
 --ray-address auto follows RAY_ADDRESS, which a submitted job has). Exit code 0 when every clip ended
 ok or failed with its reason and every source yielded something (see CACHE/summary.json); 1 when the
 job itself could not run (bad config, a malformed annotation row in strict mode, cache locked, disk
-full, ...); 2 a command-line usage error; 3 when a source yielded nothing (every clip of it failed, or
-every row of it was left out): the cache is consistent, the log's last lines say which source and why.
+full, every teacher actor dead, ...); 2 a command-line usage error; 4 when some clips failed for a
+reason of the machine every time they were tried (out of memory, a lost worker: status `transient`,
+which a rerun retries); else 3 when a source yielded nothing (every clip of it failed, or every row of
+it was left out): the cache is consistent, the log's last lines say which source and why.
 --check exits 0, 1 or 3 likewise.
 """
 from __future__ import annotations
@@ -28,10 +30,13 @@ from pipeline.cache_dir import CacheFullError, CacheLockedError  # noqa: E402
 from pipeline.config import build_parser, load_config  # noqa: E402
 from pipeline.preflight import check_exit_code, format_check, run_check  # noqa: E402
 from pipeline.runner import run_job  # noqa: E402
+from pipeline.scheduler import TeachersLostError  # noqa: E402
 from pipeline.source_report import LOST_EXIT_CODE, lost_sources, report_line  # noqa: E402
 from shards.store import join  # noqa: E402
 
 log = logging.getLogger("p4d.cache_teacher")
+
+TRANSIENT_EXIT_CODE = 4
 
 
 def format_summary(summary: dict) -> str:
@@ -39,7 +44,9 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"cache: {summary['cache']} ({summary['format']}, teacher {summary['teacher_id']})",
         f"clips: {clips['wanted']} wanted, {clips['already_cached']} already cached, "
-        f"{clips['computed']} computed: {clips['ok']} ok, {clips['failed']} failed",
+        f"{clips['computed']} computed: {clips['ok']} ok, {clips['failed']} failed "
+        f"({summary['failures_by_kind']['transient']} transient); {summary['retries']['clips']} retries, "
+        f"{summary['retries']['teacher_restarts']} teacher restarts",
         f"written: {len(summary['shards_written'])} shards, {summary['bytes_on_disk'] / 1e6:.1f} MB on disk "
         f"({summary['bytes_written'] / 1e6:.1f} MB before compression)",
         "seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds"].items())
@@ -54,9 +61,10 @@ def format_summary(summary: dict) -> str:
 
 
 def final_line(summary: dict) -> str:
-    clips = summary["clips"]
+    clips, kinds = summary["clips"], summary["failures_by_kind"]
     reasons = "; ".join(f"{count} x {reason}" for reason, count in summary["failures_by_reason"].items())
-    failed = f"{clips['failed']} failed ({reasons})" if clips["failed"] else "0 failed"
+    failed = f"{clips['failed']} failed: {kinds['input']} by their input, {kinds['transient']} transient " \
+             f"(retried by the next run) ({reasons})" if clips["failed"] else "0 failed"
     return (f"done: {clips['wanted']} clips wanted, {clips['already_cached']} already cached, "
             f"{clips['ok']} ok, {failed}; {join(summary['cache'], 'summary.json')}")
 
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_check(report))
             return check_exit_code(report)
         summary = run_job(config)
-    except (ValueError, CacheLockedError, CacheFullError, FileNotFoundError) as e:
+    except (ValueError, CacheLockedError, CacheFullError, TeachersLostError, FileNotFoundError) as e:
         log.error("%s", e)
         return 1
     print(format_summary(summary))
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     for report in summary["sources"]:
         (log.error if report["lost"] else log.info)("%s", report_line(report))
     log.info("%s", final_line(summary))
+    if summary["failures_by_kind"]["transient"]:
+        return TRANSIENT_EXIT_CODE
     return LOST_EXIT_CODE if lost_sources(summary["sources"]) else 0
 
 

@@ -5,8 +5,9 @@ unique clips, clips already cached, clips to compute (and those the headers say 
 compute they need and the bytes they will write. Starts neither Ray nor a teacher, and writes nothing.
 
 Clips already cached are found by their cache_key, which hashes each video's bytes: the videos are
-hashed only when the cache already holds clips (hashes it remembers for unchanged files are reused);
-otherwise every clip is to compute and unique clips are counted by file and span.
+hashed only when the cache already holds clips (hashes it remembers for unchanged files are reused),
+and keyed as the job keys them (pipeline.sources.clip_keys); otherwise every clip is to compute and
+unique clips are counted by file and span.
 """
 from __future__ import annotations
 
@@ -18,19 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
-from manifests.cache_key import cache_key_function
-from manifests.clips_table import PLAN_COLUMNS, current_status, read_clips_table
-from manifests.content_hash import ContentHashes
-from manifests.schemas import CLIP_OK
+from manifests.cache_key import hex_digests
+from manifests.content_hash import ContentHashes, file_stats
+from manifests.planner import contains, recorded_keys
 from pipeline.config import JobConfig, TeacherConfig
 from pipeline.datasets.common import CLIP
 from pipeline.datasets.registry import parse_source, read_dataset
 from pipeline.runner import field_specs
 from pipeline.sampling import SamplingConfig
 from pipeline.source_report import LOST_EXIT_CODE, failure_reason
-from pipeline.sources import Span, load_sources, read_video_identity, with_span
+from pipeline.sources import Span, clip_keys, distinct_spans, load_sources, span_table
 from shards.teacher_fields import clip_window_starts
 from pipeline.teachers.l4p.model import window_flops
 from pipeline.teachers.registry import teacher_class
@@ -53,25 +55,22 @@ class Header:
     frames_estimated: bool = False  # the container stores no frame count: duration x average rate
     width: int = 0
     height: int = 0
-    sha256: str | None = None  # only when the cache holds clips to compare with
 
 
-def probe_header(path: Path, hash_file=None) -> Header:
-    """hash_file: also the content hash (as the job keys the clip: any readable file, video or not)."""
+def probe_header(path: Path) -> Header:
     import av  # PyAV reads headers without decoding; the job itself decodes with decord
 
     path = Path(path)
-    sha = read_video_identity(path, hash_file)[0] if hash_file is not None else None
     if not path.exists():
         return Header(f"file not found: {path}")
     if not path.is_file():
         return Header(f"not a regular file: {path}")
     if path.stat().st_size == 0:
-        return Header(f"empty file (0 bytes): {path}", sha256=sha)
+        return Header(f"empty file (0 bytes): {path}")
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.video:
-                return Header(f"no video stream (zero video frames): {path}", sha256=sha)
+                return Header(f"no video stream (zero video frames): {path}")
             stream = container.streams.video[0]
             if stream.duration is not None and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)
@@ -83,8 +82,8 @@ def probe_header(path: Path, hash_file=None) -> Header:
                 frames, estimated = round(duration * rate), True
             width, height = stream.codec_context.width, stream.codec_context.height
     except (av.FFmpegError, ValueError, OSError) as e:
-        return Header(f"not a video or unreadable container: {path} (PyAV: {e})", sha256=sha)
-    return Header(None, duration, frames, estimated, width, height, sha)
+        return Header(f"not a video or unreadable container: {path} (PyAV: {e})")
+    return Header(None, duration, frames, estimated, width, height)
 
 
 def expected_failure(header: Header, span: Span | None, sampling: SamplingConfig) -> str | None:
@@ -133,7 +132,9 @@ class ClipCheck:
     path: Path
     span: Span | None
     failure: str | None = None
-    key: str | None = None
+    key: str | None = None  # only when the cache holds clips to compare with
+    cached: bool = False  # the clips table has an ok row of its key
+    failed_before: bool = False  # ... only failed rows
 
 
 @dataclass
@@ -157,14 +158,13 @@ def run_check(config: JobConfig) -> dict:
     clip_bytes = sum(s.nbytes for s in stored_specs(specs))
     tflop = teacher_tflop_per_clip(config.teacher, num_frames)
     out = location(config.out)
-    status = current_status(read_clips_table(out, PLAN_COLUMNS))
-    hashes = ContentHashes.of_cache(out) if status else None
+    recorded, ok_keys = recorded_keys(out), recorded_keys(out, ok_only=True)
 
     sources = []
     if config.videos is not None or not config.sources:
         root, videos, samples, _ = load_sources(config.videos, config.samples)
         check = SourceCheck(f"videos={root}", rows=0 if samples is None else samples.num_rows)
-        check.clips = {(v, None): ClipCheck(v, None) for v in videos}
+        check.clips = {(Path(v), None): ClipCheck(Path(v), None) for v in videos.to_pylist()}
         sources.append(check)
     for source in (parse_source(s) for s in config.sources):
         result = read_dataset(source, lenient=True, media_dir=None)
@@ -176,46 +176,52 @@ def run_check(config: JobConfig) -> dict:
         sources.append(check)
 
     paths = sorted({c.path for s in sources for c in s.clips.values()})
-    hash_file = hashes.sha256 if hashes is not None else None
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
-        headers = dict(zip(paths, tqdm(pool.map(lambda p: probe_header(p, hash_file), paths), total=len(paths),
+        headers = dict(zip(paths, tqdm(pool.map(probe_header, paths), total=len(paths),
                                        desc="probe video headers", unit="video", disable=not paths)))
-    key_functions, spec_json = {}, specs_to_json(specs)
-    for source in sources:
-        for clip in source.clips.values():
-            header = headers[clip.path]
-            clip.failure = expected_failure(header, clip.span, sampling)
-            if hashes is not None:
-                if clip.span not in key_functions:
-                    key_functions[clip.span] = cache_key_function(with_span(asdict(sampling), clip.span),
-                                                                  identity.teacher_id, spec_json)
-                identity_text = f"sha256:{header.sha256}" if header.sha256 else f"unreadable:{os.fspath(clip.path)}"
-                clip.key = key_functions[clip.span](identity_text)
+    clips = [clip for source in sources for clip in source.clips.values()]
+    for clip in clips:
+        clip.failure = expected_failure(headers[clip.path], clip.span, sampling)
+    if len(recorded):
+        key_clips(clips, out, asdict(sampling), identity.teacher_id, specs_to_json(specs), recorded, ok_keys)
 
     costs = {"tflop_per_clip": tflop, "bytes_per_clip": clip_bytes, "gpu_tflops": config.check_gpu_tflops,
              "retry_failed": config.retry_failed}
-    reports = [source_report(s, status, costs, out) for s in sources]
+    reports = [source_report(s, costs, out) for s in sources]
     every_clip = {}
     for s in sources:
         for clip in s.clips.values():
             every_clip.setdefault(clip.key or (clip.path, clip.span), clip)
     images = {p: n for s in sources for p, n in s.images.items()}
-    total = {**clip_counts(list(every_clip.values()), status, costs), "images": len(images)}
+    total = {**clip_counts(list(every_clip.values()), costs), "images": len(images)}
     total["bytes"] += new_image_bytes(images, out)
     return {
         "teacher": config.teacher.name, "teacher_id": identity.teacher_id, "num_frames": num_frames,
         "windows_per_clip": len(clip_window_starts(num_frames)), "tflop_per_clip": tflop,
         "bytes_per_clip": clip_bytes, "gpu_tflops": config.check_gpu_tflops, "cache": str(out),
-        "cached_clips": sum(v == CLIP_OK for v in status.values()),
-        "failed_clips": sum(v != CLIP_OK for v in status.values()),
+        "cached_clips": len(pc.unique(ok_keys)),
+        "failed_clips": len(pc.unique(recorded)) - len(pc.unique(ok_keys)),
         "videos_probed": len(paths), "sources": reports, "total": total,
     }
 
 
-def clip_counts(clips: list[ClipCheck], status: dict[str, str], costs: dict) -> dict:
-    cached = [c for c in clips if c.key is not None and status.get(c.key) == CLIP_OK]
-    failed_before = [c for c in clips if c.key is not None and c.key in status and status[c.key] != CLIP_OK
-                     and not costs["retry_failed"]]
+def key_clips(clips: list[ClipCheck], out: Path, sampling: dict, teacher_id: str, spec_json: str,
+              recorded: pa.Array, ok_keys: pa.Array) -> None:
+    """Each clip's cache_key (its video hashed, or its remembered hash reused) and whether the clips
+    table holds it: an ok row (cached), or only failed rows."""
+    paths = pa.array([os.fspath(c.path) for c in clips], pa.string())
+    identities = ContentHashes.of_cache(out).identify(paths, file_stats(paths))
+    spans, which = distinct_spans(span_table([c.span for c in clips]))
+    keys = clip_keys(identities["video_sha256"], paths, sampling, teacher_id, spec_json, spans, which)
+    cached = contains(ok_keys, keys)
+    failed_before = ~cached & contains(recorded, keys)
+    for clip, key, ok, failed in zip(clips, hex_digests(keys).to_pylist(), cached, failed_before):
+        clip.key, clip.cached, clip.failed_before = key, bool(ok), bool(failed)
+
+
+def clip_counts(clips: list[ClipCheck], costs: dict) -> dict:
+    cached = [c for c in clips if c.cached]
+    failed_before = [c for c in clips if c.failed_before and not costs["retry_failed"]]
     done = {id(c) for c in cached + failed_before}
     todo = [c for c in clips if id(c) not in done]
     failing = [c for c in todo if c.failure]
@@ -240,8 +246,8 @@ def new_image_bytes(images: dict[str, int], out: Path | str) -> int:
     return sum(n for path, n in images.items() if not store.exists(path))
 
 
-def source_report(source: SourceCheck, status: dict[str, str], costs: dict, out: Path | str) -> dict:
-    counts = clip_counts(list(source.clips.values()), status, costs)
+def source_report(source: SourceCheck, costs: dict, out: Path | str) -> dict:
+    counts = clip_counts(list(source.clips.values()), costs)
     counts["bytes"] += new_image_bytes(source.images, out)
     by_field = Counter(f"field {s['field']!r}" for s in source.skipped)
     example = {}

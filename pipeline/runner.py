@@ -11,16 +11,17 @@ from pathlib import Path
 
 from configs.dataclass_io import to_dict, to_yaml
 from manifests.cache_key import PREPROCESS_VERSION
-from manifests.clips_table import PLAN_COLUMNS, current_status, read_clips_table
+from manifests.compaction import JOB_MIN_PARTS, compact_clips
 from manifests.content_hash import ContentHashes
-from manifests.planner import plan_missing
+from manifests.planner import missing_clips, unique_clips
 from manifests.samples_table import merge_samples
+from manifests.schemas import CLIP_REQUESTS_SCHEMA
 from pipeline.cache_dir import CONFIG_FILE, SUMMARY_FILE, TEACHER_DIR, CacheDir
 from pipeline.config import JobConfig
-from pipeline.datasets.mixture import load_mixture, skipped_summary, unique_requests
+from pipeline.datasets.mixture import load_mixture, skipped_summary
 from pipeline.scheduler import RunStats, Scheduler
 from pipeline.source_report import folder_source, source_reports
-from pipeline.sources import attach_cache_keys, build_requests, load_sources
+from pipeline.sources import attach_cache_keys, build_requests, clip_requests, concat_requests, load_sources
 from pipeline.teachers import registry
 from shards.schema import FieldSpec, specs_to_json
 from shards.store import is_url
@@ -86,49 +87,53 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             {"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
              "preprocess_version": PREPROCESS_VERSION}, indent=2).encode(), replace=True)
 
-        requests, mixture, stats, sources = [], None, RunStats(), []
+        requests, mixture, stats, sources = CLIP_REQUESTS_SCHEMA.empty_table(), None, RunStats(), []
         # Unchanged videos (same path, size, mtime) are not re-read: their hashes are remembered.
         hashes = ContentHashes.of_cache(cache.root)
         if config.videos is not None or not config.sources:
             root, videos, samples, samples_path = load_sources(config.videos, config.samples)
             with stats.seconds.timing("hash"):
-                requests = build_requests(videos, root, sampling, identity.teacher_id, spec_json, hashes.sha256)
+                requests = build_requests(videos, root, sampling, identity.teacher_id, spec_json, hashes)
             if samples is not None:
-                keyed = attach_cache_keys(samples, samples_path, root, {r.video_uri: r.cache_key for r in requests})
+                keyed = attach_cache_keys(samples, samples_path, root, requests)
                 merge_samples(cache.root, keyed)
                 log.info("samples: %d rows joined to clips -> %s", keyed.num_rows, cache.samples_path)
-            sources.append(folder_source(root, {r.cache_key for r in requests},
-                                         0 if samples is None else samples.num_rows))
+            sources.append(folder_source(root, requests["cache_key"], 0 if samples is None else samples.num_rows))
         if config.sources:
             # Image-only samples (SAT) get their images written under the cache root.
             with stats.seconds.timing("hash"):
                 mixture = load_mixture(config.sources, cache.root, config.lenient, sampling, identity.teacher_id,
-                                       spec_json, hashes.sha256)
-            requests = unique_requests(requests + mixture.requests)
+                                       spec_json, hashes)
+            requests = unique_clips(concat_requests([requests, mixture.requests]))
             merge_samples(cache.root, mixture.samples)
             sources += mixture.sources
         hashes.save()
 
-        status = current_status(read_clips_table(cache.root, PLAN_COLUMNS))
-        todo = plan_missing(requests, lambda r: r.cache_key, status, config.retry_failed)
-        log.info("plan: %d clips wanted, %d already cached, %d to compute",
-                 len(requests), len(requests) - len(todo), len(todo))
+        wanted = requests.num_rows
+        todo = clip_requests(missing_clips(requests, cache.root, config.retry_failed))
+        del requests  # planning's columns (~170 bytes a clip): not held while the clips are computed
+        log.info("plan: %d clips wanted, %d already cached, %d to compute", wanted, wanted - len(todo), len(todo))
         writer_stats = []
         if todo:
             writer_stats = _compute(config, address, cache, identity, specs, todo, stats, teacher_class)
+        # The parts this run committed, folded with earlier ones once there are enough (see compaction.py).
+        compaction = compact_clips(cache.root, min_parts=JOB_MIN_PARTS)
 
         summary = {
             "cache": str(cache.root),
             "format": config.output.format,
             "teacher": config.teacher.name,
             "teacher_id": identity.teacher_id,
-            "clips": {"wanted": len(requests), "already_cached": len(requests) - len(todo),
+            "clips": {"wanted": wanted, "already_cached": wanted - len(todo),
                       "computed": stats.computed, "ok": stats.ok, "failed": stats.failed},
+            "failures_by_kind": stats.failures_by_kind(),
             "failures_by_reason": dict(stats.failures_by_reason.most_common()),
             "failure_examples": stats.failure_examples,
+            "retries": {"clips": stats.retries, "teacher_restarts": stats.teacher_restarts},
             "samples": skipped_summary(mixture),
             "sources": source_reports(sources, cache.root),
             "shards_written": [s for w in writer_stats for s in w["shards"]],
+            "manifest_compaction": compaction.summary(),
             "bytes_written": sum(w["bytes"] for w in writer_stats),
             "bytes_on_disk": sum(w["bytes_on_disk"] for w in writer_stats),
             "seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},

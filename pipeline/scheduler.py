@@ -6,6 +6,12 @@ write at any time, which bounds memory whatever the size of the data set. Each s
 `_decode` starts decodes while there is room, `_teach` sends full batches of decoded clips to the
 least loaded teacher (their encodes and writes follow as Ray references), `_collect` takes whatever
 finished and hands it to the stage that waits for it.
+
+Faults of the machine (pipeline/failures.py) are retried here, clip by clip: a clip that comes back
+transient, or whose teacher actor or objects were lost, is decoded again and sent alone, at most
+CLIP_ATTEMPTS times, then recorded as `transient`. A teacher actor that died is restarted by Ray (a
+DeviceFault makes it exit on purpose); no clip goes to it until it answers again, and one that died
+more than TEACHER_MAX_RESTARTS times leaves the pool.
 """
 from __future__ import annotations
 
@@ -19,8 +25,10 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
+from manifests.schemas import CLIP_OK, CLIP_TRANSIENT
 from pipeline.cache_dir import DISK_FULL_ERRNOS, TEACHER_DIR, CacheDir, CacheFullError
 from pipeline.config import JobConfig
+from pipeline.failures import describe, fault_of
 from pipeline.source_report import failure_reason
 from pipeline.teachers.base import TeacherIdentity
 from pipeline.timing import Seconds
@@ -28,24 +36,36 @@ from shards.schema import FieldSpec, specs_to_json
 
 log = logging.getLogger(__name__)
 
-# A teacher actor whose process dies (OOM, a lost node, a kill) is restarted and its pending calls,
-# the in-flight batch included, are resubmitted by Ray: predict has no side effect, so a retried
-# batch yields each clip once. A clip that kills its actor every time ends the job after this many.
-TEACHER_MAX_RESTARTS = 3
+# Restarts of one teacher actor (Ray restarts a dead one; its clips are resubmitted by the driver,
+# alone). One that dies more often (a broken GPU) leaves the pool; the job stops when none is left.
+TEACHER_MAX_RESTARTS = 4
+CLIP_ATTEMPTS = 3  # tries of a clip whose failures are all transient, before its `transient` row
 FAILURE_EXAMPLES = 3  # per reason in summary.json; the clips table holds every failed row
+
+
+class TeachersLostError(RuntimeError):
+    """Every teacher actor died more often than it may be restarted: no clip can be computed."""
 
 
 @dataclass
 class RunStats:
     computed: int = 0
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # every clip that did not end ok ...
+    transient: int = 0  # ... of which the machine's fault every time it was tried: the next run retries them
+    retries: int = 0  # clip attempts after a transient failure
+    teacher_restarts: int = 0
     seconds: Seconds = field(default_factory=Seconds)
     failures_by_reason: Counter = field(default_factory=Counter)
     failure_examples: dict = field(default_factory=dict)  # reason -> the first FAILURE_EXAMPLES failures
 
-    def add_failure(self, request, stage: str, error: str) -> None:
-        reason = failure_reason(stage, error)
+    def failures_by_kind(self) -> dict[str, int]:
+        return {"input": self.failed - self.transient, "transient": self.transient}
+
+    def add_failure(self, request, stage: str, error: str, transient: bool) -> None:
+        self.failed += 1
+        self.transient += transient
+        reason = failure_reason(f"{stage} (transient)" if transient else stage, error)
         self.failures_by_reason[reason] += 1
         examples = self.failure_examples.setdefault(reason, [])
         if len(examples) < FAILURE_EXAMPLES:
@@ -63,9 +83,15 @@ class Scheduler:
         self.max_inflight = config.max_inflight or 2 * teacher.batch_size * teacher.num_actors + 2
         self.pending: deque = deque()  # requests not decoded yet
         self.ready: list = []  # (request, payload ref, Seconds) decoded, awaiting a teacher batch
+        self.alone: deque = deque()  # like `ready`, clips being retried: each runs alone on an idle actor
+        self.retried: set[str] = set()  # cache_keys tried before in this run
+        self.failed_tries: Counter = Counter()  # cache_key -> tries failed by the machine's fault, counted
+        self.lone: dict[int, str] = {}  # teacher actor -> the clip it runs alone
         self.waiting: dict = {}  # Ray reference -> (the stage that takes its result, its arguments)
         self.decoding = 0  # decodes in flight
         self.inflight = 0  # clips between the start of their decode and their written row
+        self.restarting: set[int] = set()  # teacher actors that died, until they answer again
+        self.gone: set[int] = set()  # teacher actors dead for good (restarts spent)
         self.teacher_ready = self.first_batch = None  # perf_counter times
 
     def run(self, todo: list) -> list[dict]:
@@ -106,7 +132,7 @@ class Scheduler:
         teacher = self.config.teacher
         self.teachers = [TeacherActor.options(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus,
                                               max_restarts=TEACHER_MAX_RESTARTS,
-                                              max_task_retries=TEACHER_MAX_RESTARTS).remote(teacher, self.teacher_class)
+                                              max_task_retries=0).remote(teacher, self.teacher_class)
                          for _ in range(teacher.num_actors)]
         self.load = [0] * len(self.teachers)  # clips sent to each teacher and not written yet
         # Exported once per run by the first actor: a student's explicit distillation may use them.
@@ -124,6 +150,7 @@ class Scheduler:
                                                 f"{run_id}-w{i}", row_defaults, self.cache.lease_token)
                         for i in range(self.config.num_writers)]
         self.next_writer = itertools.cycle(self.writers)
+        self.writer_ids = {w._actor_id.hex() for w in self.writers}
 
     # -- the stages ----------------------------------------------------------------------------------
     def _decode(self) -> None:
@@ -141,42 +168,140 @@ class Scheduler:
         import ray
 
         self.decoding -= 1
-        failure, seconds = ray.get(status)
+        try:
+            failure, seconds = ray.get(status)
+        except Exception as e:  # Ray retried the task already; a fault of the machine is retried here too
+            self.inflight -= 1
+            self._retry(request, self._transient(e, request, None, "decode"))
+            return
         if failure is None:
-            self.ready.append((request, payload, seconds))
+            (self.alone if request.cache_key in self.retried else self.ready).append((request, payload, seconds))
         else:
             self.waiting[self.writers[0].add_failed.remote(request, failure)] = (self._written, (request, None))
 
     def _teach(self) -> None:
-        from pipeline.stages import encode_clip
-
+        # A clip being retried runs alone on an actor with nothing else in flight, so that if the actor
+        # dies then, the clip is why; while such clips wait, the least loaded actor takes no batch (it drains).
+        while self.alone and (up := self._up()):
+            actor = min(up, key=self.load.__getitem__)
+            if self.load[actor]:
+                break
+            item = self.alone.popleft()
+            self.lone[actor] = item[0].cache_key
+            self._send([item], actor)
         size = self.config.teacher.batch_size
         last = not self.pending and not self.decoding  # no more clips will arrive: a short batch goes too
-        while len(self.ready) >= size or (last and self.ready):
-            self.first_batch = self.first_batch or time.perf_counter()
+        while (actors := self._batch_actors()) and (len(self.ready) >= size or (last and self.ready)):
             batch, self.ready = self.ready[:size], self.ready[size:]
-            actor = min(range(len(self.teachers)), key=self.load.__getitem__)
-            self.load[actor] += len(batch)
-            outs = self.teachers[actor].predict.options(num_returns=len(batch)).remote(*[b[1] for b in batch])
-            for (request, payload, seconds), out in zip(batch, [outs] if len(batch) == 1 else outs):
-                encoded = encode_clip.remote(self.specs, self.config.output.format, payload, out, seconds)
-                self.waiting[next(self.next_writer).add.remote(request, encoded)] = (self._written, (request, actor))
+            self._send(batch, min(actors, key=self.load.__getitem__))
+
+    def _up(self) -> list[int]:
+        """Teacher actors alive and not running a clip alone."""
+        down = self.restarting | self.gone | set(self.lone)
+        return [k for k in range(len(self.teachers)) if k not in down]
+
+    def _batch_actors(self) -> list[int]:
+        up = self._up()
+        draining = min(up, key=self.load.__getitem__) if self.alone and up else None
+        return [k for k in up if k != draining]
+
+    def _send(self, batch: list, actor: int) -> None:
+        from pipeline.stages import encode_clip
+
+        self.first_batch = self.first_batch or time.perf_counter()
+        self.load[actor] += len(batch)
+        outs = self.teachers[actor].predict.options(num_returns=len(batch)).remote(*[b[1] for b in batch])
+        for (request, payload, seconds), out in zip(batch, [outs] if len(batch) == 1 else outs):
+            encoded = encode_clip.remote(self.specs, self.config.output.format, payload, out, seconds)
+            self.waiting[next(self.next_writer).add.remote(request, encoded)] = (self._written, (request, actor))
 
     def _written(self, ref, request, actor) -> None:
-        result = self._writer_result(ref)
+        from pipeline.stages import RETRY
+
+        try:
+            result = self._writer_result(ref)
+        except Exception as e:  # nothing was written: what failed upstream of the writer (a lost teacher...)
+            result = self._transient(e, request, actor, "teacher")
         self.inflight -= 1
         if actor is not None:
             self.load[actor] -= 1
+            if self.lone.get(actor) == request.cache_key:
+                del self.lone[actor]
+        if result["status"] == RETRY:
+            self._retry(request, result)
+            return
         self.stats.computed += 1
-        if result["status"] == "ok":
+        if result["status"] == CLIP_OK:
             self.stats.ok += 1
             self.stats.seconds.update(result["seconds"])
         else:
-            self.stats.failed += 1
-            self.stats.add_failure(request, result["stage"], result["error"])
-            log.warning("failed %s (%s): %s", request.clip_id, result["stage"], result["error"])
+            transient = result["status"] == CLIP_TRANSIENT
+            self.stats.add_failure(request, result["stage"], result["error"], transient)
+            log.warning("%s %s (%s): %s", "transient failure of" if transient else "failed", request.clip_id,
+                        result["stage"], result["error"])
         self.bar.update(1)
-        self.bar.set_postfix(ok=self.stats.ok, failed=self.stats.failed)
+        self.bar.set_postfix(ok=self.stats.ok, failed=self.stats.failed, transient=self.stats.transient)
+
+    def _transient(self, error: Exception, request, actor: int | None, stage: str) -> dict:
+        """A failure that reached the driver as an exception, as a RETRY result, if it is the machine's
+        fault; anything else (a dead writer, whose uncommitted clips are lost with it; a bug) is raised.
+        A clip lost with its teacher actor while sharing it with others may not be why the actor died:
+        that try is not counted against it (`charged`)."""
+        import ray
+
+        from pipeline.stages import RETRY
+
+        lost_actor = error.actor_id if isinstance(error, ray.exceptions.RayActorError) else None
+        if lost_actor in self.writer_ids or not fault_of(error).transient:
+            raise error
+        charged = True
+        if actor is not None and lost_actor == self.teachers[actor]._actor_id.hex():
+            self._await_restart(actor, error)
+            charged = self.lone.get(actor) == request.cache_key
+        return {"status": RETRY, "stage": stage, "error": describe(error), "charged": charged}
+
+    def _retry(self, request, result: dict) -> None:
+        """Decode the clip again and send it alone, or record it as transient once CLIP_ATTEMPTS tries
+        failed by the machine's fault."""
+        from pipeline.stages import Failure
+
+        key = request.cache_key
+        self.retried.add(key)
+        self.failed_tries[key] += result.get("charged", True)
+        if self.failed_tries[key] < CLIP_ATTEMPTS:
+            self.stats.retries += 1
+            log.warning("retrying %s (%d of %d tries failed) after %s: %s", request.clip_id, self.failed_tries[key],
+                        CLIP_ATTEMPTS, result["stage"], result["error"])
+            self.pending.appendleft(request)
+            return
+        failure = Failure(result["stage"], result["error"], transient=True)
+        self.inflight += 1
+        self.waiting[self.writers[0].add_failed.remote(request, failure)] = (self._written, (request, None))
+
+    def _await_restart(self, actor: int, error: Exception) -> None:
+        """No clip goes to a dead teacher actor until it answers again (Ray restarts it)."""
+        if actor in self.restarting or actor in self.gone:
+            return
+        self.restarting.add(actor)
+        self.stats.teacher_restarts += 1
+        log.warning("teacher actor %d died (%s); waiting for Ray to restart it", actor, describe(error))
+        answer = self.teachers[actor].ready.options(max_task_retries=-1).remote()
+        self.waiting[answer] = (self._restarted, (actor,))
+
+    def _restarted(self, ref, actor: int) -> None:
+        import ray
+
+        self.restarting.discard(actor)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            self.gone.add(actor)
+            log.error("teacher actor %d is gone (%d restarts spent): %s", actor, TEACHER_MAX_RESTARTS, describe(e))
+            if len(self.gone) == len(self.teachers):
+                raise TeachersLostError(f"every teacher actor died more than {TEACHER_MAX_RESTARTS} times (the "
+                                        f"last: {describe(e)}); committed clips are kept, rerun to compute the rest") from e
+            return
+        log.info("teacher actor %d is back", actor)
 
     def _exported(self, ref) -> None:
         import ray

@@ -8,13 +8,19 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from manifests.clips_table import current_clips, read_clips_table
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from manifests.cache_key import DIGEST, digests_of_hex
+from manifests.clips_table import read_clips_table
+from manifests.planner import contains, recorded_keys
 from manifests.schemas import CLIP_OK
 from pipeline.datasets.mixture import SourceRead
 
 LOST_EXIT_CODE = 3  # 1: the job could not run; 2: argparse's usage error
 TOP_REASONS = 3
-REPORT_COLUMNS = ("cache_key", "status", "created_at", "stage", "error", "video_uri")
+FAILURE_COLUMNS = ("cache_key", "status", "created_at", "stage", "error", "video_uri")
 _NUMBER = re.compile(r"\d+(\.\d+)?")
 
 
@@ -26,32 +32,53 @@ def failure_reason(stage: str, error: str) -> str:
     return f"{stage}: {kind[:100]}"
 
 
-def folder_source(root: Path, keys: set[str], samples: int) -> SourceRead:
+def folder_source(root: Path, keys: pa.Array | pa.ChunkedArray, samples: int) -> SourceRead:
     """The `--videos` folder as a source: every video one clip (its samples table, if any, counted)."""
     return SourceRead(f"videos={root}", samples=samples, keys=keys)
 
 
 def source_reports(sources: list[SourceRead], cache_root: Path) -> list[dict]:
-    """Per source, from the clips table as it stands (clips cached by earlier runs included)."""
-    rows = current_clips(read_clips_table(cache_root, REPORT_COLUMNS)) if sources else {}
+    """Per source, from the clips table as it stands (clips cached by earlier runs included): in columns,
+    so that a cache of ten million clips is counted without a Python object per clip."""
+    if not sources:
+        return []
+    ok_keys = recorded_keys(cache_root, ok_only=True)
+    failures = latest_failures(cache_root)
+    failed_keys = failures["cache_key"].combine_chunks()
     reports = []
     for source in sources:
-        statuses = [rows.get(key) for key in source.keys]
-        failed = [r for r in statuses if r is not None and r["status"] != CLIP_OK]
+        keys = pc.unique(source.keys)  # computed after the job: not beside planning's columns
+        ok = contains(ok_keys, keys)
+        # A key without an ok row is failed when it has a failed row; index_in finds its first, the latest.
+        at = pc.index_in(keys.filter(pa.array(~ok)), value_set=failed_keys).drop_null()
+        failed = failures.take(at).to_pylist()
         reasons = Counter(failure_reason(r["stage"] or "?", r["error"] or "") for r in failed)
         example = {}
         for r in failed:
             example.setdefault(failure_reason(r["stage"] or "?", r["error"] or ""), r["video_uri"])
-        ok = sum(r is not None and r["status"] == CLIP_OK for r in statuses)
         report = {
             "source": source.label, "samples": source.samples, "image_only_samples": source.image_only,
-            "rows_skipped": len(source.skipped), "clips": len(source.keys), "ok": ok, "failed": len(failed),
+            "rows_skipped": len(source.skipped), "clips": len(keys), "ok": int(ok.sum()), "failed": len(failed),
             "top_failures": [{"reason": reason, "clips": n, "example": example[reason]}
                              for reason, n in reasons.most_common(TOP_REASONS)],
         }
         report["lost"] = lost_reason(report)
         reports.append(report)
     return reports
+
+
+def latest_failures(cache_root: Path) -> pa.Table:
+    """The clips table's failed rows (FAILURE_COLUMNS, cache_key as binary(32)), latest first (the later
+    row of equal times first): a key's first row here is what current_clips picks for a key without an
+    ok row. Ok rows are left out as they are read: at 10M clips they are most of the table."""
+    def failed_rows(rows: pa.Table, where) -> pa.Table:
+        rows = rows.filter(pc.not_equal(rows["status"], CLIP_OK))
+        keys = digests_of_hex(rows["cache_key"], lambda row: f"{where(row)}: field 'cache_key'")
+        return rows.set_column(0, pa.field("cache_key", DIGEST), keys)
+
+    rows = read_clips_table(cache_root, FAILURE_COLUMNS, convert=failed_rows)
+    rows = rows.append_column("order", pa.array(np.arange(rows.num_rows)))
+    return rows.sort_by([("created_at", "descending"), ("order", "descending")])
 
 
 def lost_reason(report: dict) -> str | None:

@@ -4,11 +4,14 @@ commit (one actor per shard stream, appending bytes only: compression scales wit
 not with the writers).
 
 Failures travel down the chain as values, never as exceptions, so one bad clip becomes one failed
-row and the job goes on.
+row and the job goes on. A transient failure (pipeline/failures.py) is handed back to the driver,
+which retries the clip or records it as `transient`.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -16,12 +19,12 @@ import numpy as np
 import ray
 
 from manifests.clips_table import utc_now, write_clips_part
-from manifests.schemas import CLIP_FAILED, CLIP_OK
+from manifests.schemas import CLIP_FAILED, CLIP_OK, CLIP_TRANSIENT
 from pipeline.cache_dir import CacheDir
 from pipeline.config import TeacherConfig
 from pipeline.sampling import SamplingConfig
 from pipeline.sources import ClipRequest
-from pipeline.teachers.base import TeacherError, TeacherInput
+from pipeline.teachers.base import DeviceFault, TeacherError, TeacherInput, TransientTeacherError
 from pipeline.timing import Seconds
 from shards.base import PackedClip
 from shards.codecs import encode_arrays
@@ -31,10 +34,17 @@ from shards.store import Store, is_url, join, location
 from shards.teacher_fields import clip_window_starts
 
 
+log = logging.getLogger(__name__)
+
+RETRY = "retry"  # a writer's answer for a transient failure it did not record: the driver decides
+DEVICE_FAULT_EXIT_CODE = 75  # a teacher actor's process ending on a DeviceFault (EX_TEMPFAIL)
+
+
 @dataclasses.dataclass(frozen=True)
 class Failure:
     stage: str
     error: str
+    transient: bool = False  # a fault of the machine, not of the clip: retried
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +86,9 @@ def decode_clip(request: ClipRequest, sampling: SamplingConfig, teacher_size, fr
 class TeacherActor:
     """One frozen teacher per actor. Built here, inside the worker, never in the driver.
 
-    Stateless between calls (the model is frozen), so the driver lets Ray restart a dead actor and
-    resubmit its pending calls: a retried batch gives each clip once."""
+    Stateless between calls (the model is frozen), so Ray may restart a dead actor and the driver
+    resubmit its clips: a retried clip is written once. After a DeviceFault the process exits, so
+    that its restart starts from a fresh CUDA context."""
 
     def __init__(self, config: TeacherConfig, teacher_class: type | None = None):
         import torch
@@ -101,13 +112,21 @@ class TeacherActor:
                 if path.is_file() and not store.exists(rel):
                     store.upload(path, rel)
 
+    def ready(self) -> None:
+        """Answers once the actor is up (after a restart: with its model built again)."""
+
     def predict(self, *payloads: Decoded):
         """-> per clip (its outputs or a Failure, its share of the batch's seconds)."""
         seconds = Seconds()
         with seconds.timing("teacher"):
-            outputs = self.teacher.predict_each([p.teacher_input for p in payloads])
+            try:
+                outputs = self.teacher.predict_each([p.teacher_input for p in payloads])
+            except DeviceFault as e:
+                log.error("teacher: %s; the process exits, Ray restarts it with a fresh device context", e)
+                os._exit(DEVICE_FAULT_EXIT_CODE)
         share = seconds["teacher"] / len(payloads)
-        results = [(o if not isinstance(o, TeacherError) else Failure("teacher", str(o)), share) for o in outputs]
+        results = [(o if not isinstance(o, TeacherError)
+                    else Failure("teacher", str(o), isinstance(o, TransientTeacherError)), share) for o in outputs]
         return results[0] if len(results) == 1 else tuple(results)
 
 
@@ -161,6 +180,8 @@ class ShardWriterActor:
 
     def add(self, request: ClipRequest, result) -> dict:
         if isinstance(result, Failure):
+            if result.transient:  # not recorded: the driver retries the clip, or records it (add_failed)
+                return {"status": RETRY, "stage": result.stage, "error": result.error}
             return self.add_failed(request, result)
         with self.stats["seconds"].timing("write"):
             if self.writer is None:
@@ -180,8 +201,9 @@ class ShardWriterActor:
         return {"status": CLIP_OK, "seconds": result.seconds}
 
     def add_failed(self, request: ClipRequest, failure: Failure) -> dict:
-        self.failed_rows.append(self._row(request, status=CLIP_FAILED, stage=failure.stage, error=failure.error))
-        return {"status": CLIP_FAILED, "stage": failure.stage, "error": failure.error}
+        status = CLIP_TRANSIENT if failure.transient else CLIP_FAILED
+        self.failed_rows.append(self._row(request, status=status, stage=failure.stage, error=failure.error))
+        return {"status": status, "stage": failure.stage, "error": failure.error}
 
     def _commit(self) -> None:
         # Order matters: the shard becomes visible first, the manifest part (the proof) last.

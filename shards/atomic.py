@@ -61,13 +61,14 @@ def _publish(temp: Path, final: Path, *, replace: bool) -> Path:
     return final
 
 
-def commit_temporary(temp: str | os.PathLike, final: str | os.PathLike) -> Path:
-    """Move a finished temporary file or directory to `final`, durably; refuses an existing `final`."""
+def commit_temporary(temp: str | os.PathLike, final: str | os.PathLike, *, replace: bool = False) -> Path:
+    """Move a finished temporary file or directory to `final`, durably; refuses an existing `final`
+    unless replace=True (files meant to be rewritten, as in atomic_write_bytes)."""
     temp, final = Path(temp), Path(final)
     if not is_temporary(temp):
         raise ValueError(f"{temp} is not a temporary name from temporary_path()")
     _fsync_tree(temp)
-    return _publish(temp, final, replace=False)
+    return _publish(temp, final, replace=replace)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = False) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Mapping
-from pathlib import Path
 
 import google_crc32c  # zarr's own crc32c implementation (a dependency of zarr)
 import numpy as np

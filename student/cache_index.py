@@ -13,12 +13,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from manifests.clips_table import current_clips, read_clips_table
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from shards.schema import FieldSpec, specs_from_json
 from shards.store import exists, join, location
 from shards.teacher_fields import CLIP_FIELDS, teacher_shapes
 
+
+# What training reads of a clip's manifest row (the loader, shards.cache_reader.ClipReader, the checks
+# below); created_at picks a clip's current row. Not its video, sampling or timestamps: at 10M clips the
+# whole table does not fit in memory.
+INDEX_COLUMNS = ("cache_key", "clip_id", "status", "stage", "error", "teacher_id", "format", "shard", "row", "fields",
+                 "checksums", "frame_indices", "window_starts", "created_at")
 
 # Benchmarks: their rows are test data whatever split a table gives them (the caching job's
 # evaluation sources, pipeline/datasets/registry.py, and the synthetic benchmark). Listed here, not
@@ -57,7 +66,7 @@ class Record:
     regions: tuple  # REGION structs as dicts
     images: tuple[str, ...]  # image paths relative to the cache's image root
     meta: str | None  # JSON: answers, options, question type (what an evaluator scores against)
-    clip: dict | None  # the clip's manifest row (shard, row, format, fields, checksums, window_starts)
+    clip: dict | None  # the clip's manifest row, its INDEX_COLUMNS only
 
     @property
     def shard(self) -> str | None:
@@ -93,9 +102,8 @@ def load_cache_index(
     if not exists(samples_path):
         raise FileNotFoundError(f"{root} holds no samples table ({SAMPLES_FILE}): not a p4d cache, or nothing cached yet")
     samples = read_samples(samples_path).to_pylist()
-    clips = {k: row for k, row in current_clips(read_clips_table(root)).items()}
-
     wanted = [s for s in samples if (split is None or s["split"] == split) and (not datasets or s["dataset"] in datasets)]
+    clips = current_clips(read_clips_table(root, INDEX_COLUMNS, convert=rows_of_keys({s["cache_key"] for s in wanted})))
     if training:
         refuse_evaluation_data(wanted, datasets, str(root))
     unknown = set(datasets) - {s["dataset"] for s in samples}
@@ -135,6 +143,13 @@ def load_cache_index(
     if found is not None:
         _check_fields(root, specs, needed, field_dtypes or {})
     return CacheIndex(root, records, found, specs, skipped)
+
+
+def rows_of_keys(keys: set[str | None]):
+    """A read_clips_table convert that keeps only the rows of `keys`: the clips the selected samples
+    point at, not the whole table."""
+    wanted = pa.array(sorted(k for k in keys if k is not None), pa.string())
+    return lambda rows, where: rows.filter(pc.is_in(rows["cache_key"], value_set=wanted))
 
 
 def _check_fields(root: Path, specs: dict[str, FieldSpec], needed, field_dtypes: dict[str, str]) -> None:

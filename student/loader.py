@@ -1,18 +1,21 @@
 """Streaming the cache into student batches, resumably.
 
 The pipeline, as explicit stages (each a function of the previous one's output):
-  order      stream.epoch_order / rank_batches: which samples, in which batches (manifests only)
+  order      stream.epoch_order / rank_batches: which samples, in which batches (manifests only), by
+             global position in the epoch's order
   read       shards.cache_reader.ClipReader: this batch's clips from their shards, only the fields the
              losses need
   augment    a seeded flip / crop of frames, regions and every target together (student/augment.py);
-             the draw is seeded by (seed, epoch, batch, position), so a resumed run draws the same views
+             the draw is seeded by (seed, epoch, global position), so a resumed run draws the same
+             views, on any number of ranks
   marks      the sample's regions drawn as Set-of-Marks labels on its frames (student/marks.py)
   images     image-only samples' pictures from the cache's image root
   collate    student.batch.collate: tokens, answer-only labels, visual inputs, targets + masks
 
-Batches are taken round-robin by DataLoader workers (batch j of the epoch by worker (j - start) mod W,
+Batches are taken round-robin by DataLoader workers (the j-th batch from the start by worker j mod W,
 which is the order a DataLoader interleaves its workers in), so the stream a rank sees does not depend
-on the number of workers, and `state_dict()` (epoch, next batch) is all a checkpoint needs to resume.
+on the number of workers, and `state_dict()` (epoch, global position: samples of the epoch consumed by
+all ranks) is all a checkpoint needs to resume, on any number of ranks.
 """
 from __future__ import annotations
 
@@ -82,9 +85,9 @@ def build_sample(record: Record, reader: ClipReader, image_root: Path, marks: Ma
 
 
 class _EpochBatches(IterableDataset):
-    def __init__(self, index: CacheIndex, batches: list[list[int]], start: int, fields, adapter, tokenizer,
+    def __init__(self, index: CacheIndex, order: list[int], batches: list[range], fields, adapter, tokenizer,
                  image_root: Path, cfg: DataConfig, epoch: int):
-        self.index, self.batches, self.start = index, batches, start
+        self.index, self.order, self.batches = index, order, batches
         self.fields, self.adapter, self.tokenizer, self.image_root = fields, adapter, tokenizer, image_root
         self.marks = cfg.marks if cfg.draw_marks else None
         self.augmentation = cfg.augment if cfg.augment.hflip_prob or cfg.augment.crop_prob else None
@@ -94,49 +97,61 @@ class _EpochBatches(IterableDataset):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         reader = ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields))
-        for j in range(self.start, len(self.batches)):
-            if (j - self.start) % workers != worker:
+        for j, positions in enumerate(self.batches):
+            if j % workers != worker:
                 continue
-            samples = [build_sample(self.index.records[i], reader, self.image_root, self.marks, self.augmentation,
-                                    np.random.default_rng([self.seed, self.epoch, j, k]))
-                       for k, i in enumerate(self.batches[j])]
+            samples = [build_sample(self.index.records[self.order[p]], reader, self.image_root, self.marks,
+                                    self.augmentation, np.random.default_rng([self.seed, self.epoch, p]))
+                       for p in positions]
             yield collate(samples, self.adapter, self.tokenizer, self.fields)
 
 
 class StudentLoader:
-    """Infinite iterator over this rank's batches (epoch after epoch) with a resumable position."""
+    """Infinite iterator over this rank's batches (epoch after epoch) with a resumable position.
+    `accumulation`: passes per optimizer step (a step takes world x batch_size x accumulation samples)."""
 
     def __init__(self, index: CacheIndex, cfg: DataConfig, rank: int, world: int, adapter, tokenizer,
-                 fields: tuple[str, ...], image_root: str | Path | None = None):
+                 fields: tuple[str, ...], image_root: str | Path | None = None, accumulation: int = 1):
         self.index, self.cfg, self.rank, self.world = index, cfg, rank, world
         self.adapter, self.tokenizer, self.fields = adapter, tokenizer, fields
         self.image_root = location(image_root) if image_root else index.root
-        self.epoch, self.batch = 0, 0  # position of the next batch to hand out
+        self.accumulation = accumulation
+        self.epoch, self.position = 0, 0  # of the next pass: samples of the epoch taken by all ranks before it
+        self.last_positions: list[int] = []  # in the epoch's order, of the batch handed out last
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        order = epoch_order(self.index.records, self.cfg.weights, self.cfg.seed, epoch, self.cfg.shuffle_buffer)
-        batches = rank_batches(order, self.rank, self.world, self.cfg.batch_size)
-        if not batches:
-            raise ValueError(f"{self.index.root}: {len(order)} samples make no full batch of "
-                             f"{self.cfg.batch_size} on each of {self.world} ranks")
+    def _order(self, epoch: int) -> list[int]:
+        return epoch_order(self.index.records, self.cfg.weights, self.cfg.seed, epoch, self.cfg.shuffle_buffer)
+
+    def _batches(self, order: list[int], start: int) -> list[range]:
+        batches = rank_batches(len(order), self.rank, self.world, self.cfg.batch_size, self.accumulation, start)
+        if not batches and start == 0:
+            raise ValueError(f"{self.index.root}: {len(order)} samples make no optimizer step of "
+                             f"{self.cfg.batch_size} x {self.world} ranks x {self.accumulation} passes")
         return batches
 
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Record indices of this rank's batches in a whole epoch."""
+        order = self._order(epoch)
+        return [[order[p] for p in positions] for positions in self._batches(order, 0)]
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
+        return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def __iter__(self):
+        per_pass = self.world * self.cfg.batch_size
         while True:
-            batches = self.epoch_batches(self.epoch)
-            dataset = _EpochBatches(self.index, batches, self.batch, self.fields, self.adapter, self.tokenizer,
+            order = self._order(self.epoch)
+            batches = self._batches(order, self.position)
+            dataset = _EpochBatches(self.index, order, batches, self.fields, self.adapter, self.tokenizer,
                                     self.image_root, self.cfg, self.epoch)
-            workers = min(self.cfg.num_workers, len(batches) - self.batch)
-            loader = DataLoader(dataset, batch_size=None, num_workers=workers,
+            loader = DataLoader(dataset, batch_size=None, num_workers=min(self.cfg.num_workers, len(batches)),
                                 collate_fn=lambda b: b, persistent_workers=False)
-            for batch in loader:
-                self.batch += 1
+            for batch, positions in zip(loader, batches):
+                self.position = positions.start - self.rank * self.cfg.batch_size + per_pass
+                self.last_positions = list(positions)
                 yield batch
-            self.epoch, self.batch = self.epoch + 1, 0
+            self.epoch, self.position = self.epoch + 1, 0
 

@@ -1,4 +1,5 @@
-"""The order a run reads its samples in: deterministic from (seed, epoch), split evenly over ranks.
+"""The order a run reads its samples in: deterministic from (seed, epoch) and the data selection alone,
+then cut into optimizer steps and split over ranks by global position.
 
 1. Mixture: dataset weight w repeats each of its samples floor(w) times plus a seeded subset of the
    fraction (w = 0.5: half of them, a different half each epoch).
@@ -6,12 +7,16 @@
    group stay in shard order: a worker reads shards front to back instead of seeking across the whole
    cache. Image-only samples have no shard to stream: each is a group of its own, spread evenly.
 3. A seeded shuffle buffer mixes neighbouring groups.
-4. Split by rank (every world-th sample), cut so every rank has the same number of full batches:
-   under ZeRO-3 a rank that runs out while the others step would hang them.
+4. Steps and ranks: an optimizer step takes the next `global batch` positions of the epoch's order
+   (while that many remain: the rest of the epoch is dropped, so every rank has the same number of
+   batches; under ZeRO-3 a rank that runs out while the others step would hang them); each of its
+   passes (gradient accumulation) the next world x batch_size, rank r the r-th batch_size of them.
 
-Everything is computed from the manifests alone (no tensor is read), so resuming at batch k of an
-epoch is recomputing this order and starting at k: the batches after a resume are exactly those of an
-uninterrupted run. DataLoader workers then take batches round-robin (loader.py).
+The order (1-3) does not depend on the number of ranks, and a rank's share is a function of the global
+position, the world size and the per-rank batch; so the loader's whole state is (epoch, global
+position), and a run resumed on another number of ranks with the same global batch reads the same
+samples in the same optimizer steps. Everything is computed from the manifests alone (no tensor is
+read). DataLoader workers then take batches round-robin (loader.py).
 """
 from __future__ import annotations
 
@@ -79,8 +84,11 @@ def epoch_order(records: list[Record], weights: dict[str, float], seed: int, epo
     return shuffle_buffer(order, buffer, rng)
 
 
-def rank_batches(order: list[int], rank: int, world: int, batch_size: int) -> list[list[int]]:
-    """This rank's batches of one epoch; every rank gets the same number (the remainder is dropped)."""
-    per_rank = len(order) // (world * batch_size) * batch_size
-    mine = order[rank::world][:per_rank]
-    return [mine[k:k + batch_size] for k in range(0, per_rank, batch_size)]
+def rank_batches(length: int, rank: int, world: int, batch_size: int, accumulation: int,
+                 start: int = 0) -> list[range]:
+    """This rank's batches of an epoch of `length` samples from global position `start` on, as ranges of
+    positions in the epoch's order (4. above); every rank gets the same number."""
+    per_pass = world * batch_size
+    passes = max(0, length - start) // (per_pass * accumulation) * accumulation
+    return [range(first, first + batch_size)
+            for first in (start + p * per_pass + rank * batch_size for p in range(passes))]

@@ -9,8 +9,9 @@ Every step: data.global_batch / (data.batch_size x ranks) passes (gradient accum
 over ranks (exact global weighting within the pass), forward (uniform across ranks), backward; then
 DeepSpeed's optimizer step. A checkpoint every run.checkpoint_every steps holds model, optimizer,
 scheduler, step and the loader position, and counts once its `complete` marker exists; a rerun
-resumes from the newest one. At the end the weights are consolidated (gathered module by module) and
-exported without the branch.
+resumes from the newest one, on the same or another number of ranks, exactly or not at all
+(student/checkpoints.py plan_resume). At the end the weights are consolidated (gathered module by
+module) and exported without the branch.
 """
 from __future__ import annotations
 
@@ -60,9 +61,11 @@ def lr_schedule(optimizer: torch.optim.Optimizer, max_steps: int, warmup_ratio: 
     return get_cosine_schedule_with_warmup(optimizer, math.ceil(max_steps * warmup_ratio), max_steps)
 
 
-def deepspeed_config(cfg, world: int) -> dict:
+def deepspeed_config(cfg, world: int, accumulation: int, universal: bool = False) -> dict:
+    """universal: load a checkpoint in DeepSpeed's universal format (saved by another number of ranks)."""
     ds = json.loads(Path(cfg.run.deepspeed).read_text())
-    accumulation = cfg.data.accumulation(world)
+    if universal:
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
     ds["gradient_accumulation_steps"] = accumulation
     ds["train_batch_size"] = cfg.data.batch_size * accumulation * world
@@ -108,6 +111,7 @@ class Trainer:
         import torch.distributed as dist
         from transformers.integrations import HfDeepSpeedConfig
 
+        from student import checkpoints
         from student.cache_index import check_shapes, load_cache_index, record_summary
         from student.loader import StudentLoader
         from student.model import StudentModel, load_tokenizer
@@ -135,15 +139,30 @@ class Trainer:
             cfg.data.check_frames(self.index.root, self.index.specs["frames"].shape[0])
         log.info("data: %s", record_summary(self.index))
 
-        ds_config = deepspeed_config(cfg, self.world)
+        # Before any model: what the checkpoint to resume (if any) allows, and how many passes a step takes.
+        self.digest = checkpoints.manifests_digest(self.index.records)
+        self.resume_tag = checkpoints.latest_complete(self.checkpoints)
+        marker = checkpoints.read_marker(self.checkpoints, self.resume_tag) if self.resume_tag else None
+        plan = checkpoints.plan_resume(marker, cfg, self.world, self.digest, str(self.checkpoints / str(self.resume_tag)))
+        for note in plan.notes:
+            log.warning("resume: %s", note)
+        self.universal = plan.universal
+        if self.universal:
+            if self.rank == 0:
+                log.info("converting %s to DeepSpeed's universal format (saved by another number of ranks)",
+                         self.resume_tag)
+                checkpoints.universal_copy(self.checkpoints, self.resume_tag)
+            dist.barrier()
+
+        ds_config = deepspeed_config(cfg, self.world, plan.accumulation, self.universal)
         torch.manual_seed(cfg.run.seed)  # identical P4D-branch init on every rank
         # Kept alive while the trainer lives: from_pretrained builds the student under zero.Init.
         self._hf_deepspeed = HfDeepSpeedConfig(ds_config)
         self.model = StudentModel.from_config(cfg.student)
         self.tokenizer = load_tokenizer(cfg.student.model.path)
-        self.loader = StudentLoader(self.index, cfg.data, self.rank, self.world, self.model.adapter, self.tokenizer,
-                                    fields)
         self.accumulation = ds_config["gradient_accumulation_steps"]
+        self.loader = StudentLoader(self.index, cfg.data, self.rank, self.world, self.model.adapter, self.tokenizer,
+                                    fields, accumulation=self.accumulation)
         self.max_steps = cfg.run.steps(len(self.loader.epoch_batches(0)), self.accumulation)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
@@ -157,18 +176,21 @@ class Trainer:
         self.passes = 0  # forward / backward passes (accumulation of them make a step)
 
     def resume(self) -> None:
-        """From the newest complete checkpoint, if any: weights, optimizer, schedule, step, loader position."""
+        """From the newest complete checkpoint, if any (found, checked and converted in setup): weights,
+        optimizer, schedule, step, loader position."""
         from student import checkpoints
 
-        tag = checkpoints.latest_complete(self.checkpoints)
+        tag = self.resume_tag
         if tag is None:
             return
-        _, client = self.engine.load_checkpoint(str(self.checkpoints), tag=tag)
+        # The universal copy lives inside the checkpoint's directory, as the tag `universal`.
+        where, name = (self.checkpoints / tag, checkpoints.UNIVERSAL) if self.universal else (self.checkpoints, tag)
+        _, client = self.engine.load_checkpoint(str(where), tag=name)
         self.steps_done = client["step"]
         self.passes = self.steps_done * self.accumulation
         self.loader.load_state_dict(client["loader"])
-        log.info("resumed from %s: step %d, loader at epoch %d batch %d", tag, self.steps_done, self.loader.epoch,
-                 self.loader.batch)
+        log.info("resumed from %s: step %d, loader at epoch %d, global position %d", tag, self.steps_done,
+                 self.loader.epoch, self.loader.position)
 
     def step(self, batch):
         """One pass on this rank's batch; the auxiliary terms are weighted by their valid samples over
@@ -191,7 +213,9 @@ class Trainer:
         self.engine.save_checkpoint(str(self.checkpoints), tag=tag, client_state=state)
         dist.barrier()  # every rank's partition is on disk before the marker says so
         if self.rank == 0:
-            checkpoints.mark_complete(self.checkpoints, tag, {"step": self.steps_done, "loader": self.loader.state_dict()})
+            run = checkpoints.run_record(self.cfg, self.world, self.accumulation, self.digest)
+            checkpoints.mark_complete(self.checkpoints, tag, {"step": self.steps_done, "loader": self.loader.state_dict(),
+                                                              "run": run})
             removed = checkpoints.prune(self.checkpoints, self.cfg.run.keep_checkpoints)
             log.info("checkpoint %s complete%s", tag, f" (pruned {removed})" if removed else "")
         dist.barrier()
@@ -220,9 +244,9 @@ class Trainer:
             data_wait = time.perf_counter() - start
             output = self.step(batch)
             stepped = self.passes % self.accumulation == 0
-            progress.record(self.steps_done + (not stepped), batch, output, data_wait, time.perf_counter() - start,
-                            self.world, self.scheduler.get_last_lr()[0], stepped,
-                            stepped and self.steps_done % run.log_every == 0)
+            progress.record(self.steps_done + (not stepped), self.loader.epoch, self.loader.last_positions, batch,
+                            output, data_wait, time.perf_counter() - start, self.world,
+                            self.scheduler.get_last_lr()[0], stepped, stepped and self.steps_done % run.log_every == 0)
             if stepped and (self.steps_done % run.checkpoint_every == 0 or self.steps_done == self.max_steps):
                 self.checkpoint()
         progress.close()
@@ -232,8 +256,9 @@ class Trainer:
 
 
 class StepLog:
-    """What a step leaves behind: each rank's sample ids and loss per pass in RUN/batches-rank<r>.jsonl
-    (under the optimizer step the pass belongs to); on rank 0, at each step's last pass, every loss
+    """What a step leaves behind: each rank's sample ids, their epoch and global positions (in the
+    epoch's order), the loss and its terms per pass in RUN/batches-rank<r>.jsonl (under the optimizer
+    step the pass belongs to); on rank 0, at each step's last pass, every loss
     term, samples/s, data wait and learning rate to TensorBoard (RUN/tensorboard), a progress bar and,
     every log_every steps, a log line."""
 
@@ -246,14 +271,15 @@ class StepLog:
         self.tensorboard = SummaryWriter(str(out / "tensorboard")) if rank == 0 else None
         self.bar = tqdm(total=max_steps, initial=done, desc="train", unit="step", disable=rank != 0)
 
-    def record(self, step: int, batch, output, data_wait: float, seconds: float, world: int, lr: float,
-               stepped: bool, log_line: bool) -> None:
+    def record(self, step: int, epoch: int, positions: list[int], batch, output, data_wait: float, seconds: float,
+               world: int, lr: float, stepped: bool, log_line: bool) -> None:
         loss = output.loss.item()
-        self.batches.write(json.dumps({"step": step, "samples": batch.sample_ids, "loss": loss}) + "\n")
+        terms = {k: float(v) for k, v in output.terms.items()}
+        self.batches.write(json.dumps({"step": step, "epoch": epoch, "positions": positions,
+                                       "samples": batch.sample_ids, "loss": loss, "terms": terms}) + "\n")
         self.batches.flush()
         if self.rank != 0 or not stepped:
             return
-        terms = {k: float(v) for k, v in output.terms.items()}
         rate = batch.size * world / seconds
         for k, v in terms.items():
             self.tensorboard.add_scalar(f"loss/{k}", v, step)

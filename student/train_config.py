@@ -82,6 +82,9 @@ class RunConfig:
     deepspeed: str = "configs/deepspeed/zero3_bf16.json"  # released: ZeRO-3, bf16
     seed: int = 0
     export: bool = True  # consolidate and export the final model without the P4D branch
+    # Resume a checkpoint although the sample stream would change (another seed, data selection, cache
+    # rows or global batch: student/checkpoints.py plan_resume); refused otherwise, naming the change.
+    allow_changed_resume: bool = False
 
     def __post_init__(self):
         local_path(self.out, "run.out")

@@ -9,9 +9,9 @@ import pytest
 
 from manifests.cache_key import cache_key_function, canonical_json, compute_cache_key, file_sha256
 from manifests.clips_table import current_clips, duplicate_ok_keys, read_clips_table, write_clips_part
-from manifests.planner import plan_missing
+from manifests.planner import missing_clips
 from manifests.samples_table import merge_samples, read_samples
-from manifests.schemas import CLIPS_SCHEMA, SAMPLES_SCHEMA
+from manifests.schemas import CLIP_REQUESTS_SCHEMA, CLIPS_SCHEMA, SAMPLES_SCHEMA
 
 BASE = dict(video_identity="sha256:abc", sampling={"num_frames": 16}, teacher_id="oracle:1", output_spec="[]")
 
@@ -80,11 +80,18 @@ def test_parts_are_never_overwritten_and_bad_rows_name_the_field(tmp_path):
         write_clips_part(tmp_path, "s1", [bad])
 
 
-def test_planner_returns_only_missing_each_once():
-    current = {"a": "ok", "b": "failed"}
-    wanted = ["a", "b", "c", "c", "d"]
-    assert plan_missing(wanted, lambda k: k, current) == ["c", "d"]
-    assert plan_missing(wanted, lambda k: k, current, retry_failed=True) == ["b", "c", "d"]
+def test_planner_returns_only_missing_each_once(tmp_path):
+    """Done: an ok row, or a failed row unless retrying failures; a transient row never (e: the machine
+    failed it; f: transient, then ok)."""
+    key = {name: name * 64 for name in "abcdef"}  # cache keys are 64 hex characters
+    write_clips_part(tmp_path, "s0", [row(key["a"], "ok", 0), row(key["b"], "failed", 1),
+                                      row(key["e"], "transient", 2), row(key["f"], "transient", 3)])
+    write_clips_part(tmp_path, "s1", [row(key["f"], "ok", 4)])
+    names = ["a", "b", "c", "c", "d", "e", "f"]
+    wanted = pa.table([[f"/v/{n}.mp4" for n in names], names, pa.nulls(7, pa.binary(32)), pa.nulls(7, pa.string()),
+                       [bytes.fromhex(key[n]) for n in names]], schema=CLIP_REQUESTS_SCHEMA)
+    assert missing_clips(wanted, tmp_path)["clip_id"].to_pylist() == ["c", "d", "e"]
+    assert missing_clips(wanted, tmp_path, retry_failed=True)["clip_id"].to_pylist() == ["b", "c", "d", "e"]
 
 
 def sample(sample_id: str, content: str) -> dict:

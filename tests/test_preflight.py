@@ -3,8 +3,10 @@ README gives their durations, frame counts and sizes), checked against numbers c
 it starts neither Ray nor a teacher and writes nothing."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,14 +15,19 @@ import pytest
 
 import dataset_roots as published
 from conftest import TEST_VIDEOS
+from manifests.cache_key import compute_cache_key, file_sha256
+from manifests.clips_table import write_clips_part
 from pipeline.cache_teacher import main as cache_main
 from pipeline.config import JobConfig, TeacherConfig
 from pipeline.preflight import expected_failure, probe_header, run_check, teacher_tflop_per_clip
+from pipeline.runner import field_specs
 from pipeline.sampling import SamplingConfig
 from pipeline.source_report import LOST_EXIT_CODE
 from pipeline.teachers.l4p.config import FULL, TASKS, TINY
 from pipeline.teachers.l4p.dpt import dpt_flops
 from pipeline.teachers.l4p.encoder import encoder_flops
+from pipeline.teachers.registry import teacher_class
+from shards.schema import specs_to_json
 
 T = 16
 
@@ -175,3 +182,37 @@ def test_check_exits_non_zero_for_a_source_that_would_yield_nothing(roots, tmp_p
     assert "  LOST: every clip is expected to fail (2 of 2)" in printed
     assert "hash: file not found x2, e.g. file not found: " in printed
     assert printed.splitlines()[-1] == f"verdict: 1 source(s) would yield nothing: robofac={roots['robofac']}"
+
+
+def test_check_finds_clips_cached_or_failed_before_by_the_keys_the_job_gives_them(roots, tmp_path):
+    """A cache whose clips table holds some of the clips (keys written out here from each file's bytes and
+    the span-limited sampling, as one clip at a time): counted as cached, failed before, or to compute."""
+    out = tmp_path / "cache"
+    config = JobConfig(sources=(f"stibench={roots['stibench']}",), out=str(out), sampling=SamplingConfig(num_frames=T),
+                       teacher=TeacherConfig(name="l4p-tiny"), check=True)
+    identity = teacher_class("l4p-tiny").identity(config.teacher, T)
+    spec_json = specs_to_json(field_specs(config, identity.shapes, T))
+    videos = (roots["stibench"] / "videos").resolve()
+
+    def key(name: str, span: tuple[float, float]) -> str:
+        video = f"sha256:{file_sha256(videos / name)}" if (videos / name).exists() else f"unreadable:{videos / name}"
+        return compute_cache_key(video, {**asdict(config.sampling), "start": span[0], "end": span[1]},
+                                 identity.teacher_id, spec_json)
+
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    row = {"clip_id": "c", "video_uri": "/v.mp4", "sampling": "{}", "teacher_id": identity.teacher_id,
+           "created_at": created}
+    write_clips_part(out, "s0", [
+        {**row, "cache_key": key("pancake.mkv", (1.0, 3.0)), "status": "ok"},
+        {**row, "cache_key": key("pancake.mkv", (1.0, 4.0)), "status": "ok"},  # no question asks this span
+        {**row, "cache_key": key("phone.mov", (0.0, 5.0)), "status": "failed"},
+        {**row, "cache_key": key("phone.mov", (0.0, 5.0)), "status": "failed"},
+        {**row, "cache_key": key("gone.mp4", (0.0, 5.0)), "status": "failed"},
+    ])
+    report = run_check(config)
+    sti, = report["sources"]
+    # pancake [1, 3] cached; phone and gone failed before; pancake [12, 13] and corrupted to compute
+    assert (sti["unique_clips"], sti["already_cached"], sti["failed_before"], sti["to_compute"]) == (5, 1, 2, 2)
+    assert (report["cached_clips"], report["failed_clips"]) == (2, 2)
+    retried, = run_check(replace(config, retry_failed=True))["sources"]
+    assert (retried["already_cached"], retried["failed_before"], retried["to_compute"]) == (1, 0, 4)

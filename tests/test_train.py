@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,7 +71,7 @@ def tiny_qwen(tmp_path_factory):
     return make_tiny_vlm("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "qwen")
 
 
-def loader_for(cache, model_dir, rank=0, world=1, fields=("latents", "depth"), **data):
+def loader_for(cache, model_dir, rank=0, world=1, fields=("latents", "depth"), accumulation=1, **data):
     from transformers import AutoConfig
 
     from student.adapters import build_adapter
@@ -78,7 +79,7 @@ def loader_for(cache, model_dir, rank=0, world=1, fields=("latents", "depth"), *
     index = load_cache_index(cache, needed=fields)
     cfg = DataConfig(cache=str(cache), **{"batch_size": 2, "num_workers": 0, "shuffle_buffer": 8, **data})
     adapter = build_adapter("qwen2_5_vl", AutoConfig.from_pretrained(model_dir), model_dir, (56, 56))
-    return StudentLoader(index, cfg, rank, world, adapter, load_tokenizer(model_dir), fields)
+    return StudentLoader(index, cfg, rank, world, adapter, load_tokenizer(model_dir), fields, accumulation=accumulation)
 
 
 def take(iterator, n):
@@ -117,20 +118,43 @@ def test_ranks_get_disjoint_equal_slices_and_workers_do_not_change_the_stream(tr
     assert ids(loader_for(train_cache, tiny_qwen, 1, 2, num_workers=2), 5) == serial
 
 
+def test_one_rank_with_accumulation_reads_the_steps_of_two_ranks(train_cache, tiny_qwen):
+    """Global batch 4: 2 ranks x 2 samples, or 1 rank x 2 samples x 2 passes: each step the same samples,
+    each drawn the same view (augmentation is seeded by the global position, not by a rank's batch)."""
+    from student.augment import AugmentConfig
+
+    two = [loader_for(train_cache, tiny_qwen, rank, 2).epoch_batches(0) for rank in (0, 1)]
+    one = loader_for(train_cache, tiny_qwen, 0, 1, accumulation=2).epoch_batches(0)
+    assert len(one) == 2 * len(two[0]) > 0
+    assert [two[0][s] + two[1][s] for s in range(len(two[0]))] == [one[2 * s] + one[2 * s + 1] for s in range(len(two[0]))]
+
+    flips = dict(fields=("flow",), weights={"sat": 0.0}, draw_marks=False, augment=AugmentConfig(hflip_prob=0.5))
+    steps = 3
+
+    def flows(batches) -> dict[str, object]:
+        return {sid: b.targets["flow"][k] for b in batches for k, sid in enumerate(b.sample_ids)}
+
+    on_two = {**flows(take(iter(loader_for(train_cache, tiny_qwen, 0, 2, **flips)), steps)),
+              **flows(take(iter(loader_for(train_cache, tiny_qwen, 1, 2, **flips)), steps))}
+    on_one = flows(take(iter(loader_for(train_cache, tiny_qwen, 0, 1, accumulation=2, **flips)), 2 * steps))
+    assert on_two.keys() == on_one.keys() and len(on_one) == 4 * steps
+    assert all(torch_equal(on_two[sid], on_one[sid]) for sid in on_one)
+
+
 def test_loader_state_round_trip_gives_the_same_next_batches(train_cache, tiny_qwen):
     """torchtitan's test: read N batches, save the state, rebuild, the next batches are identical
-    (across the epoch boundary too)."""
-    reference = loader_for(train_cache, tiny_qwen, num_workers=2)
+    (across the epoch boundary too); rank 1 of 2, so the global position counts both ranks' samples."""
+    reference = loader_for(train_cache, tiny_qwen, 1, 2, num_workers=2)
     per_epoch = len(reference.epoch_batches(0))
     stream = iter(reference)
     take(stream, per_epoch - 2)
     state = reference.state_dict()
     expected = [b.sample_ids for b in take(stream, 4)]
-    resumed = loader_for(train_cache, tiny_qwen, num_workers=2)
+    resumed = loader_for(train_cache, tiny_qwen, 1, 2, num_workers=2)
     resumed.load_state_dict(state)
     got = take(iter(resumed), 4)
     assert [b.sample_ids for b in got] == expected
-    assert resumed.state_dict() == {"epoch": 1, "batch": 2}
+    assert resumed.state_dict() == {"epoch": 1, "position": 8}  # 2 passes of 2 ranks x 2 samples into epoch 1
 
 
 def test_mixture_weights_repeat_and_subsample(train_cache):
@@ -184,9 +208,9 @@ def write_config(path: Path, cache: Path, model_dir: Path, out: Path, steps: int
     return path
 
 
-def launch(config: Path) -> subprocess.Popen:
+def launch(config: Path, ranks: int = 2) -> subprocess.Popen:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
            "student/train.py", "--config", str(config)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -198,20 +222,36 @@ def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
     return out
 
 
+def records(out: Path, rank: int) -> list[dict]:
+    """What a rank logged per pass (RUN/batches-rank<r>.jsonl), in order."""
+    return [json.loads(line) for line in (out / f"batches-rank{rank}.jsonl").read_text().splitlines()]
+
+
 def steps_logged(out: Path, rank: int) -> dict[int, dict]:
     """step -> the LAST record of it (a killed attempt may have logged steps that were redone)."""
-    records = {}
-    for line in (out / f"batches-rank{rank}.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        records[r["step"]] = r
-    return records
+    return {r["step"]: r for r in records(out, rank)}
+
+
+def global_sequence(passes: list[dict]) -> dict[int, list[tuple[int, int, str]]]:
+    """step -> its samples as (epoch, global position, sample id) in position order, from the passes of
+    every rank; a position is read once, and always holds the same sample."""
+    steps: dict[int, dict] = {}
+    for record in passes:
+        for position, sample in zip(record["positions"], record["samples"]):
+            seen = steps.setdefault(record["step"], {})
+            assert seen.setdefault((record["epoch"], position), sample) == sample, (record, seen)
+    return {step: sorted((e, p, s) for (e, p), s in seen.items()) for step, seen in steps.items()}
 
 
 def deepspeed_shm_segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
 
 
-def test_zero3_training_killed_and_resumed_sees_the_same_batches(train_cache, tiny_qwen, tmp_path):
+def test_zero3_training_killed_and_resumed_on_two_then_one_rank_sees_the_same_samples(train_cache, tiny_qwen,
+                                                                                      tmp_path):
+    """A 2-rank run killed after its step-4 checkpoint, resumed once on 2 ranks and once on 1 rank (a
+    node lost): each consumes the global sample sequence of the run that never stopped, each sample
+    once; on 2 ranks with the same losses, on 1 rank with the global batch of 4 kept by 2 passes."""
     steps, every = 6, 2
     segments_before = deepspeed_shm_segments()
     straight = tmp_path / "straight"
@@ -227,18 +267,39 @@ def test_zero3_training_killed_and_resumed_sees_the_same_batches(train_cache, ti
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    one = tmp_path / "killed-resumed-on-one"
+    shutil.copytree(killed, one)
+    before = {rank: len(records(one, rank)) for rank in (0, 1)}
+
     log = finish(launch(tmp_path / "b.json"))
-    assert "resumed from step-" in log
+    assert "resumed from step-00000004" in log
+    log = finish(launch(write_config(tmp_path / "c.json", train_cache, tiny_qwen, one, steps, every), ranks=1))
+    assert "saved by 2 ranks x 2 samples x 1 passes, resumed on 1 ranks x 2 x 2: the global batch 4 is kept" in log
+    assert "resumed from step-00000004" in log and (one / "checkpoints" / "step-00000004" / "universal").is_dir()
     # DeepSpeed's CPU all-reduce segments (~69 MB per rank in /dev/shm) outlive no run, killed or not.
     assert deepspeed_shm_segments() == segments_before
 
-    for rank in (0, 1):
+    expected = global_sequence(records(straight, 0) + records(straight, 1))
+    assert sorted(expected) == list(range(1, steps + 1))
+    assert all(len(samples) == 4 for samples in expected.values())
+    for rank in (0, 1):  # the same number of ranks: the same batches and losses, rank by rank
         a, b = steps_logged(straight, rank), steps_logged(killed, rank)
         assert sorted(a) == sorted(b) == list(range(1, steps + 1))
         for step in range(1, steps + 1):
             assert b[step]["samples"] == a[step]["samples"], (rank, step)
             # Same weights, optimizer state and batch after the resume: the same loss (fp32 CPU).
             assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), (rank, step)
+    # On 1 rank: the killed run's passes up to its checkpoint, then the resumed run's, 2 passes a step.
+    kept = [r for rank in (0, 1) for r in records(one, rank)[:before[rank]] if r["step"] <= 4]
+    resumed = records(one, 0)[before[0]:]
+    assert [r["step"] for r in resumed] == [5, 5, 6, 6]
+    assert global_sequence(kept + resumed) == expected, "the same samples in the same optimizer steps, each once"
+    # The first step after the resume sees the checkpoint's weights: each pass's answer loss (its own
+    # batch's mean) is the one the 2-rank run had on the same samples.
+    straight_passes = {tuple(r["positions"]): r for rank in (0, 1) for r in records(straight, rank) if r["step"] == 5}
+    for r in resumed[:2]:
+        assert r["terms"]["ce"] == pytest.approx(straight_passes[tuple(r["positions"])]["terms"]["ce"], rel=1e-4)
+
     # The case that deadlocks a stock HF forward under ZeRO-3 happened and passed: in some step one
     # rank had an image-only sample and the other had none (different vision-tower call patterns).
     def has_image(rank, step):

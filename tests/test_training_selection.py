@@ -56,3 +56,49 @@ def test_the_benchmark_lists_agree_across_the_wall():
     job's evaluation sources (plus the synthetic benchmark) and to what eval.py scores."""
     assert set(EVALUATION_DATASETS) == {*PIPELINE_EVALUATION, "synthetic4d"}
     assert set(BENCH_DATASETS.values()) == set(EVALUATION_DATASETS)
+
+
+def test_the_index_reads_only_the_columns_and_rows_training_needs(tmp_path, monkeypatch):
+    """At 10M clips the whole clips table does not fit: the index reads INDEX_COLUMNS of the rows of the
+    selected samples' clips only (history included, so a clip's current row is still its ok one)."""
+    import datetime as dt
+
+    from manifests.clips_table import write_clips_part
+    from shards.schema import FieldSpec, specs_to_json
+    from student import cache_index
+
+    key = {name: name * 64 for name in "abcd"}
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    fields = specs_to_json([FieldSpec("frames", (4, 8, 8, 3), "uint8"), FieldSpec("timestamps", (4,), "float64")])
+    clip = {"clip_id": "c", "video_uri": "/v.mp4", "sampling": "{}", "teacher_id": "t", "created_at": created,
+            "fields": fields}
+    write_clips_part(tmp_path, "s0", [
+        {**clip, "cache_key": key["a"], "status": "failed", "stage": "decode", "error": "e"},
+        {**clip, "cache_key": key["a"], "status": "ok", "shard": "shards/zarr/s0.zarr", "row": 3, "format": "zarr"},
+        {**clip, "cache_key": key["b"], "status": "failed", "stage": "decode", "error": "e"},
+        {**clip, "cache_key": key["c"], "status": "ok", "shard": "shards/zarr/s0.zarr", "row": 1, "format": "zarr"},
+        {**clip, "cache_key": key["d"], "status": "ok", "shard": "shards/zarr/s0.zarr", "row": 2, "format": "zarr"},
+    ])
+    video = {**row("x", "robofac", "train"), "images": None, "video": "v.mp4"}
+    rows = [{**video, "sample_id": "robofac/a", "cache_key": key["a"]},
+            {**video, "sample_id": "robofac/b", "cache_key": key["b"]},
+            {**video, "sample_id": "robofac/c", "cache_key": key["c"], "split": "val"},  # not selected
+            row("sat/train/0", "sat", "train")]
+    write_samples(tmp_path / SAMPLES_FILE, pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA))
+    read, real = [], cache_index.read_clips_table
+
+    def spy(*args, **kwargs):
+        read.append(real(*args, **kwargs))
+        return read[-1]
+
+    monkeypatch.setattr(cache_index, "read_clips_table", spy)
+    index = load_cache_index(tmp_path)
+    monkeypatch.undo()
+    assert read[0].column_names == list(cache_index.INDEX_COLUMNS)
+    # Not the per-clip columns training never reads (the largest: the sampling JSON, 16+ timestamps, the path).
+    assert {"video_uri", "video_sha256", "sampling", "timestamps", "nbytes"}.isdisjoint(read[0].column_names)
+    assert sorted(read[0]["cache_key"].to_pylist()) == [key["a"], key["a"], key["b"]]
+    records = {r.sample_id: r for r in index.records}
+    assert sorted(records) == ["robofac/a", "sat/train/0"] and index.skipped == {"clip failed: decode": 1}
+    assert (records["robofac/a"].clip["status"], records["robofac/a"].shard, records["robofac/a"].clip["row"]) == (
+        "ok", "shards/zarr/s0.zarr", 3)

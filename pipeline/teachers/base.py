@@ -13,6 +13,7 @@ import numpy as np
 
 from manifests.cache_key import canonical_json
 from pipeline.config import TeacherConfig
+from pipeline.failures import Fault, describe, fault_of
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,16 @@ class TeacherIdentity:
 
 class TeacherError(Exception):
     """A clip the teacher cannot process; becomes a failed row with this reason."""
+
+
+class TransientTeacherError(TeacherError):
+    """A clip the teacher could not process for a reason outside the clip (memory, a lost worker): the
+    clip is retried, and recorded as `transient` when its retries are spent (pipeline/failures.py)."""
+
+
+class DeviceFault(Exception):
+    """The device's state can no longer be trusted (a sticky CUDA error, a failed NCCL communicator):
+    nothing this process computes from now on can be, so its process must end (TeacherActor exits)."""
 
 
 def hash_id(name: str, *parts) -> str:
@@ -63,12 +74,16 @@ class Teacher(ABC):
 
     def predict_each(self, clips: list[TeacherInput]) -> list[dict[str, np.ndarray] | TeacherError]:
         """Like predict, but a clip that fails becomes its TeacherError instead of failing the
-        batch: the batch runs once, and only if it raises are the clips retried one by one."""
+        batch: the batch runs once, and only if it raises are the clips retried one by one (so a batch
+        out of memory becomes single clips, once). A fault of the device raises DeviceFault."""
         try:
             return self.predict(clips)
         except Exception as batch_error:
+            error = as_teacher_error(batch_error)  # a device fault goes no further
             if len(clips) == 1:
-                return [as_teacher_error(batch_error)]
+                return [error]
+        if isinstance(error, TransientTeacherError):
+            release_device_memory()
         return [self._predict_one(c) for c in clips]
 
     def _predict_one(self, clip: TeacherInput) -> dict[str, np.ndarray] | TeacherError:
@@ -79,4 +94,17 @@ class Teacher(ABC):
 
 
 def as_teacher_error(e: Exception) -> TeacherError:
-    return e if isinstance(e, TeacherError) else TeacherError(f"{type(e).__name__}: {e}")
+    """The clip's error, by the kind of fault (pipeline/failures.py); a device fault is raised."""
+    if isinstance(e, TeacherError):
+        return e
+    fault = fault_of(e)
+    if fault is Fault.DEVICE:
+        raise DeviceFault(describe(e)) from e
+    return (TransientTeacherError if fault.transient else TeacherError)(describe(e))
+
+
+def release_device_memory() -> None:
+    """Give the blocks a failed batch left in torch's CUDA cache back, before its clips run one by one."""
+    import torch
+
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialized
