@@ -237,6 +237,17 @@ def test_webdataset_clips_read_back_from_the_bucket_with_checksums(s3, wds_cache
     try:
         with pytest.raises(ShardCorruptError, match=f"{row['shard']}.*{row['clip_id']}.*timestamps"):
             read_cached_clip(wds_cache, row, ["timestamps"])
+        # The scrub finds it (a fresh process: its readers inherit the AWS environment); a repair, which
+        # compacts the clips table, is refused on a store.
+        scrub = subprocess.run([sys.executable, "-m", "pipeline.scrub", wds_cache, "--repair", "--workers", "1"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert scrub.returncode == 1, scrub.stdout + scrub.stderr
+        damaged = [line for line in scrub.stdout.splitlines() if line.startswith("damaged:")]
+        assert len(damaged) == 1 and damaged[0].startswith(
+            f"damaged: shard {row['shard']}, clip {row['clip_id']} (cache_key {row['cache_key']}), field timestamps: "
+            f"checksum expected {dict(row['checksums'])['timestamps']}, got "), scrub.stdout
+        assert "scrub: 4 clips in 4 shards" in scrub.stdout and "1 damaged" in scrub.stdout
+        assert "compaction (and repair" in scrub.stderr and "not supported on an object store" in scrub.stderr
     finally:
         s3.put_file(str(local / row["shard"]), key)
 
