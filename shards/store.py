@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from shards.atomic import atomic_write_bytes, commit_temporary, remove_temporary, temporary_path
@@ -217,14 +218,15 @@ def write_file(path: str | os.PathLike, data: bytes, *, replace: bool = False) -
     return Store(parent or ".").write_bytes(name, data, replace=replace)
 
 
-def fetch_directory(url: str, names: list[str]) -> Path:
-    """Download the files `names` of the directory at `url` (those that exist) into a fresh local
-    temporary directory, for readers that take a local path (torch.export.load); returns it."""
+@contextmanager
+def fetched_directory(url: str, names: list[str]):
+    """A local temporary directory holding the files `names` of the directory at `url` (those that
+    exist), for readers that take a local path (torch.export.load); deleted on exit."""
     import tempfile
 
     store = Store(url)
-    local = Path(tempfile.mkdtemp(prefix="p4d-fetched-"))
-    for name in names:
-        if store.exists(name):
-            (local / name).write_bytes(store.read_bytes(name))
-    return local
+    with tempfile.TemporaryDirectory(prefix="p4d-fetched-") as local:
+        for name in names:
+            if store.exists(name):
+                Path(local, name).write_bytes(store.read_bytes(name))
+        yield Path(local)

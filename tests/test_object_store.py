@@ -271,6 +271,15 @@ def test_a_committed_shard_in_the_bucket_is_never_replaced(s3, wds_cache):
         open_writer("wds", f"{wds_cache}/{row['shard']}", specs_from_json(row["fields"]))
 
 
+def test_teacher_heads_are_looked_for_in_the_bucket(wds_cache):
+    """D_m 'teacher' reads CACHE/teacher from the bucket; the oracle exported none, and the error says
+    where it looked (the bucket, not the local copy it fetches into)."""
+    from student.teacher_heads import FrozenTeacherHeads
+
+    with pytest.raises(FileNotFoundError, match=f"^{wds_cache}/teacher holds no exported L4P heads"):
+        FrozenTeacherHeads(f"{wds_cache}/teacher", ("depth",), LATENT_DIM)
+
+
 def test_zero3_trains_two_steps_from_the_bucket(s3, wds_cache, tmp_path, tmp_path_factory):
     from student.tiny import make_tiny_vlm
 
