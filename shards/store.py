@@ -92,10 +92,6 @@ class Store:
     def exists(self, rel: str | os.PathLike) -> bool:
         return self.path(rel).exists() if self.is_local else self.fs.exists(self._key(rel))
 
-    def open(self, rel: str | os.PathLike):
-        """A binary file object for reading (seekable; on a store, reads become ranged GETs)."""
-        return open(self.path(rel), "rb") if self.is_local else self.fs.open(self._key(rel), "rb")
-
     def read_bytes(self, rel: str | os.PathLike) -> bytes:
         return self.path(rel).read_bytes() if self.is_local else self.fs.cat_file(self._key(rel))
 
@@ -119,13 +115,6 @@ class Store:
             target = rel if path == local else f"{os.fspath(rel)}/{path.relative_to(local).as_posix()}"
             self.fs.put_file(os.fspath(path), self._key(target))
         return self.path(rel)
-
-    def glob(self, rel_pattern: str) -> list[str]:
-        """Relative paths matching `rel_pattern` (one directory level of wildcards), sorted."""
-        if self.is_local:
-            return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(rel_pattern))
-        base = self._base.rstrip("/") + "/"
-        return sorted(p[len(base):] for p in self.fs.glob(self._key(rel_pattern)))
 
     def children(self, rel: str) -> list[str]:
         """Relative paths of the entries directly under `rel` (files, and directories or prefixes)."""
