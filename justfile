@@ -38,14 +38,15 @@ demo format="zarr": venv
     @echo "student: {{data}}/runs/demo-{{format}} (export/ = plain transformers checkpoint, tensorboard/, checkpoints/)"
 
 # The paper's ablation on CPU with a tiny student: synthetic training scenes and held-out benchmark
-# scenes cached by the oracle, then baseline / +TPE / +LD / +ED / +LD+ED trained and evaluated per seed.
-ablation seeds="0 1 2": venv
-    {{py}} -m pipeline.synthetic.dataset --out {{data}}/ablation/train --scenes 24 --seed 0
+# scenes cached by the oracle, then the rows (default baseline / +LD+ED; add tpe for +TPE) trained per seed,
+# read by the 4D probes (with Welch tests against the baseline) and evaluated; ~60 CPU minutes (README).
+ablation seeds="0 1 2 3" rows="baseline ld_ed": venv
+    {{py}} -m pipeline.synthetic.dataset --out {{data}}/ablation/train --scenes 32 --seed 0
     {{py}} pipeline/cache_teacher.py --videos {{data}}/ablation/train --teacher oracle --latent-dim 64 --num-frames 16 --out {{data}}/ablation/train-cache
-    {{py}} -m pipeline.synthetic.benchmark --out {{data}}/ablation/bench --scenes 12
+    {{py}} -m pipeline.synthetic.benchmark --out {{data}}/ablation/bench --scenes 24
     {{py}} pipeline/cache_teacher.py --videos {{data}}/ablation/bench --teacher oracle --latent-dim 64 --num-frames 16 --out {{data}}/ablation/bench-cache
     {{py}} -m student.tiny --adapter qwen2_5_vl --out {{data}}/tiny-qwen2_5_vl
-    HF_HUB_OFFLINE=1 {{py}} student/ablation.py --config configs/train/ablation.yaml --bench-cache {{data}}/ablation/bench-cache --seeds {{seeds}} --ranks 1 --out {{data}}/ablation/results
+    HF_HUB_OFFLINE=1 {{py}} student/ablation.py --config configs/train/ablation.yaml --bench-cache {{data}}/ablation/bench-cache --train-data {{data}}/ablation/train --bench-data {{data}}/ablation/bench --seeds {{seeds}} --rows {{rows}} --ranks 1 --out {{data}}/ablation/results
 
 # Run the whole test suite.
 test *args: venv

@@ -1,8 +1,10 @@
-"""Student loader samples/s per worker at full L4P output shapes, per shard format, beside the raw
-read rate of the same shard bytes from the same disk.
+"""Student loader CPU ms and samples/s per worker at full L4P output shapes, per shard format, the path
+of before (targets decoded to float32 in the worker, every sample reading its clip) beside the path of
+now (targets as stored, decoded in the step; a worker keeps its last clips), and the raw read rate of
+the same shard bytes from the same disk.
 
     .venv/bin/python bench/loader.py [--clips 8] [--samples 16] [--repeats 3] [--formats zarr,wds]
-                                     [--cache-state auto|warm|cold|both] [--video-size 224]
+                                     [--cache-state auto|warm|cold|both] [--video-size 224] [--clip-cache 8]
 
 The data: --clips synthetic scenes (16 frames, 320 x 240 H.264) cached by the real caching job
 (pipeline.runner.run_job, oracle teacher at its default latent width 1408, the job's DEFAULT storage
@@ -10,30 +12,33 @@ config, default clips per shard) into data/bench/loader/cache-<format> (git-igno
 clips manifest records the field specs the job writes today, rebuilt otherwise. Per clip: frames
 16 x 224 x 224 x 3, latents 4 x 2048 x 1408, depth / dyn_mask 16 x 224 x 224, flow 2 x 16 x 224 x 224,
 camray 1 x 6 x 16 x 16 x 16, timestamps; the stored dtype / encoding / codec of each field is printed
-from the clips manifest's `fields`.
+from the clips manifest's `fields`. Each scene has several questions, so several samples share a clip.
 
-What is timed, per format, alternated in one run (raw, read+decode, loader, then the next format, then
-the next repetition; medians over --repeats):
-  raw          every byte of every shard file of the cache read with plain read() into a reused
-               buffer (Zarr: all files under the .zarr directory; WebDataset: the .tar). The limit:
-               rate = clips in the cache / seconds, i.e. what a loader would reach if decoding, checking
-               and collating were free. Each sample of the loader reads one whole clip, so the limit in
-               samples/s is the same number.
-  read+decode  shards.cache_reader.ClipReader + student.loader.build_sample over the first --samples samples of epoch 0's
-               order (StudentLoader.epoch_batches: mixture, shard groups, shuffle buffer, 1 rank),
-               every field the default student's losses need (latents + the four maps) plus frames and
-               timestamps, decoded to float32 and checksum-verified, as a loader worker does. A fresh
-               ClipReader per pass (a WebDataset shard is indexed once per pass).
-  loader       student.loader.StudentLoader(num_workers=0), the same samples in batches of
-               --batch-size: read+decode + collate (tokenizing, the tiny Qwen2.5-VL adapter's video
-               preparation at --video-size, stacking targets into float32 tensors).
+What is timed, per format, alternated in one run (raw, before, now, then the next format, then the
+next repetition; medians over --repeats), on the first --samples samples of epoch 0's order
+(StudentLoader.epoch_batches: mixture, shard groups, shuffle buffer, 1 rank), in batches of
+--batch-size, every field the default student's losses need (latents + the four maps) plus frames and
+timestamps, checksum-verified:
+  raw     every byte of every shard file of the cache read with plain read() into a reused buffer
+          (Zarr: all files under the .zarr directory; WebDataset: the .tar). The limit: clips in the
+          cache / seconds, i.e. what a loader would reach if decoding, checking and collating were free.
+  before  a worker's work as the loader did it before: shards.cache_reader.ClipReader decoding every
+          field to float32 and keeping no clip, student.loader.build_sample, student.batch.collate
+          (tokenizing, the tiny Qwen2.5-VL adapter's video preparation at --video-size, float32 targets).
+  now     the loader's worker today (student/loader.py): the reader keeps --clip-cache clips and hands
+          quantized fields as stored, collate stacks them as stored. "step decode" is the other half of
+          it, StudentBatch.to(device), run in the trainer (here on the CPU; on a GPU node on the GPU).
+CPU ms per sample = time.process_time of the pass / its samples (this process, 1 thread): what a
+worker's core spends. Read amplification = clip reads (from shards) / distinct clips, over the pass
+and over the whole of epoch 0 with 1 and 2 workers (a worker keeps its own clips; batches go to
+workers round-robin).
 "Per worker": this process runs as one DataLoader worker does: torch.set_num_threads(1) and
-OMP_NUM_THREADS=1 (set before numpy loads). num_workers=0 puts the worker's work on the timed path.
+OMP_NUM_THREADS=1 (set before numpy loads).
 
 Page cache: "warm" = the whole cache was read once before the pass (the cache is far smaller than RAM);
 "cold" = `echo 3 > /proc/sys/vm/drop_caches` right before EACH timed pass (raw and loader alike; needs
-root). Within a cold loader pass, samples of a clip read after its first one find it in the page cache,
-as in a real epoch. --cache-state auto = both when drop_caches is writable, else warm.
+root). Within a cold pass, samples of a clip read after its first one find it in the page cache, as in
+a real epoch. --cache-state auto = both when drop_caches is writable, else warm.
 """
 from __future__ import annotations
 
@@ -91,68 +96,87 @@ def raw_read_seconds(files: list[Path]) -> tuple[float, int]:
 
 
 class Subject:
-    """One cache: its sample order, its loader, and the three timed passes."""
+    """One cache: its sample order, its batches, and the timed passes."""
 
     def __init__(self, fmt: str, cache: Path, model_dir: Path, samples: int, batch_size: int,
-                 video_size: tuple[int, int]):
+                 video_size: tuple[int, int], clip_cache: int):
         from transformers import AutoConfig
 
         from student.adapters import build_adapter
         from student.cache_index import load_cache_index
         from student.config import StudentConfig
+        from student.loader import StudentLoader
         from student.model import load_tokenizer
         from student.train_config import DataConfig
 
-        self.fmt, self.cache = fmt, cache
-        student = StudentConfig()
-        self.fields = student.needed_fields()
+        self.fmt, self.cache, self.clip_cache = fmt, cache, clip_cache
+        self.fields = StudentConfig().needed_fields()
         self.index = load_cache_index(cache, needed=self.fields)
-        self.data = DataConfig(cache=str(cache), batch_size=batch_size, num_workers=0)
         self.adapter = build_adapter("qwen2_5_vl", AutoConfig.from_pretrained(model_dir), model_dir, video_size)
         self.tokenizer = load_tokenizer(model_dir)
-        order = [i for b in self.loader().epoch_batches(0) for i in b]
+        data = DataConfig(cache=str(cache), batch_size=batch_size, num_workers=0)
+        self.epoch = StudentLoader(self.index, data, 0, 1, self.adapter, self.tokenizer, self.fields).epoch_batches(0)
+        order = [i for b in self.epoch for i in b]
         if len(order) < samples:
             raise ValueError(f"{cache}: epoch 0 has {len(order)} samples in full batches, --samples asks {samples}")
-        self.order = order[:samples]
-        self.batches = samples // batch_size
+        self.batches = [order[k:k + batch_size] for k in range(0, samples - samples % batch_size, batch_size)]
+        self.samples = sum(len(b) for b in self.batches)
         self.files = shard_files(cache)
         self.clips = len({r.clip["cache_key"] for r in self.index.records if r.clip is not None})
         self.disk_bytes = sum(p.stat().st_size for p in self.files)
 
-    def loader(self):
-        from student.loader import StudentLoader
-
-        return StudentLoader(self.index, self.data, 0, 1, self.adapter, self.tokenizer, self.fields)
-
-    def raw(self) -> float:
-        seconds, nbytes = raw_read_seconds(self.files)
+    def raw(self) -> dict:
+        start = time.perf_counter()
+        _, nbytes = raw_read_seconds(self.files)
         if nbytes != self.disk_bytes:
             raise RuntimeError(f"{self.cache}: read {nbytes} bytes, the shard files hold {self.disk_bytes}")
-        return seconds
+        return {"seconds": time.perf_counter() - start}
 
-    def read_decode(self) -> float:
+    def reader(self, now: bool):
         from shards.cache_reader import ClipReader
+
+        return ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields), decode=not now,
+                          keep_clips=self.clip_cache if now else 0)
+
+    def worker_pass(self, now: bool) -> dict:
+        """The worker's work on the pass's batches (read, build, collate), then the step's decode."""
+        from student.batch import collate
         from student.loader import build_sample
 
-        start = time.perf_counter()
-        reader = ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields))
-        for i in self.order:
-            sample = build_sample(self.index.records[i], reader, self.index.root)
-            if set(sample["targets"]) != set(self.fields):
-                raise RuntimeError(f"read {sorted(sample['targets'])}, expected {self.fields}")
-        return time.perf_counter() - start
-
-    def full_loader(self) -> float:
-        start = time.perf_counter()
-        stream = iter(self.loader())
-        for _ in range(self.batches):
-            batch = next(stream)
+        wall, cpu = time.perf_counter(), time.process_time()
+        reader = self.reader(now)
+        batches = [collate([build_sample(self.index.records[i], reader, self.index.root) for i in batch],
+                           self.adapter, self.tokenizer, self.fields) for batch in self.batches]
+        result = {"seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "reads": reader.reads}
+        cpu = time.process_time()
+        for batch in batches:
+            batch.to("cpu")
             if set(batch.targets) != set(self.fields):
                 raise RuntimeError(f"batch holds {sorted(batch.targets)}, expected {self.fields}")
-        return time.perf_counter() - start
+        result["decode_cpu"] = time.process_time() - cpu
+        return result
+
+    def epoch_amplification(self, keep: int, workers: int) -> float:
+        """Clip reads over epoch 0 / distinct clips, with `workers` workers taking batches round-robin,
+        each keeping its last `keep` clips."""
+        from shards.cache_reader import ClipReader
+
+        reads = 0
+        for worker in range(workers):
+            reader = ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields), decode=False, keep_clips=keep)
+            for batch in self.epoch[worker::workers]:
+                for i in batch:
+                    if self.index.records[i].clip is not None:
+                        reader.read(self.index.records[i].clip)
+            reads += reader.reads
+        clips = {self.index.records[i].clip["cache_key"] for b in self.epoch for i in b
+                 if self.index.records[i].clip is not None}
+        return reads / len(clips)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from student.train_config import DataConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
@@ -166,15 +190,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="page-cache condition (default auto: both if drop_caches is writable, else warm)")
     parser.add_argument("--video-size", type=int, default=224,
                         help="the student's video side for collate (default 224, ModelConfig's default)")
+    parser.add_argument("--clip-cache", type=int, default=DataConfig.clip_cache,
+                        help=f"clips a worker keeps on the path of now (default: data.clip_cache, "
+                             f"{DataConfig.clip_cache})")
     args = parser.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
-    if args.samples < args.batch_size or args.repeats < 1 or args.clips < 1:
-        parser.error("--samples must be >= --batch-size, --repeats and --clips >= 1")
+    if args.samples < args.batch_size or args.repeats < 1 or args.clips < 1 or args.clip_cache < 0:
+        parser.error("--samples must be >= --batch-size, --repeats and --clips >= 1, --clip-cache >= 0")
 
     import torch
 
     torch.set_num_threads(1)
-    print_conditions("bench/loader.py: student loader samples/s per worker vs raw read of the same bytes",
+    print_conditions("bench/loader.py: student loader CPU ms and samples/s per worker, before and now, vs raw read",
                      ["torch", "numpy", "zarr", "numcodecs", "webdataset", "transformers"], BENCH_DATA)
     why_not = can_drop_caches() if args.cache_state in ("auto", "cold", "both") else None
     if args.cache_state == "auto":
@@ -198,64 +225,68 @@ def main(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         cache, reused = ensure_cache("loader", "oracle", fmt, args.clips, SCENE_SIZE)
         subjects[fmt] = Subject(fmt, cache, model_dir, args.samples, args.batch_size,
-                                (args.video_size, args.video_size))
+                                (args.video_size, args.video_size), args.clip_cache)
         s = subjects[fmt]
         print(f"cache {fmt}: {cache} ({'reused' if reused else f'built by the caching job in {time.perf_counter() - t:.0f} s'}), "
               f"{s.clips} clips in {len({r.shard for r in s.index.records if r.shard})} shard(s), "
               f"{len(s.files)} files, {s.disk_bytes / MB:.1f} MB on disk = {s.disk_bytes / s.clips / MB:.2f} MB/clip; "
               f"{len(s.index.records)} samples; teacher {s.index.teacher_id}")
     first = subjects[formats[0]]
-    print("storage (the job's default config, from the clips manifest `fields`; readers return float32 "
-          "for quantized fields):")
+    print("storage (the job's default config, from the clips manifest `fields`):")
     for line in describe_specs(first.index.specs):
         print(f"  {line}")
     for fmt, s in subjects.items():
         if s.index.specs != first.index.specs:
             print(f"  ({fmt} stores differently: {describe_specs(s.index.specs)})")
-    clips_touched = len({first.index.records[i].clip["cache_key"] for i in first.order})
-    print(f"sizes: {args.samples} samples per pass (epoch 0 order: {clips_touched} distinct clips, each sample reads "
-          f"and decodes its clip whole), loader batches of {args.batch_size}, student video {args.video_size}x{args.video_size}, "
-          f"fields read {(*CLIP_FIELDS, *first.fields)}; {args.repeats} repetitions alternated per state "
-          f"({' -> '.join(f'{f}: raw, read+decode, loader' for f in formats)})")
+    touched = len({first.index.records[i].clip["cache_key"] for b in first.batches for i in b})
+    print(f"sizes: {first.samples} samples per pass ({touched} distinct clips), loader batches of {args.batch_size}, "
+          f"student video {args.video_size}x{args.video_size}, fields read {(*CLIP_FIELDS, *first.fields)}; now keeps "
+          f"{args.clip_cache} clips per worker; {args.repeats} repetitions alternated per state "
+          f"({' -> '.join(f'{f}: raw, before, now' for f in formats)})")
 
-    results = {(st, fmt, kind): [] for st in states for fmt in formats for kind in ("raw", "decode", "loader")}
+    kinds = {"raw": lambda s: s.raw(), "before": lambda s: s.worker_pass(now=False),
+             "now": lambda s: s.worker_pass(now=True)}
+    results = {(st, fmt, kind): [] for st in states for fmt in formats for kind in kinds}
     for rep in range(args.repeats):
         for state in states:
             for fmt, s in subjects.items():
-                for kind, fn in (("raw", s.raw), ("decode", s.read_decode), ("loader", s.full_loader)):
+                for kind, fn in kinds.items():
                     if state == "cold":
                         drop_caches()
                     else:
                         s.raw()  # warm: every byte in the page cache before the pass
-                    results[(state, fmt, kind)].append(fn())
-            line = "  ".join(
-                f"{fmt} raw {results[(state, fmt, 'raw')][-1]:.3f}s decode {results[(state, fmt, 'decode')][-1]:.2f}s "
-                f"loader {results[(state, fmt, 'loader')][-1]:.2f}s" for fmt in formats)
+                    results[(state, fmt, kind)].append(fn(s))
+            line = "  ".join(f"{fmt} " + " ".join(f"{kind} {results[(state, fmt, kind)][-1]['seconds']:.2f}s"
+                                                 for kind in kinds) for fmt in formats)
             print(f"rep {rep + 1} {state:<4}  {line}", flush=True)
 
-    print(f"\n-- per worker (1 thread), median of {args.repeats}; ratio = stage rate / raw read rate of the "
-          "same cache, per repetition, then median")
-    print(f"{'state':<6}{'format':<7}{'raw MB/s':>10}{'raw clips/s':>13}{'read+decode':>13}{'ratio':>8}"
-          f"{'loader':>10}{'ratio':>8}{'decode s/sample':>17}{'collate s/sample':>18}")
-    print(f"{'':<6}{'':<7}{'':>10}{'(= limit)':>13}{'samples/s':>13}{'':>8}{'samples/s':>10}")
+    print(f"\n-- per worker (1 thread), median of {args.repeats}; limit = raw read rate of the same cache (clips/s, "
+          "each sample reads one clip)")
+    print(f"{'state':<6}{'format':<7}{'path':<8}{'samples/s':>11}{'/ limit':>9}{'worker CPU':>12}{'step decode':>13}"
+          f"{'reads /':>9}")
+    print(f"{'':<21}{'':>11}{'':>9}{'ms/sample':>12}{'ms/sample':>13}{'clips':>9}")
     for state in states:
         for fmt, s in subjects.items():
-            raw = results[(state, fmt, "raw")]
-            dec = results[(state, fmt, "decode")]
-            full = results[(state, fmt, "loader")]
-            loader_samples = s.batches * args.batch_size
-            raw_rate = [s.clips / t for t in raw]
-            dec_rate = [len(s.order) / t for t in dec]
-            full_rate = [loader_samples / t for t in full]
-            print(f"{state:<6}{fmt:<7}{median([s.disk_bytes / t / MB for t in raw]):>10.0f}"
-                  f"{median(raw_rate):>13.1f}{median(dec_rate):>13.2f}"
-                  f"{median([d / r for d, r in zip(dec_rate, raw_rate)]):>8.3f}"
-                  f"{median(full_rate):>10.2f}{median([f / r for f, r in zip(full_rate, raw_rate)]):>8.3f}"
-                  f"{median(dec) / len(s.order):>17.3f}"
-                  f"{(median(full) / loader_samples - median(dec) / len(s.order)):>18.3f}")
-    print("(raw clips/s: the shard files' bytes / the time to read them with read(), per clip stored: each sample "
-          "reads one\n clip, so it is the samples/s limit of a loader that did nothing else; collate s/sample = "
-          "loader - read+decode medians.)")
+            limit = median([s.clips / r["seconds"] for r in results[(state, fmt, "raw")]])
+            print(f"{state:<6}{fmt:<7}{'raw':<8}{limit:>11.1f}{1:>9.3f}")
+            for kind in ("before", "now"):
+                runs = results[(state, fmt, kind)]
+                rate = median([s.samples / r["seconds"] for r in runs])
+                print(f"{state:<6}{fmt:<7}{kind:<8}{rate:>11.2f}{rate / limit:>9.3f}"
+                      f"{median([r['cpu'] for r in runs]) / s.samples * 1e3:>12.1f}"
+                      f"{median([r['decode_cpu'] for r in runs]) / s.samples * 1e3:>13.1f}"
+                      f"{median([r['reads'] for r in runs]) / touched:>9.2f}")
+    print("(worker CPU: time.process_time of reading, building and collating the pass / its samples; step decode: "
+          "to(device) on this CPU\n (before: nothing left to decode; a GPU node decodes there); reads / clips: "
+          "clip reads from shards / distinct clips of the pass.)")
+
+    keeps = sorted({0, 1, 2, 4, args.clip_cache})
+    print(f"\n-- read amplification over epoch 0 (clip reads / distinct clips; {len(first.epoch)} batches of "
+          f"{args.batch_size}, 1 rank), by the clips a worker keeps (0: before; {args.clip_cache}: now)")
+    print(f"{'format':<8}{'workers':>8}" + "".join(f"{f'keep {k}':>10}" for k in keeps))
+    for fmt, s in subjects.items():
+        for workers in (1, 2):
+            print(f"{fmt:<8}{workers:>8}" + "".join(f"{s.epoch_amplification(k, workers):>10.2f}" for k in keeps))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """End-to-end clips/s of the real caching job beside the teacher's forward alone on the same clips.
 
     .venv/bin/python bench/throughput.py [--clips 48] [--repeats 2] [--teachers l4p-tiny,matched] \
-        [--matched-gflop 150] [--format zarr]
+        [--matched-gflop 150] [--format zarr] [--video-size 1280x720 --video-seconds 10]
 
 Teachers: `l4p-tiny` (the tests' model: ~1 s per clip here, little compute per output byte) and
 `matched` (bench/matched_teacher.py: outputs of the full L4P shapes, ~29.5 MB raw fp16 per clip,
@@ -12,7 +12,8 @@ real model, on a GPU node: --teachers l4p --l4p-checkpoint PATH [--l4p-dtype bfl
 
 A (the job): pipeline.runner.run_job on an in-process Ray (JobConfig with ray.address "local", every
 run into a fresh cache directory, default job settings otherwise) over --clips synthetic scenes of 16
-frames (320 x 240). Two rates from its summary:
+frames (320 x 240), or with --video-size over --clips videos of that size and --video-seconds
+(bench/source_videos.py: 720p 10 s is what a decoder meets in real data sets). Two rates from its summary:
   end-to-end   clips / seconds.compute_wall: from Ray up to the last shard committed, which includes
                start-up (the teacher's worker process and model build, the first decodes) but NOT
                Ray's own start and shut-down (printed apart as "outside compute_wall").
@@ -27,12 +28,17 @@ exactly as the job's decode stage does, in the job's batch size; one untimed war
 This is what the job would reach if decode, encode and write were free and fully hidden.
 
 A and B alternate (job, teacher-only, job, teacher-only, ...) per teacher; the ratios A/B are taken
-per repetition and their medians quoted. The per-stage seconds per clip (decode, teacher, encode =
-cast + quantize + pack, i.e. compress and checksum; write = the writer appending bytes and committing)
-are the job's own timers summed over clips and divided by the clips: the stages overlap and
+per repetition and their medians quoted. The per-stage seconds per clip (decode, teacher,
+teacher_encode = cast + quantize where the teacher is, encode = the clip's frames + pack, i.e.
+compress and checksum; write = the writer appending bytes and committing) are the job's own timers
+summed over clips and divided by the clips: the stages overlap and
 share the cores, so they do not add up to compute_wall, and a stage's time inside the job includes
 waiting for a core that another stage holds. "teacher busy" = the teacher's seconds in the job /
 the steady span: below 100 % the teacher waited for inputs or shared its core.
+
+The CPU core-seconds per clip per stage are the job's summary.json `core_seconds_per_clip`
+(time.process_time of each stage's processes, pipeline/timing.py); the stages that stay on CPUs on a
+GPU node (decode, encode, write) times a rate give the cores per GPU that rate takes.
 
 Start-up is a fixed cost per job and the steady state a rate, so end-to-end grows with the job:
 rate(N) = N / (startup + N / steady rate). The last table derives from the measured medians the
@@ -64,15 +70,17 @@ from bench.conditions import median, print_conditions  # noqa: E402
 from pipeline.config import JobConfig, OutputConfig, TeacherConfig  # noqa: E402
 from pipeline.runner import field_specs, run_job  # noqa: E402
 from pipeline.sampling import SamplingConfig  # noqa: E402
-from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset, scene_name  # noqa: E402
+from bench.source_videos import FPS, ensure_videos  # noqa: E402
+from pipeline.synthetic.dataset import SyntheticConfig, generate_dataset  # noqa: E402
 from pipeline.teachers.base import TeacherInput  # noqa: E402
 from pipeline.teachers.registry import teacher_class  # noqa: E402
+from pipeline.timing import CLIP_STAGES  # noqa: E402
 from shards.formats import FORMATS  # noqa: E402
 from shards.teacher_fields import L4P_DIM, L4P_HOOKS, PATCH, TOKENS_PER_WINDOW, TUBELET, teacher_shapes  # noqa: E402
 
 NUM_FRAMES = 16
 SCENE_SIZE = (320, 240)  # width, height
-STAGES = ("decode", "teacher", "encode", "write")
+STAGES = CLIP_STAGES
 MATCHED = "matched"
 MB = 1e6
 # The matched teacher runs under a registered name (the job's config needs one); run_job is handed
@@ -135,8 +143,8 @@ def decoded_inputs(videos: Path, num_clips: int, config: JobConfig, input_size) 
     from pipeline.video_reader import read_clip, resize_frames
 
     inputs = []
-    for i in range(num_clips):
-        clip = read_clip(videos / "videos" / f"{scene_name(i)}.mp4", config.sampling)
+    for path in sorted(videos.rglob("*.mp4"))[:num_clips]:
+        clip = read_clip(path, config.sampling)
         inputs.append(TeacherInput(clip.video_path, clip.frame_indices, clip.timestamps,
                                    resize_frames(clip.frames, input_size)))
     return inputs
@@ -167,6 +175,8 @@ class TeacherAlone:
             failed = [o for o in outputs if isinstance(o, Exception)]
             if failed:
                 raise RuntimeError(f"teacher-only run failed: {failed[0]}")
+        if self.torch.cuda.is_available():  # a GPU teacher's outputs are computed asynchronously
+            self.torch.cuda.synchronize()
         return time.perf_counter() - start
 
 
@@ -192,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", default="zarr", choices=FORMATS, help="shard format of the job (default zarr)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where scenes and caches go (default: a temporary dir on /tmp, removed at the end)")
+    parser.add_argument("--video-size", type=size_arg, default=None, metavar="WxH",
+                        help="source videos of this size and --video-seconds, 30 fps (bench/source_videos.py) "
+                             "instead of the synthetic scenes (320x240, 16 frames); e.g. 1280x720. Not for oracle")
+    parser.add_argument("--video-seconds", type=float, default=10.0, help="with --video-size (default 10)")
     args = parser.parse_args(argv)
     teachers = [t for t in args.teachers.split(",") if t]
     unknown = sorted(set(teachers) - set(known))
@@ -199,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--teachers: unknown {unknown}; known {list(known)}")
     if args.clips < 1 or args.repeats < 1:
         parser.error("--clips and --repeats must be >= 1")
+    if args.video_size and "oracle" in teachers:
+        parser.error("--video-size: the oracle knows the synthetic scenes only")
     l4p = None
     if "l4p" in teachers:
         if not args.l4p_checkpoint:
@@ -208,20 +224,56 @@ def main(argv: list[str] | None = None) -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="p4d-bench-throughput-", dir=args.workdir))
     try:
-        run(workdir, args.clips, args.repeats, [bench_teacher(t, args.matched_gflop, l4p) for t in teachers], args.format)
+        run(workdir, args.clips, args.repeats, [bench_teacher(t, args.matched_gflop, l4p) for t in teachers],
+            args.format, args.video_size, args.video_seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher], fmt: str) -> None:
+# The stages that run on CPUs whatever the teacher's device: what a GPU node must feed per clip.
+CPU_SIDE = ("decode", "encode", "write")
+RATES = (5, 10, 20, 35)  # clips/s per GPU: bench/gpu_check.py's range for full L4P on an H100 / H200
+
+
+def print_core_seconds(runs: dict[str, list[dict]]) -> None:
+    """CPU core-seconds per clip per stage (the job's summary.json) and the cores they take per clip/s."""
+    repeats = len(next(iter(runs.values())))
+    print(f"\n-- CPU core-seconds per clip (median of {repeats}; time.process_time of each stage's processes, "
+          "summary.json core_seconds_per_clip)")
+    print(f"{'teacher':<10}" + "".join(f"{s:>16}" for s in STAGES) + f"{'CPU side':>10}")
+    for name, records in runs.items():
+        core = {s: median([r["core"][s] for r in records]) for s in STAGES}
+        print(f"{name:<10}" + "".join(f"{core[s]:>16.4f}" for s in STAGES)
+              + f"{sum(core[s] for s in CPU_SIDE):>10.4f}")
+    print(f"(CPU side = {' + '.join(CPU_SIDE)}: the stages that stay on CPUs on a GPU node; teacher and "
+          "teacher_encode ran on this CPU here,\n on a GPU node they are the GPU's host thread.) Cores per GPU at "
+          "R clips/s = R x CPU side:")
+    print(f"{'teacher':<10}" + "".join(f"{f'{rate} clips/s':>12}" for rate in RATES))
+    for name, records in runs.items():
+        side = sum(median([r["core"][s] for r in records]) for s in CPU_SIDE)
+        print(f"{name:<10}" + "".join(f"{rate * side:>12.1f}" for rate in RATES))
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
+
+
+def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher], fmt: str,
+        video_size: tuple[int, int] | None = None, video_seconds: float = 10.0) -> None:
     print_conditions("bench/throughput.py: caching job clips/s vs the teacher alone",
                      ["ray", "torch", "numpy", "zarr", "webdataset", "decord"], workdir)
     videos = workdir / "scenes"
-    generate_dataset(videos, SyntheticConfig(num_scenes=num_clips, seed=0, num_frames=NUM_FRAMES,
-                                             width=SCENE_SIZE[0], height=SCENE_SIZE[1]),
-                     workers=min(num_clips, os.cpu_count() or 1))
-    print(f"sizes: {num_clips} synthetic clips of {NUM_FRAMES} frames ({SCENE_SIZE[0]}x{SCENE_SIZE[1]} H.264), "
-          f"format {fmt}, {repeats} repetitions alternated (job, teacher-only, job, teacher-only, ...)")
+    if video_size:
+        ensure_videos(videos, num_clips, video_size, video_seconds)
+        source = f"{video_size[0]}x{video_size[1]} {video_seconds:g} s {FPS} fps H.264 videos (bench/source_videos.py)"
+    else:
+        generate_dataset(videos, SyntheticConfig(num_scenes=num_clips, seed=0, num_frames=NUM_FRAMES,
+                                                 width=SCENE_SIZE[0], height=SCENE_SIZE[1]),
+                         workers=min(num_clips, os.cpu_count() or 1))
+        source = f"synthetic scenes of {NUM_FRAMES} frames ({SCENE_SIZE[0]}x{SCENE_SIZE[1]} H.264)"
+    print(f"sizes: {num_clips} clips of {NUM_FRAMES} frames from {source}, format {fmt}, {repeats} repetitions "
+          "alternated (job, teacher-only, job, teacher-only, ...)")
     full_ratio = full_l4p_gflop_per_mb()
     print(f"full L4P: {full_ratio:.0f} GFLOP per output MB (raw fp16), the ratio `matched` aims at")
 
@@ -273,6 +325,7 @@ def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher
                 "alone_per_clip": teacher_seconds / num_clips,
                 "compute_wall_per_clip": seconds["compute_wall"] / num_clips,
                 **{f"{s}_per_clip": seconds[s] / num_clips for s in STAGES},
+                "core": summary["core_seconds_per_clip"],
             }
             record["ratio"] = record["job_rate"] / record["alone_rate"]
             record["steady_ratio"] = record["steady_rate"] / record["alone_rate"]
@@ -283,11 +336,11 @@ def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher
                   f"({teacher_seconds:.2f} s)   ratio {record['ratio']:.3f}, steady {record['steady_ratio']:.3f}")
 
     print(f"\n-- seconds per clip inside the job (median of {repeats}; stages overlap, each timed in its worker)")
-    print(f"{'teacher':<10}" + "".join(f"{s:>9}" for s in STAGES) + f"{'sum':>9}{'compute_wall':>14}"
+    print(f"{'teacher':<10}" + "".join(f"{s:>16}" for s in STAGES) + f"{'sum':>9}{'compute_wall':>14}"
           f"{'teacher-only':>14}{'start-up s':>12}{'teacher busy':>14}")
     for name, records in runs.items():
         stage = [median([r[f"{s}_per_clip"] for r in records]) for s in STAGES]
-        print(f"{name:<10}" + "".join(f"{v:>9.3f}" for v in stage) + f"{sum(stage):>9.3f}"
+        print(f"{name:<10}" + "".join(f"{v:>16.3f}" for v in stage) + f"{sum(stage):>9.3f}"
               + f"{median([r['compute_wall_per_clip'] for r in records]):>14.3f}"
               + f"{median([r['alone_per_clip'] for r in records]):>14.3f}"
               + f"{median([r['startup'] for r in records]):>12.2f}"
@@ -304,6 +357,7 @@ def run(workdir: Path, num_clips: int, repeats: int, teachers: list[BenchTeacher
               f"{median([r['steady_rate'] for r in records]):>9.3f}{median(steady):>8.3f}"
               f"{' '.join(f'{x:.2f}' for x in steady):>17}"
               f"{median([r['wall_rate'] for r in records]):>17.3f}{median([r['outside'] for r in records]):>8.1f} s")
+    print_core_seconds(runs)
     print(f"\n-- derived from the medians above: rate(N) = N / (start-up + N / steady rate)")
     print(f"{'teacher':<10}{'start-up s':>12}{'steady ratio':>14}{'end-to-end >= 0.90 from':>26}")
     for name, records in runs.items():

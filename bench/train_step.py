@@ -15,11 +15,11 @@ alternated A B C D A B C D ... for --repeats rounds):
   no-branch  the same student without the P4D branch (student.model.ablation "tpe": TPE on, branch
              disabled, so no teacher field is read): the branch's overhead is cached / no-branch.
   online     the branch on, but the cache's targets are NOT read: inside the timed step, before the
-             student's forward, the l4p-tiny teacher (pipeline.teachers.l4p.L4PTinyTeacher, seeded
-             weights, built in each rank after the trainer's setup, frozen, inference mode, 1 thread like the
-             rank) predicts the targets from the batch's frames, as a trainer without a cache must. What
-             the cache saves: online / cached. The teacher is built here, in the benchmark: student/
-             never imports pipeline/.
+             student's forward, the l4p-tiny teacher (seeded weights, built in each rank, frozen,
+             inference mode, 1 thread like the rank) predicts the targets from the batch's frames, clip
+             by clip, as a trainer without a cache must (bench/online_teacher.py, handed to the Trainer
+             as its target provider). What the cache saves: online / cached. The teacher is built
+             here, in the benchmark: student/ never imports pipeline/.
 A separate launch per case, not the three cases interleaved in one engine: the no-branch student is
 another module set (ZeRO-3 partitions it differently), and peak memory (a process's max RSS) can only
 be told apart per case with one process per case.
@@ -78,7 +78,6 @@ def rank_main(args: argparse.Namespace) -> None:
     import resource
     from dataclasses import replace
 
-    import numpy as np
     import torch
     import torch.distributed as dist
 
@@ -96,33 +95,22 @@ def rank_main(args: argparse.Namespace) -> None:
     if args.case == "heads":
         cfg = replace(cfg, student=replace(cfg.student, branch=replace(cfg.student.branch, decoders="teacher")))
     total_steps = args.warmup + args.steps
-    trainer = Trainer(replace(cfg, run=replace(cfg.run, max_steps=total_steps)))  # the trainer's own setup
-    index, model, tokenizer, rank = trainer.index, trainer.model, trainer.tokenizer, trainer.rank
     fields = cfg.student.needed_fields()
-    read_fields = () if args.case == "online" else fields
-
     teacher = None
     if args.case == "online":
+        from bench.online_teacher import OnlineTeacherTargets
         from pipeline.config import TeacherConfig
-        from pipeline.teachers.base import TeacherInput
-        from pipeline.teachers.registry import build_teacher
 
-        teacher = build_teacher(TeacherConfig(name=TEACHER))
-        if index.teacher_id != type(teacher).identity(teacher.config, 16).teacher_id:
-            raise RuntimeError(f"the cache was made by {index.teacher_id}, not by this {TEACHER} teacher")
+        teacher = OnlineTeacherTargets(cfg.data.cache, TeacherConfig(name=TEACHER), fields)
+    # The trainer's own setup; with the teacher online it reads no teacher field and calls it in step().
+    trainer = Trainer(replace(cfg, run=replace(cfg.run, max_steps=total_steps)), target_provider=teacher)
+    index, model, tokenizer, rank = trainer.index, trainer.model, trainer.tokenizer, trainer.rank
+    read_fields = () if args.case == "online" else fields
 
     order = trainer.loader.epoch_batches(0)
     reader = ClipReader(index.root, (*CLIP_FIELDS, *read_fields))
     rss_after_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     init_seconds = time.perf_counter() - started
-
-    def online_targets(batch, samples) -> None:
-        videos = [s for s in samples if s.get("frames") is not None]
-        inputs = [TeacherInput("", np.arange(len(s["frames"])), s["timestamps"], s["frames"]) for s in videos]
-        outputs = teacher.predict(inputs)
-        for name in fields:
-            batch.targets[name] = torch.from_numpy(np.stack([o[name] for o in outputs]).astype(np.float32))
-            batch.target_valid[name] = torch.ones(len(videos), dtype=torch.bool)
 
     records = []
     for step in range(total_steps):
@@ -130,13 +118,11 @@ def rank_main(args: argparse.Namespace) -> None:
         samples = [build_sample(index.records[i], reader, index.root) for i in order[step % len(order)]]
         batch = collate(samples, model.adapter, tokenizer, read_fields)
         t1 = time.perf_counter()
-        if teacher is not None:
-            online_targets(batch, samples)
-        t2 = time.perf_counter()
         output = trainer.step(batch)
         t3 = time.perf_counter()
         if step >= args.warmup:
-            records.append({"data": t1 - t0, "teacher": t2 - t1, "step": t3 - t1, "loss": output.loss.item()})
+            records.append({"data": t1 - t0, "teacher": teacher.seconds if teacher else 0.0, "step": t3 - t1,
+                            "loss": output.loss.item()})
     dist.barrier()
     result = {"rank": rank, "case": args.case, "steps": records, "fields_read": [*CLIP_FIELDS, *read_fields],
               "params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),

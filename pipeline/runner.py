@@ -23,6 +23,7 @@ from pipeline.scheduler import RunStats, Scheduler
 from pipeline.source_report import folder_source, source_reports
 from pipeline.sources import attach_cache_keys, build_requests, clip_requests, concat_requests, load_sources
 from pipeline.teachers import registry
+from pipeline.timing import CLIP_STAGES
 from shards.schema import FieldSpec, specs_to_json
 from shards.store import is_url
 from shards.teacher_fields import CLIP_FIELDS, clip_shapes
@@ -120,6 +121,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
         # not on an object store, where compaction is refused (a part per shard stays: more GETs to list).
         compaction = compact_clips(cache.root, min_parts=JOB_MIN_PARTS) if cache.store.is_local else None
 
+        core = stats.seconds.cpu()
         summary = {
             "cache": str(cache.root),
             "format": config.output.format,
@@ -137,7 +139,11 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             "manifest_compaction": compaction and compaction.summary(),  # None on an object store
             "bytes_written": sum(w["bytes"] for w in writer_stats),
             "bytes_on_disk": sum(w["bytes_on_disk"] for w in writer_stats),
-            "seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},
+            "seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.wall().items())},
+            # CPU seconds of each stage's processes (pipeline/timing.py), and per clip written: the cores a
+            # cluster needs per clip/s (README, "Running on a cluster").
+            "core_seconds": {k: round(v, 3) for k, v in sorted(core.items())},
+            "core_seconds_per_clip": {k: round(core.get(k, 0.0) / max(stats.ok, 1), 4) for k in CLIP_STAGES},
             "wall_seconds": round(time.perf_counter() - wall, 3),
             "clips_per_second": round(stats.computed / max(stats.seconds["compute_wall"], 1e-9), 3),
         }

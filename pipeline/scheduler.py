@@ -132,7 +132,7 @@ class Scheduler:
         teacher = self.config.teacher
         self.teachers = [TeacherActor.options(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus,
                                               max_restarts=TEACHER_MAX_RESTARTS,
-                                              max_task_retries=0).remote(teacher, self.teacher_class)
+                                              max_task_retries=0).remote(teacher, self.specs, self.teacher_class)
                          for _ in range(teacher.num_actors)]
         self.load = [0] * len(self.teachers)  # clips sent to each teacher and not written yet
         # Exported once per run by the first actor: a student's explicit distillation may use them.

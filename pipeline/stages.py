@@ -1,7 +1,8 @@
 """The stages of the caching job as Ray tasks and actors: decode (CPU task), teacher (actor, one
-model per actor, built inside it), encode (CPU task: cast, quantize, check, compress) and write +
-commit (one actor per shard stream, appending bytes only: compression scales with the CPU tasks,
-not with the writers).
+model per actor, built inside it, whose outputs are cast and quantized where the teacher computed
+them: shards/torch_codecs.py), encode (CPU task: the clip's frames, compression, checksums) and
+write + commit (one actor per shard stream, appending bytes only: compression scales with the CPU
+tasks, not with the writers).
 
 Failures travel down the chain as values, never as exceptions, so one bad clip becomes one failed
 row and the job goes on. A transient failure (pipeline/failures.py) is handed back to the driver,
@@ -31,7 +32,8 @@ from shards.codecs import encode_arrays
 from shards.formats import open_writer, pack_clip, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
 from shards.store import Store, is_url, join, location
-from shards.teacher_fields import clip_window_starts
+from shards.teacher_fields import CLIP_FIELDS, clip_window_starts
+from shards.torch_codecs import encode_outputs
 
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class Encoded:
     frame_indices: list[int]
     timestamps: list[float]
     window_starts: list[int]
-    seconds: Seconds  # decode, teacher, encode
+    seconds: Seconds  # decode, teacher, teacher_encode, encode
 
 
 @ray.remote(num_returns=2)
@@ -86,16 +88,19 @@ def decode_clip(request: ClipRequest, sampling: SamplingConfig, teacher_size, fr
 class TeacherActor:
     """One frozen teacher per actor. Built here, inside the worker, never in the driver.
 
-    Stateless between calls (the model is frozen), so Ray may restart a dead actor and the driver
-    resubmit its clips: a retried clip is written once. After a DeviceFault the process exits, so
-    that its restart starts from a fresh CUDA context."""
+    Its outputs are cast and quantized to the stored dtypes where the teacher left them (its GPU:
+    about 4x fewer bytes leave the device and cross the object store), so the encode tasks only
+    compress and checksum. Stateless between calls (the model is frozen), so Ray may restart a dead
+    actor and the driver resubmit its clips: a retried clip is written once. After a DeviceFault the
+    process exits, so that its restart starts from a fresh CUDA context."""
 
-    def __init__(self, config: TeacherConfig, teacher_class: type | None = None):
+    def __init__(self, config: TeacherConfig, specs: list[FieldSpec], teacher_class: type | None = None):
         import torch
 
         from pipeline.teachers.registry import teacher_class as registered
 
         torch.set_num_threads(max(1, int(config.num_cpus)))
+        self.specs = [s for s in specs if s.name not in CLIP_FIELDS]  # what the teacher gives of the stored fields
         self.teacher = (teacher_class or registered(config.name))(config)
 
     def export(self, directory: str) -> None:
@@ -116,7 +121,9 @@ class TeacherActor:
         """Answers once the actor is up (after a restart: with its model built again)."""
 
     def predict(self, *payloads: Decoded):
-        """-> per clip (its outputs or a Failure, its share of the batch's seconds)."""
+        """-> per clip (its stored teacher arrays or a Failure, its share of the batch's seconds)."""
+        import torch
+
         seconds = Seconds()
         with seconds.timing("teacher"):
             try:
@@ -124,30 +131,42 @@ class TeacherActor:
             except DeviceFault as e:
                 log.error("teacher: %s; the process exits, Ray restarts it with a fresh device context", e)
                 os._exit(DEVICE_FAULT_EXIT_CODE)
-        share = seconds["teacher"] / len(payloads)
-        results = [(o if not isinstance(o, TeacherError)
-                    else Failure("teacher", str(o), isinstance(o, TransientTeacherError)), share) for o in outputs]
+            if torch.cuda.is_available():  # a GPU computes asynchronously: its work ends here, not in the encode
+                torch.cuda.synchronize()
+        with seconds.timing("teacher_encode"):
+            results = [self._encode(o) for o in outputs]
+        share = seconds.share(len(payloads))
+        results = [(r, share) for r in results]
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _encode(self, output):
+        """A clip's teacher outputs as stored (a field that does not fit the schema fails its clip,
+        named, instead of corrupting a shard)."""
+        if isinstance(output, TeacherError):
+            return Failure("teacher", str(output), isinstance(output, TransientTeacherError))
+        try:
+            return encode_outputs(self.specs, {s.name: output[s.name] for s in self.specs if s.name in output})
+        except ValueError as e:
+            return Failure("encode", str(e))
 
 
 @ray.remote
 def encode_clip(specs: list[FieldSpec], fmt: str, payload: Decoded, teacher_result, seconds: Seconds):
-    """Cast to the stored dtypes and validate shapes (a teacher output that does not fit the
-    schema fails its clip here, with the field named, instead of corrupting a shard), then pack the
-    clip as its shard format stores it (serialized, compressed, checksummed)."""
-    output, teacher_seconds = teacher_result
-    if isinstance(output, Failure):
-        return output
-    seconds = Seconds(seconds, teacher=teacher_seconds)
+    """The clip's own fields (frames, timestamps) checked and cast, then the clip packed as its shard
+    format stores it (serialized, compressed, checksummed) with the teacher's stored arrays."""
+    stored, teacher_seconds = teacher_result
+    if isinstance(stored, Failure):
+        return stored
+    seconds = Seconds(seconds)
+    seconds.update(teacher_seconds)
     with seconds.timing("encode"):
         tin = payload.teacher_input
-        arrays = {"frames": payload.frames, "timestamps": tin.timestamps, **output}
-        wanted = {s.name for s in specs}
+        clip_specs = [s for s in specs if s.name in CLIP_FIELDS]
         try:
-            encoded = encode_arrays(specs, {k: v for k, v in arrays.items() if k in wanted})
+            clip = encode_arrays(clip_specs, {"frames": payload.frames, "timestamps": tin.timestamps})
         except ValueError as e:
             return Failure("encode", str(e))
-        packed = pack_clip(fmt, specs, encoded)
+        packed = pack_clip(fmt, specs, {**clip, **stored})
     return Encoded(packed, [int(i) for i in tin.frame_indices], [float(t) for t in tin.timestamps],
                    clip_window_starts(len(tin.timestamps)), seconds)
 

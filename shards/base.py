@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from shards.codecs import check_encoded, decode_field, stored_specs
+from shards.codecs import Encoded, check_encoded, decode_field, stored_specs
 from shards.integrity import array_checksum
 from shards.schema import FieldSpec
 from shards.store import publish
@@ -118,10 +118,12 @@ class ShardReader(ABC):
 
     @abstractmethod
     def read(
-        self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
-    ) -> dict[str, np.ndarray]:
+        self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None,
+        decode: bool = True,
+    ) -> dict[str, np.ndarray | Encoded]:
         """The clip's DECODED arrays (all fields, or `fields`): a quantized field comes back as float32
-        values, never as its codes. Each stored array is verified when `checksums` is given.
+        values, never as its codes; with decode=False as its codecs.Encoded (stored arrays), to be
+        decoded by its consumer. Each stored array is verified when `checksums` is given.
 
         Raises integrity.ShardCorruptError for bytes that do not decode or do not match.
         """
@@ -207,14 +209,17 @@ def select_specs(specs: list[FieldSpec], fields: list[str] | None) -> list[Field
     return [by_name[f] for f in fields]
 
 
-def read_decoded(
-    specs: list[FieldSpec], fields: list[str] | None, read_stored: Callable[[FieldSpec], np.ndarray]
-) -> dict[str, np.ndarray]:
-    """The decoded arrays of the asked fields; `read_stored(spec)` reads (and verifies) one stored array."""
+def read_fields(
+    specs: list[FieldSpec], fields: list[str] | None, read_stored: Callable[[FieldSpec], np.ndarray],
+    decode: bool = True,
+) -> dict[str, np.ndarray | Encoded]:
+    """The asked fields, decoded or (decode=False) a quantized one as its Encoded stored arrays (a plain
+    field's stored array is its value either way); `read_stored(spec)` reads (and verifies) one stored
+    array."""
     out = {}
     for spec in select_specs(specs, fields):
         stored = {s.name: read_stored(s) for s in stored_specs([spec])}
-        out[spec.name] = decode_field(spec, stored)
+        out[spec.name] = decode_field(spec, stored) if decode or spec.encoding == "plain" else Encoded(spec, stored)
     return out
 
 

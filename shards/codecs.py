@@ -26,7 +26,7 @@ Encodings (FieldSpec.encoding) and their worst-case error, which the tests check
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from zarr.abc.codec import BytesBytesCodec
@@ -63,7 +63,7 @@ def stored_specs(specs: list[FieldSpec]) -> list[FieldSpec]:
     return out
 
 
-def _check_names(specs: list[FieldSpec], arrays: Mapping[str, object]) -> None:
+def check_names(specs: list[FieldSpec], arrays: Mapping[str, object]) -> None:
     expected = [s.name for s in specs]
     missing = [n for n in expected if n not in arrays]
     if missing:
@@ -177,7 +177,8 @@ def _prob_u8(spec: FieldSpec, array: np.ndarray) -> np.ndarray:
     return codes.astype(np.uint8)
 
 
-def _encode_field(spec: FieldSpec, value: object) -> dict[str, np.ndarray]:
+def encode_field(spec: FieldSpec, value: object) -> dict[str, np.ndarray]:
+    """One field's stored arrays (its main array and side arrays), checked; see encode_arrays."""
     array = np.asarray(value)
     if array.shape != spec.shape:
         raise ValueError(f"field {spec.name!r}: shape expected {spec.shape}, got {array.shape}")
@@ -205,10 +206,10 @@ def encode_arrays(specs: list[FieldSpec], arrays: Mapping[str, object]) -> dict[
     Raises ValueError naming the field and what was expected vs got: a missing or extra field, a wrong
     shape, a non-numeric dtype, NaN/inf in a float field, a value that does not fit the storage.
     """
-    _check_names(specs, arrays)
+    check_names(specs, arrays)
     out: dict[str, np.ndarray] = {}
     for spec in specs:
-        for name, array in _encode_field(spec, arrays[spec.name]).items():
+        for name, array in encode_field(spec, arrays[spec.name]).items():
             # Teachers hand over views (a transposed map): the writers and checksums want C order.
             out[name] = array if array.flags.c_contiguous else array.copy(order="C")
     return out
@@ -239,10 +240,22 @@ def decode_field(spec: FieldSpec, stored: Mapping[str, np.ndarray]) -> np.ndarra
     return np.where(codes > 0, np.exp(logs), 0.0).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A quantized field as stored: its spec and its stored arrays (the main array and its side arrays,
+    by name), for a consumer that decodes it where it uses it (the student: on its GPU)."""
+
+    spec: FieldSpec
+    arrays: Mapping[str, np.ndarray]
+
+    def decode(self) -> np.ndarray:
+        return decode_field(self.spec, self.arrays)
+
+
 def check_encoded(specs: list[FieldSpec], arrays: Mapping[str, object]) -> None:
     """The writers' cheap re-check that `arrays` came out of `encode_arrays` for these specs."""
     physical = stored_specs(specs)
-    _check_names(physical, arrays)
+    check_names(physical, arrays)
     for spec in physical:
         array = arrays[spec.name]
         if not isinstance(array, np.ndarray):

@@ -20,8 +20,8 @@ import numpy as np
 from numpy.lib.format import read_array, write_array
 
 from shards.base import (PackedClip, ShardReader, ShardWriter, StoredClip, check_addable, check_packed,
-                         check_row, check_specs, read_decoded, stored_clip)
-from shards.codecs import stored_specs, wds_gzip_level
+                         check_row, check_specs, read_fields, stored_clip)
+from shards.codecs import Encoded, stored_specs, wds_gzip_level
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec
 from shards.store import exists, location, open_for_read, read_range, remove_staging, staging_path
@@ -154,8 +154,9 @@ class WdsShardReader(ShardReader):
         return array
 
     def read(
-        self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
-    ) -> dict[str, np.ndarray]:
+        self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None,
+        decode: bool = True,
+    ) -> dict[str, np.ndarray | Encoded]:
         key = self._keys[check_row(row, len(self._keys))]
 
         def read_stored(spec: FieldSpec) -> np.ndarray:
@@ -171,4 +172,4 @@ class WdsShardReader(ShardReader):
                 verify_checksum(self.path, key, spec.name, array, checksums)
             return array
 
-        return read_decoded(self._specs, fields, read_stored)
+        return read_fields(self._specs, fields, read_stored, decode)

@@ -20,8 +20,8 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodecIndexLocation
 from zarr.storage import MemoryStore
 
 from shards.base import (PackedClip, ShardReader, ShardWriter, StoredClip, check_addable, check_packed,
-                         check_row, check_specs, read_decoded, stored_clip)
-from shards.codecs import stored_specs, zarr_compressors
+                         check_row, check_specs, read_fields, stored_clip)
+from shards.codecs import Encoded, stored_specs, zarr_compressors
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
 from shards.store import exists, location, remove_staging, staging_path
@@ -162,8 +162,9 @@ class ZarrShardReader(ShardReader):
                 )
 
     def read(
-        self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None
-    ) -> dict[str, np.ndarray]:
+        self, row: int, fields: list[str] | None = None, checksums: Mapping[str, str] | None = None,
+        decode: bool = True,
+    ) -> dict[str, np.ndarray | Encoded]:
         key = self._keys[check_row(row, len(self._keys))]
 
         def read_stored(spec: FieldSpec) -> np.ndarray:
@@ -177,4 +178,4 @@ class ZarrShardReader(ShardReader):
                 verify_checksum(self.path, key, spec.name, array, checksums)
             return array
 
-        return read_decoded(self._specs, fields, read_stored)
+        return read_fields(self._specs, fields, read_stored, decode)

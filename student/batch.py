@@ -7,18 +7,26 @@ A sample (what the loader yields, one per training example) is a dict:
   timestamps     float [T] seconds, with frames
   images         list of uint8 [H, W, 3] (may be empty)
   window_starts  teacher window starts of the clip (the manifest's), with frames
-  targets        {field: array} cached teacher outputs; a field that is missing (not cached, or not
-                 needed by any enabled loss) is masked for this sample
+  targets        {field: array or shards.codecs.Encoded} cached teacher outputs, as values or as stored
+                 (codes + side arrays); a field that is missing (not cached, or not needed by any
+                 enabled loss) is masked for this sample
 The batch's video samples must share their frame count (one cache = one sampling, in practice).
+
+Stored targets stay stored through the batch (`encoded_targets`: about 4x fewer bytes from the loader
+workers to the step than float32) and become float32 values on the training device in the step
+(`StudentBatch.to(device)`, shards/torch_codecs.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from shards.codecs import Encoded, stored_specs
+from shards.schema import FieldSpec
 from shards.teacher_fields import clip_window_starts
+from shards.torch_codecs import decode_tensor
 from student.adapters import VisualInput, VLMAdapter
 from student.p4d import window_frames
 from student.prompt import IGNORE, encode_conversation
@@ -35,12 +43,32 @@ class StudentBatch:
     video_rows: torch.Tensor  # [Bv] batch row of each video
     num_frames: int = 0  # frames of every video in the batch
     window_frames: torch.Tensor | None = None  # [W, 16] clip frame of each teacher window slot
-    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # field -> [Bv, ...]
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # field -> float32 [Bv, ...]
     target_valid: dict[str, torch.Tensor] = field(default_factory=dict)  # field -> bool [Bv]
+    # field -> (its spec, its stored arrays [Bv, ...] by name): targets not decoded yet (`to` decodes them)
+    encoded_targets: dict[str, tuple[FieldSpec, dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> StudentBatch:
+        """The batch on `device` (the training device), its stored targets decoded there into float32
+        `targets`; returns itself."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        self.input_ids, self.attention_mask = move(self.input_ids), move(self.attention_mask)
+        self.labels, self.video_rows = move(self.labels), move(self.video_rows)
+        self.window_frames = None if self.window_frames is None else move(self.window_frames)
+        self.images = [replace(v, pixels=move(v.pixels), slot_times=move(v.slot_times)) for v in self.images]
+        self.videos = [replace(v, pixels=move(v.pixels), slot_times=move(v.slot_times)) for v in self.videos]
+        self.targets = {name: move(t) for name, t in self.targets.items()}
+        self.target_valid = {name: move(t) for name, t in self.target_valid.items()}
+        for name, (spec, arrays) in self.encoded_targets.items():
+            self.targets[name] = decode_tensor(spec, {k: move(v) for k, v in arrays.items()})
+        self.encoded_targets = {}
+        return self
 
 
 def collate(
@@ -97,17 +125,43 @@ def _add_targets(batch: StudentBatch, samples: list[dict], fields: tuple[str, ..
                              f"not at {expected} as the cache's contract has them for {batch.num_frames} frames")
     batch.window_frames = window_frames(batch.num_frames)
     for name in fields:
-        present = [name in (s.get("targets") or {}) for s in samples]
+        targets = [(s.get("targets") or {}).get(name) for s in samples]
+        present = [t is not None for t in targets]
         if not any(present):
             continue
-        shape = next(np.shape(s["targets"][name]) for s, p in zip(samples, present) if p)
-        stacked = np.zeros((len(samples), *shape), dtype=np.float32)
-        for i, (s, p) in enumerate(zip(samples, present)):
-            if p:
-                value = np.asarray(s["targets"][name], dtype=np.float32)
-                if value.shape != shape:
-                    raise ValueError(f"sample {s.get('sample_id')!r}: {name} has shape {value.shape}, "
-                                     f"the batch's others {shape}")
-                stacked[i] = value
-        batch.targets[name] = torch.from_numpy(stacked)
+        specs = {t.spec for t in targets if isinstance(t, Encoded)}
+        if len(specs) == 1 and all(isinstance(t, Encoded) for t in targets if t is not None):
+            batch.encoded_targets[name] = (specs.pop(), _stack_stored(targets))
+        else:
+            batch.targets[name] = _stack_values(name, samples, [t.decode() if isinstance(t, Encoded) else t
+                                                                for t in targets])
         batch.target_valid[name] = torch.tensor(present)
+
+
+def _stack_values(name: str, samples: list[dict], values: list) -> torch.Tensor:
+    """float32 [B, ...]; zeros for the samples without the field (masked)."""
+    shape = next(np.shape(v) for v in values if v is not None)
+    stacked = np.zeros((len(values), *shape), dtype=np.float32)
+    for i, (s, value) in enumerate(zip(samples, values)):
+        if value is not None:
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != shape:
+                raise ValueError(f"sample {s.get('sample_id')!r}: {name} has shape {value.shape}, "
+                                 f"the batch's others {shape}")
+            stacked[i] = value
+    return torch.from_numpy(stacked)
+
+
+def _stack_stored(targets: list[Encoded | None]) -> dict[str, torch.Tensor]:
+    """Each stored array of the field, [B, ...] in its stored dtype (uint16 as int16 bits, which torch
+    handles everywhere); zeros for the samples without it, which decode to zeros (masked anyway)."""
+    spec = next(t.spec for t in targets if t is not None)
+    out = {}
+    for stored in stored_specs([spec]):
+        dtype = np.int16 if stored.dtype == "uint16" else np.dtype(stored.dtype)
+        stacked = np.zeros((len(targets), *stored.shape), dtype=dtype)
+        for i, target in enumerate(targets):
+            if target is not None:
+                stacked[i] = target.arrays[stored.name].view(dtype)
+        out[stored.name] = torch.from_numpy(stacked)
+    return out

@@ -4,10 +4,13 @@ The pipeline, as explicit stages (each a function of the previous one's output):
   order      stream.epoch_order / rank_batches: which samples, in which batches (manifests only), by
              global position in the epoch's order
   read       shards.cache_reader.ClipReader: this batch's clips from their shards, only the fields the
-             losses need
+             losses need, quantized ones as stored (decoded to float32 on the training device, in the
+             step: student.batch); the last data.clip_cache clips a worker read are kept, so samples of
+             a clip read close together read it once
   augment    a seeded flip / crop of frames, regions and every target together (student/augment.py);
              the draw is seeded by (seed, epoch, global position), so a resumed run draws the same
-             views, on any number of ranks
+             views, on any number of ranks. It works on values (a crop rescales flow): with
+             augmentation on, targets are decoded here, on the CPU
   marks      the sample's regions drawn as Set-of-Marks labels on its frames (student/marks.py)
   images     image-only samples' pictures from the cache's image root
   collate    student.batch.collate: tokens, answer-only labels, visual inputs, targets + masks
@@ -29,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from manifests.regions import parse_regions
 from shards.cache_reader import ClipReader
+from shards.codecs import Encoded
 from shards.store import is_url, join, location, open_for_read
 from shards.teacher_fields import CLIP_FIELDS
 from student.augment import AugmentConfig, augment
@@ -59,12 +63,14 @@ def build_sample(record: Record, reader: ClipReader, image_root: Path, marks: Ma
     """One sample dict for student.batch.collate. `augmentation` (with `rng`): a random consistent view
     of the clip; a target the view makes untrue (e.g. latents of a flipped clip) is dropped, which
     masks its loss for this sample. `marks`: draw the sample's regions as Set-of-Marks labels on its
-    frames (at load time: the cache holds unmarked frames; None: no marks)."""
+    frames (at load time: the cache holds unmarked frames; None: no marks). Targets come as the reader
+    gives them (values, or stored: shards.codecs.Encoded), decoded here only for augmentation."""
     sample = {"sample_id": record.sample_id, "conversations": list(record.conversations), "images": []}
     if record.clip is not None:
         arrays = reader.read(record.clip)
         regions = parse_regions(record.regions, f"sample {record.sample_id!r}") if record.regions else []
         if augmentation is not None:
+            arrays = {k: v.decode() if isinstance(v, Encoded) else v for k, v in arrays.items()}
             text = " ".join(t.get("content") or t.get("value") or "" for t in record.conversations)
             if SIDEDNESS.search(text):
                 augmentation = replace(augmentation, hflip_prob=0.0)
@@ -91,12 +97,12 @@ class _EpochBatches(IterableDataset):
         self.fields, self.adapter, self.tokenizer, self.image_root = fields, adapter, tokenizer, image_root
         self.marks = cfg.marks if cfg.draw_marks else None
         self.augmentation = cfg.augment if cfg.augment.hflip_prob or cfg.augment.crop_prob else None
-        self.seed, self.epoch = cfg.seed, epoch
+        self.seed, self.epoch, self.clip_cache = cfg.seed, epoch, cfg.clip_cache
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        reader = ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields))
+        reader = ClipReader(self.index.root, (*CLIP_FIELDS, *self.fields), decode=False, keep_clips=self.clip_cache)
         for j, positions in enumerate(self.batches):
             if j % workers != worker:
                 continue

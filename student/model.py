@@ -161,6 +161,15 @@ class StudentModel(nn.Module):
                         output_hidden_states=True, use_cache=False, **kwargs)
         return self._branch(batch, out.hidden_states[self.config.branch.layer])
 
+    @torch.no_grad()
+    def visual_hidden(self, batch: StudentBatch, layer: int = -1) -> torch.Tensor:
+        """The LLM's hidden states of `layer` at each video's visual tokens, [Bv, slots, rows, cols, D]:
+        what a probe of the frozen student reads (student/probes.py)."""
+        mm, kwargs, _ = self._visual_inputs(batch, uniform=False)
+        out = self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, mm_encoder_outputs=mm,
+                        output_hidden_states=True, use_cache=False, **kwargs)
+        return self._visual_grid(batch, out.hidden_states[layer])
+
     def _distillation(self, batch, hidden, result: StudentOutput, denominators) -> torch.Tensor:
         cfg, loss_cfg = self.config, self.config.loss
         preds = self._branch(batch, hidden)

@@ -30,11 +30,15 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import warnings
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from configs.dataclass_io import add_config_arguments, config_from_args, to_yaml
 from student.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from student.batch import StudentBatch
 
 # torch.distributed's renamed collectives, called by DeepSpeed every step: one warning per call.
 warnings.filterwarnings("ignore", message=r".*torch.distributed.\w+ is deprecated", category=FutureWarning)
@@ -103,9 +107,15 @@ def release_shm_segment_name(rank: int) -> None:
 class Trainer:
     """This rank's part of a training run: `setup` in the constructor (the data first: a cache that does
     not fit the config is refused before any model is built; then the student under ZeRO-3 with its
-    optimizer, schedule and loader), `resume`, `step`, `checkpoint`, `export`; `fit` runs them in turn."""
+    optimizer, schedule and loader), `resume`, `step`, `checkpoint`, `export`; `fit` runs them in turn.
 
-    def __init__(self, cfg: TrainConfig):
+    `target_provider`, when given, fills each batch's teacher targets (`batch.targets`,
+    `batch.target_valid`) for the enabled terms at the start of its step, and the loader reads no
+    teacher field: how a run with the teacher computing its targets online is built, from outside
+    student/ (bench/online_teacher.py), to compare it with training from the cache. It sees the cached
+    clips as stored, so augmentation, which changes the frames, is refused with it."""
+
+    def __init__(self, cfg: TrainConfig, target_provider: Callable[[StudentBatch], None] | None = None):
         import deepspeed
         import torch._dynamo  # noqa: F401  (imported before zero.Init: torch 2.13 signature mismatch otherwise)
         import torch.distributed as dist
@@ -131,6 +141,9 @@ class Trainer:
             (self.out / "config.yaml").write_text(to_yaml(cfg))
 
         fields = cfg.student.needed_fields()
+        if target_provider is not None and (cfg.data.augment.hflip_prob or cfg.data.augment.crop_prob):
+            raise ValueError("a target provider computes targets from the clips as cached: turn data.augment off")
+        self.target_provider = target_provider
         self.index = load_cache_index(cfg.data.cache, cfg.data.split, cfg.data.datasets, cfg.data.teacher_id,
                                       fields, cfg.data.field_dtypes, training=not cfg.data.allow_evaluation_data)
         if self.index.teacher_id is not None:
@@ -162,7 +175,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.student.model.path)
         self.accumulation = ds_config["gradient_accumulation_steps"]
         self.loader = StudentLoader(self.index, cfg.data, self.rank, self.world, self.model.adapter, self.tokenizer,
-                                    fields, accumulation=self.accumulation)
+                                    () if target_provider else fields, accumulation=self.accumulation)
         self.max_steps = cfg.run.steps(len(self.loader.epoch_batches(0)), self.accumulation)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
@@ -195,6 +208,9 @@ class Trainer:
     def step(self, batch):
         """One pass on this rank's batch; the auxiliary terms are weighted by their valid samples over
         all ranks. DeepSpeed updates the weights on the last pass of every `accumulation`."""
+        if self.target_provider is not None:  # the teacher run online (bench/, tests/): targets computed here
+            self.target_provider(batch)
+        batch = batch.to(self.engine.device)  # cached targets arrive as stored: decoded on this device
         output = self.engine(batch, global_denominators(batch, self.model, self.world))
         self.engine.backward(output.loss)
         self.engine.step()

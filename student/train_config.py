@@ -33,6 +33,7 @@ class DataConfig:
     num_frames: int | None = 16  # refuse a cache whose clips have another frame count (None: any); released 16
     num_workers: int = 1  # DataLoader workers per rank (0: read in the training process)
     shuffle_buffer: int = 64
+    clip_cache: int = 8  # clips each loader worker keeps after reading them (~10 MB each at L4P's shapes)
     seed: int = 0
     draw_marks: bool = True  # render region marks (<obj_k>) on the frames at load time
     marks: MarkStyle = field(default_factory=MarkStyle)
@@ -40,8 +41,9 @@ class DataConfig:
 
     def __post_init__(self):
         cache_location(self.cache, "data.cache")
-        if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
-            raise ValueError("data.batch_size must be >= 1, data.num_workers and data.shuffle_buffer >= 0")
+        if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0 or self.clip_cache < 0:
+            raise ValueError("data.batch_size must be >= 1, data.num_workers, data.shuffle_buffer and "
+                             "data.clip_cache >= 0")
         if min(self.global_batch or 1, self.num_frames or 1) < 1:
             raise ValueError("data.global_batch and data.num_frames must be >= 1 (or null)")
 

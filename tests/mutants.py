@@ -32,6 +32,7 @@ PACKAGES = ("pipeline", "shards", "manifests", "student")
 TESTS = {
     "student/losses.py": ["tests/test_losses.py"],
     "pipeline/teachers/l4p/windows.py": ["tests/test_l4p_windows.py"],
+    "shards/torch_codecs.py": ["tests/test_torch_codecs.py"],
     "student/charts.py": ["tests/test_charts.py"],
 }
 RESULT = re.compile(r"^\s+(\S+): (.+)$")

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pipeline.geometry import plucker_rays
 from pipeline.runner import run_job
 from pipeline.sampling import SamplingConfig
 from pipeline.synthetic.ground_truth import load_ground_truth
-from pipeline.timing import Seconds
+from pipeline.timing import CLIP_STAGES, Seconds
 from pipeline.teachers.oracle import MOTION_LOGIT
 from shards.atomic import is_temporary
 from shards.cache_reader import read_cached_clip
@@ -142,8 +143,13 @@ def test_stock_readers_open_the_outputs(both_caches):
         assert keys == set(ok_rows(cache)), "every sample points at a cached clip"
         summary = json.loads((cache / "summary.json").read_text())
         assert summary["clips"]["ok"] == 4
-        stages = {"hash", "decode", "teacher", "encode", "write", "startup", "compute_wall"}
+        stages = {"hash", "decode", "teacher", "teacher_encode", "encode", "write", "startup", "compute_wall"}
         assert set(summary["seconds"]) == stages and all(summary["seconds"][s] > 0 for s in stages), summary["seconds"]
+        # CPU seconds of every stage (core-seconds), and per clip written: the totals over the 4 clips.
+        core, per_clip = summary["core_seconds"], summary["core_seconds_per_clip"]
+        assert set(core) == stages - {"startup"} and set(per_clip) == set(CLIP_STAGES), core
+        for stage in CLIP_STAGES:
+            assert core[stage] > 0 and per_clip[stage] == pytest.approx(core[stage] / 4, abs=1e-3), stage
 
 
 def test_a_stage_timing_adds_its_seconds_however_it_ends():
@@ -153,7 +159,26 @@ def test_a_stage_timing_adds_its_seconds_however_it_ends():
     with pytest.raises(ValueError), seconds.timing("decode"):
         time.sleep(0.01)
         raise ValueError("a failed decode still took its time")
-    assert 1.02 <= seconds["decode"] < 2.0 and set(seconds) == {"decode"}
+    assert 1.02 <= seconds["decode"] < 2.0 and set(seconds) == {"decode", "cpu/decode"}
+    assert seconds.cpu()["decode"] < 0.01 and seconds.wall() == {"decode": seconds["decode"]}, "sleeping is no CPU"
+
+
+def spin(cpu_seconds: float) -> None:
+    start = time.thread_time()
+    while time.thread_time() - start < cpu_seconds:
+        pass
+
+
+def test_a_stage_counts_the_cpu_seconds_of_every_thread_of_its_process():
+    """A decoder's own threads (decord's, torch's) are the stage's cores too: a thread spinning 0.2 s
+    while the stage's thread waits for it counts 0.2 core-seconds."""
+    seconds = Seconds()
+    with seconds.timing("decode"):
+        worker = threading.Thread(target=spin, args=(0.2,))
+        worker.start()
+        worker.join()
+    assert 0.2 <= seconds.cpu()["decode"] < 0.2 + seconds["decode"]
+    assert seconds.share(4).cpu()["decode"] == seconds.cpu()["decode"] / 4
 
 
 def test_rerun_computes_nothing_and_new_videos_exactly(synthetic_set, ray_session, tmp_path):
@@ -209,6 +234,31 @@ def test_bad_inputs_become_failed_rows_with_reasons(synthetic_set, ray_session, 
     # ... unless asked.
     retried = run_job(job(videos, cache, teacher=TeacherConfig(name="l4p-tiny"), retry_failed=True))
     assert retried["clips"]["computed"] == 5 and retried["clips"]["failed"] == 5
+
+
+def test_a_teacher_output_that_does_not_fit_its_storage_fails_its_clip_by_name(synthetic_set, ray_session, tmp_path):
+    """The teacher actor quantizes its outputs: a NaN in one clip's depth fails that clip at stage
+    encode with the field named, and the other clip of the batch is cached."""
+    from pipeline.teachers.oracle import OracleTeacher
+
+    class NaNDepthOracle(OracleTeacher):  # defined here, so Ray ships it to the actor by value
+        def predict(self, clips):
+            outputs = super().predict(clips)
+            for clip, output in zip(clips, outputs):
+                if clip.video_path.endswith("scene_0001.mp4"):
+                    output["depth"] = output["depth"].copy()
+                    output["depth"][3, 10, 20] = np.nan
+            return outputs
+
+    videos, cache = tmp_path / "videos", tmp_path / "cache"
+    copy_scenes(synthetic_set, videos, ["scene_0000", "scene_0001"])
+    summary = run_job(job(videos, cache), NaNDepthOracle)
+    assert summary["clips"]["ok"] == 1 and summary["clips"]["failed"] == 1
+    rows = {Path(r["video_uri"]).name: r for r in current_clips(read_clips_table(cache)).values()}
+    failed = rows["scene_0001.mp4"]
+    assert (failed["status"], failed["stage"]) == ("failed", "encode")
+    assert failed["error"] == "field 'depth': values expected finite, got 1 NaN and 0 inf values"
+    assert rows["scene_0000.mp4"]["status"] == "ok"
 
 
 def test_oracle_refuses_videos_without_ground_truth(ray_session, tmp_path):

@@ -25,9 +25,11 @@ from pipeline.teachers.base import TeacherInput
 from pipeline.teachers.registry import build_teacher
 from pipeline.video_reader import read_clip, resize_frames
 from shards.cache_reader import read_cached_clip
-from shards.codecs import PROB_LOGIT_MAX, PROB_LOGIT_STEP, decode_field, side_specs
-from shards.formats import FORMATS
+from shards.codecs import PROB_LOGIT_MAX, PROB_LOGIT_STEP, decode_field, encode_arrays, side_specs
+from shards.formats import FORMATS, open_writer, shard_filename
 from shards.schema import FieldSpec, specs_from_json
+from shards.teacher_fields import CLIP_FIELDS
+from shards.torch_codecs import encode_tensor
 
 VIDEO = "flipping_a_pancake.mkv"  # 310 real frames, 426 x 240
 SAMPLING = SamplingConfig(num_frames=24)  # two teacher windows: merged maps, per-window latents and rays
@@ -144,3 +146,34 @@ def test_every_cached_field_is_the_teachers_output_within_its_encoding_error(cac
             f"{fmt} {name} ({spec.encoding} {spec.dtype}): {(error > bound).sum()} of {error.size} values beyond "
             f"the encoding's bound; worst at {worst}: cached {decoded[worst]}, teacher {want[worst]}, "
             f"bound {bound[worst]:.3g}")
+
+
+# The clip's cache_key as the job computed it before the teacher's outputs were encoded on its device
+# (main at 1b33b5e, this test's config): the key hashes the same things, so a cache written before is
+# still found complete by a rerun, and its clips are not recomputed.
+CACHE_KEY_BEFORE = "01053b47106f9ebd51be8832dd163d0cf395e1a6feb9c8e32a6372ede47b522e"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_shard_holds_the_bytes_of_the_numpy_codecs(caches, teacher_view, fmt, tmp_path):
+    """The job quantizes on the teacher's device (shards/torch_codecs.py); the encode task before it
+    did so with numpy (codecs.encode_arrays, then the format's writer). The same clip through the
+    numpy path gives the same stored arrays and the same shard, byte for byte, under the same key."""
+    cache, row = caches[fmt]
+    _, exact = teacher_view
+    assert row["cache_key"] == CACHE_KEY_BEFORE
+    specs = specs_from_json(row["fields"])
+    encoded = encode_arrays(specs, {s.name: np.asarray(exact[s.name]) for s in specs})
+    for spec in specs:  # and the torch path (a GPU teacher's) gives these bytes from these outputs too
+        if spec.name not in CLIP_FIELDS:
+            for name, array in encode_tensor(spec, torch.as_tensor(exact[spec.name])).items():
+                assert array.tobytes() == encoded[name].tobytes(), name
+    writer = open_writer(fmt, tmp_path / shard_filename(fmt, "numpy"), specs)
+    stored = writer.add(row["cache_key"], encoded)
+    assert dict(row["checksums"]) == stored.checksums and row["nbytes"] == stored.nbytes
+    ours, theirs = cache / row["shard"], writer.commit()
+    files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file()) if ours.is_dir() else [None]
+    for rel in files:
+        a, b = (ours / rel, theirs / rel) if rel else (ours, theirs)
+        assert a.read_bytes() == b.read_bytes(), f"{fmt}: {rel or a.name} differs"
+    assert len(files) > 1 or fmt == "wds"

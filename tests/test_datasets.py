@@ -482,6 +482,7 @@ def test_the_student_loader_streams_the_training_mixture(all_sources_job, tmp_pa
         for sid in batch.sample_ids:
             seen[sid] = "video" if sid in video_ids else "image"
         if batch.videos:
+            batch.to("cpu")
             assert batch.targets["depth"].shape == (len(batch.videos), NUM_FRAMES, 224, 224)
     datasets = {r.sample_id: r.dataset for r in index.records}
     kinds = {(datasets[s], kind) for s, kind in seen.items()}

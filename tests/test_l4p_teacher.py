@@ -93,7 +93,7 @@ def test_windows_merge_on_every_frame_as_the_released_code_merges_them(tiny, cli
         np.testing.assert_allclose(out[field], expected, rtol=1e-4, atol=1e-5, err_msg=field)
     # The merge has work to do: a plain overwrite moves depth by more than the tolerance above.
     overwrite = np.concatenate([per_window[0]["depth"][0]] + [w["depth"][0, 8:] for w in per_window[1:]])
-    assert np.abs(overwrite / out["depth"] - 1).max() > 1e-2
+    assert np.abs(overwrite / np.asarray(out["depth"]) - 1).max() > 1e-2
 
 
 def released_layout(model: L4PModel) -> dict[str, torch.Tensor]:

@@ -174,10 +174,12 @@ def test_only_the_needed_fields_are_read(train_cache, tiny_qwen, monkeypatch):
 
     asked = []
     read = WdsShardReader.read
-    monkeypatch.setattr(WdsShardReader, "read", lambda self, row, fields=None, checksums=None: (
-        asked.append(fields), read(self, row, fields, checksums))[1])
+    monkeypatch.setattr(WdsShardReader, "read", lambda self, row, fields=None, checksums=None, decode=True: (
+        asked.append(fields), read(self, row, fields, checksums, decode))[1])
     loader = loader_for(train_cache, tiny_qwen, fields=("depth",), weights={"sat": 0.0})
     batch = next(iter(loader))
+    assert set(batch.encoded_targets) == {"depth"} and not batch.targets, "as stored until the step"
+    batch.to("cpu")
     assert set(batch.targets) == {"depth"}
     assert batch.targets["depth"].shape[1:] == (16, 224, 224)
     assert asked and all(fields == ["frames", "timestamps", "depth"] for fields in asked), asked
@@ -367,6 +369,8 @@ def test_loader_draws_marks_and_augments_consistently(train_cache, tiny_qwen):
     flipping = dict(fields=fields, weights={"sat": 0.0}, draw_marks=False, augment=AugmentConfig(hflip_prob=1.0))
     a, b = next(iter(plain)), next(iter(loader_for(train_cache, tiny_qwen, **flipping)))
     again = next(iter(loader_for(train_cache, tiny_qwen, **flipping)))
+    assert not b.encoded_targets, "augmented views are decoded in the loader"
+    a.to("cpu")
     assert a.sample_ids == b.sample_ids == again.sample_ids
     assert torch_equal(b.targets["flow"], again.targets["flow"])  # seeded: a restart draws the same view
     by_id = {r.sample_id: r for r in index.records}
@@ -379,6 +383,69 @@ def test_loader_draws_marks_and_augments_consistently(train_cache, tiny_qwen):
         assert torch_equal(b.targets["flow"][k][0], -a.targets["flow"][k][0].flip(-1))
         assert torch_equal(b.targets["flow"][k][1], a.targets["flow"][k][1].flip(-1))
         assert not b.target_valid.get("latents", torch_false(len(a.sample_ids)))[k]
+
+
+STORED_FIELDS = ("latents", "depth", "flow", "dyn_mask", "camray")
+
+
+@pytest.mark.parametrize("clip_cache", [0, 8])
+def test_the_loader_hands_stored_targets_that_decode_to_the_cached_values(train_cache, tiny_qwen, monkeypatch,
+                                                                          clip_cache):
+    """Targets leave the loader as stored (codes + side arrays); decoded in the step they are, bit
+    for bit, the values the reader decodes on the CPU. A worker keeping `clip_cache` clips reads each
+    clip once per epoch when they all fit (4 clips here), and once per sample when it keeps none."""
+    import torch
+
+    from shards.cache_reader import read_cached_clip
+    from shards.wds_shard import WdsShardReader
+
+    reads = []
+    read = WdsShardReader.read
+    monkeypatch.setattr(WdsShardReader, "read", lambda self, row, fields=None, checksums=None, decode=True: (
+        reads.append((self.path, row)), read(self, row, fields, checksums, decode))[1])
+    loader = loader_for(train_cache, tiny_qwen, fields=STORED_FIELDS, weights={"sat": 0.0}, clip_cache=clip_cache)
+    batches = take(iter(loader), len(loader.epoch_batches(0)))
+    samples = sum(b.size for b in batches)
+    assert len(reads) == (4 if clip_cache else samples) and samples > 4, (len(reads), samples)
+    by_id = {r.sample_id: r for r in loader.index.records}
+    for batch in batches:
+        stored = {name: arrays for name, (_, arrays) in batch.encoded_targets.items()}
+        assert set(stored) == {"latents", "depth", "flow", "dyn_mask"} and set(batch.targets) == {"camray"}
+        assert stored["latents"]["latents"].dtype == torch.int8
+        batch.to("cpu")
+        assert not batch.encoded_targets and set(batch.targets) == set(STORED_FIELDS)
+        for k, sid in enumerate(batch.sample_ids):
+            cached = read_cached_clip(train_cache, by_id[sid].clip, STORED_FIELDS)
+            for name in STORED_FIELDS:
+                value = batch.targets[name][k].numpy()
+                assert value.dtype == np.float32 and value.tobytes() == cached[name].astype(np.float32).tobytes(), name
+
+
+def test_a_batch_stacks_stored_targets_with_zeros_for_samples_without_them(tiny_qwen):
+    from transformers import AutoConfig
+
+    from shards.codecs import Encoded, encode_field
+    from shards.schema import FieldSpec
+    from student.adapters import build_adapter
+    from student.batch import collate
+
+    spec = FieldSpec("depth", (16, 224, 224), "uint16", "zstd", 3, "log-depth", 2**-8)
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 20.0, (16, 224, 224))
+    encoded = Encoded(spec, encode_field(spec, depth))
+    sample = {"frames": np.zeros((16, 28, 28, 3), np.uint8), "timestamps": np.arange(16) / 8, "window_starts": [0],
+              "conversations": [{"role": "user", "content": "<video>\nhow deep?"},
+                                {"role": "assistant", "content": "3"}]}
+    samples = [{**sample, "sample_id": "a", "targets": {"depth": encoded}}, {**sample, "sample_id": "b", "targets": {}}]
+    adapter = build_adapter("qwen2_5_vl", AutoConfig.from_pretrained(tiny_qwen), tiny_qwen, (56, 56))
+    batch = collate(samples, adapter, load_tokenizer(tiny_qwen), ("depth",))
+    (stored_spec, arrays), = batch.encoded_targets.values()
+    assert stored_spec == spec and arrays["depth"].shape == (2, 16, 224, 224) and not arrays["depth"][1].any()
+    batch.to("cpu")
+    assert batch.target_valid["depth"].tolist() == [True, False]
+    np.testing.assert_array_equal(batch.targets["depth"][0].numpy(), encoded.decode())
+    assert not batch.targets["depth"][1].any(), "a missing target decodes to zeros (its loss is masked)"
+    np.testing.assert_allclose(batch.targets["depth"][0].numpy(), depth, rtol=np.expm1(2**-9) + 2**-23)
 
 
 def torch_equal(x, y) -> bool:

@@ -177,6 +177,16 @@ def test_real_clip_whole_video():
     assert clip.timestamps[-1] == pytest.approx(10.3, abs=0.02)
 
 
+def test_one_decoding_thread_gives_the_frames_of_ffmpegs_default_threads():
+    """The decode stage runs FFmpeg single-threaded (its cost in core-seconds); H.264 decoding is exact,
+    so the frames, and the cache's bytes, are those of decord's default threading."""
+    import decord
+
+    clip = read_clip(TEST_VIDEOS / "flipping_a_pancake.mkv", SamplingConfig(num_frames=16))
+    default = decord.VideoReader(str(TEST_VIDEOS / "flipping_a_pancake.mkv"), ctx=decord.cpu(0))
+    assert default.get_batch(clip.frame_indices.tolist()).asnumpy().tobytes() == clip.frames.tobytes()
+
+
 def test_corrupted_file_fails_naming_the_decode_error():
     with pytest.raises(VideoReadError) as error:
         read_clip(TEST_VIDEOS / "corrupted.mp4", SamplingConfig(num_frames=16))

@@ -8,6 +8,7 @@ writes
     DIR/videos/scene_0000.gt.npz   its exact ground truth: what the oracle teacher reads
     DIR/samples.parquet            the questions (benchmark_questions.py), SAMPLES_SCHEMA rows of dataset
                                    "synthetic4d", split "test"; meta "category" is the R4D column code
+    DIR/region_truth.parquet       per (video, frame, object) ground truth for the 4D probes
     DIR/benchmark.json             config, seed rule, questions per category and group, per-scene entries
 Every R4D category is asked (benchmark_questions.py says how each question is built and kept decidable);
 R about the camera's turn, because objects never rotate in the generator.

@@ -7,6 +7,8 @@ writes
     DIR/videos/scene_0000.mp4      H.264 (libx264, yuv420p), N frames at fps, frame i at i / fps
     DIR/videos/scene_0000.gt.npz   its exact ground truth (pipeline.synthetic.ground_truth)
     DIR/samples.parquet            the questions, manifests.schemas.SAMPLES_SCHEMA
+    DIR/region_truth.parquet       per (video, frame, object) ground truth for the 4D probes
+                                   (manifests/region_truth.py)
     DIR/scenes.json                seed, resolution, fps, frame count and the scene list
 Scene i is drawn from SeedSequence([seed, i]): the same command writes the same ground truth, rows and
 (x264 in one thread being deterministic) the same video bytes, whatever the number of workers.
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 from manifests.schemas import SAMPLES_SCHEMA
 from pipeline.synthetic.ground_truth import SceneGroundTruth, save_ground_truth, sidecar_path
 from pipeline.synthetic.questions import scene_samples
+from pipeline.synthetic.region_truth import write_region_truth
 from pipeline.synthetic.render import render
 from pipeline.synthetic.scene import Scene, sample_scene
 from shards.local_path import local_path
@@ -138,7 +141,8 @@ SceneGenerator = Callable[[Path, SyntheticConfig, int], tuple[dict, list[dict]]]
 def generate_scenes(out_dir: Path, config: SyntheticConfig, generate: SceneGenerator,
                     workers: int) -> tuple[list[dict], list[dict]]:
     """generate(out_dir, config, i) for every scene i, in `workers` processes (generate must be a
-    module-level function), then out_dir/samples.parquet: (scene entries, sample rows)."""
+    module-level function), then out_dir/samples.parquet and the probes' out_dir/region_truth.parquet:
+    (scene entries, sample rows)."""
     (out_dir / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
     indices = range(config.num_scenes)
     if workers > 1:
@@ -148,6 +152,7 @@ def generate_scenes(out_dir: Path, config: SyntheticConfig, generate: SceneGener
         results = [generate(out_dir, config, index) for index in indices]
     rows = [row for _, scene_rows in results for row in scene_rows]
     pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), out_dir / "samples.parquet")
+    write_region_truth(out_dir, VIDEO_DIR)
     return [entry for entry, _ in results], rows
 
 

@@ -1,7 +1,8 @@
 """The teacher interface: frames + timestamps in, latents per hooked layer and maps per task out.
 
 Every teacher returns, per clip, the fields and per-clip shapes of the cache's contract
-(shards/teacher_fields.py: windows, layouts, units), as float32 arrays.
+(shards/teacher_fields.py: windows, layouts, units), as float32 arrays: numpy, or torch tensors on the
+teacher's device (the caching job quantizes them there, shards/torch_codecs.py).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class Teacher(ABC):
 
     @abstractmethod
     def predict(self, clips: list[TeacherInput]) -> list[dict[str, np.ndarray]]:
-        """Outputs for a batch of clips with the same frame count (float32 arrays)."""
+        """Outputs for a batch of clips with the same frame count (float32 arrays or device tensors)."""
 
     def predict_each(self, clips: list[TeacherInput]) -> list[dict[str, np.ndarray] | TeacherError]:
         """Like predict, but a clip that fails becomes its TeacherError instead of failing the

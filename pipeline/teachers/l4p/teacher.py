@@ -85,7 +85,8 @@ class L4PTeacher(Teacher):
         return directory
 
     @torch.inference_mode()
-    def predict(self, clips: list[TeacherInput]) -> list[dict[str, np.ndarray]]:
+    def predict(self, clips: list[TeacherInput]) -> list[dict[str, torch.Tensor]]:
+        """float32 tensors on the teacher's device: the caching job encodes them there."""
         frames = np.stack([c.frames for c in clips])  # [B, T, 224, 224, 3]
         num_clips, num_frames = frames.shape[:2]
         windows = window_frame_indices(num_frames)  # [W, 16] clip frame of every window slot
@@ -93,25 +94,35 @@ class L4PTeacher(Teacher):
         video = torch.from_numpy(frames[:, windows].reshape(-1, windows.shape[1], *frames.shape[2:]))
         outputs = [self._forward(video[i:i + self.config.batch_size])
                    for i in range(0, len(video), self.config.batch_size)]
-        out = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+        out = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
         results = []
         for b in range(num_clips):
             w = slice(b * len(starts), (b + 1) * len(starts))
             latents = out["latents"][w]  # [W, hooks, N, C] -> window-major tokens
             results.append({
-                "latents": latents.transpose(1, 0, 2, 3).reshape(latents.shape[1], -1, latents.shape[3]),
-                "depth": crop(merge_depth(list(out["depth"][w, 0]), starts), num_frames),
-                "flow": crop(merge_flow(list(out["flow_2d_backward"][w]), starts), num_frames),
-                "dyn_mask": crop(merge_dyn_mask(list(out["dyn_mask"][w]), starts), num_frames)[0],
+                "latents": latents.transpose(0, 1).reshape(latents.shape[1], -1, latents.shape[3]),
+                "depth": _merged(merge_depth, out["depth"][w, 0], starts, num_frames),
+                "flow": _merged(merge_flow, out["flow_2d_backward"][w], starts, num_frames),
+                "dyn_mask": _merged(merge_dyn_mask, out["dyn_mask"][w], starts, num_frames)[0],
                 "camray": out["camray"][w],
             })
         return results
 
-    def _forward(self, windows: torch.Tensor) -> dict[str, np.ndarray]:
-        """windows [n, 16, 224, 224, 3] uint8 -> float32 numpy outputs per window."""
+    def _forward(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """windows [n, 16, 224, 224, 3] uint8 -> float32 outputs per window, on the device."""
         video = windows.to(self.device).permute(0, 4, 1, 2, 3).float().div_(255)
         video = ((video - self.mean) / self.std).to(self.dtype)
-        return {k: v.float().cpu().numpy() for k, v in self.model(video).items()}
+        return {k: v.float() for k, v in self.model(video).items()}
+
+
+def _merged(merge, windows: torch.Tensor, starts: list[int], num_frames: int) -> torch.Tensor:
+    """A per-frame map of the clip from its windows [W, ..., 16, H, W] (windows.py's rules), on the
+    windows' device. One window (T <= 16, as 4D-RGPT caches) has nothing to merge: it stays where it is;
+    several are merged by the numpy rules on the CPU."""
+    if len(starts) == 1:
+        return windows[0][..., :num_frames, :, :]
+    merged = crop(merge(list(windows.cpu().numpy()), starts), num_frames)
+    return torch.from_numpy(np.ascontiguousarray(merged)).to(windows.device)
 
 
 class L4PTinyTeacher(L4PTeacher):
