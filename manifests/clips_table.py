@@ -7,6 +7,9 @@ compacted file plus every part that no compacted file folds: a compaction commit
 file into place, so a reader sees either the parts or the compacted file that folds them, never
 both, whatever point a crash stopped the compaction at. Folded files still on disk are garbage the
 next compaction removes. `read_clips_table` is the one reader of this rule.
+
+A cache on an object store (shards/store.py) is read the same way, its files named by URL; a part is
+written there with a conditional create. Compaction itself is refused there (manifests/compaction.py).
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.schemas import CLIP_OK, CLIPS_SCHEMA
-from shards.atomic import atomic_write_bytes, is_temporary
+from shards.atomic import is_temporary
+from shards.store import Store, is_url, open_for_read
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +63,26 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA)
 
 
-def write_clips_part(cache_root: str | Path, part_name: str, rows: list[dict]) -> Path:
+def write_clips_part(cache_root: str | Path, part_name: str, rows: list[dict]) -> Path | str:
+    """Write a part once (atomically on a filesystem, a conditional create on an object store)."""
     table = rows_to_table(rows)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    path = Path(cache_root) / CLIPS_DIR / f"{PART_PREFIX}{part_name}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
-    return path
+    return Store(cache_root).write_bytes(CLIPS_DIR / f"{PART_PREFIX}{part_name}.parquet", sink.getvalue().to_pybytes())
 
 
-def is_compacted(path: Path) -> bool:
-    return path.name.startswith(COMPACTED_PREFIX)
+def _name(path: Path | str) -> str:
+    """A file's name, of a path or a URL."""
+    return os.fspath(path).rsplit("/", 1)[-1]
 
 
-def compacted_sequence(path: Path) -> int:
+def is_compacted(path: Path | str) -> bool:
+    return _name(path).startswith(COMPACTED_PREFIX)
+
+
+def compacted_sequence(path: Path | str) -> int:
     """compacted-<sequence>.parquet: later compactions have larger numbers."""
-    return int(path.name[len(COMPACTED_PREFIX):-len(".parquet")])
+    return int(_name(path)[len(COMPACTED_PREFIX):-len(".parquet")])
 
 
 def folds_metadata(names: list[str]) -> dict[bytes, bytes]:
@@ -84,9 +91,13 @@ def folds_metadata(names: list[str]) -> dict[bytes, bytes]:
     return {FOLDS_KEY: zlib.compress(json.dumps(names).encode())}
 
 
-def folded_names(path: Path) -> list[str]:
+def folded_names(path: Path | str) -> list[str]:
     """The file names a compacted file holds the rows of (its footer says)."""
-    metadata = pq.read_metadata(path).metadata or {}
+    if is_url(path):
+        with open_for_read(path) as source:
+            metadata = pq.read_metadata(source).metadata or {}
+    else:
+        metadata = pq.read_metadata(path).metadata or {}
     if FOLDS_KEY not in metadata:
         raise ValueError(f"{path}: a compacted clips file without its {FOLDS_KEY.decode()!r} footer entry")
     return json.loads(zlib.decompress(metadata[FOLDS_KEY]))
@@ -94,8 +105,9 @@ def folded_names(path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class ManifestFiles:
-    live: tuple[Path, ...]  # what the table is: compacted files by sequence, then unfolded parts by name
-    folded: tuple[Path, ...]  # committed files that a compacted file holds: an interrupted compaction's garbage
+    # Paths, or URLs for a cache on an object store.
+    live: tuple[Path | str, ...]  # what the table is: compacted files by sequence, then unfolded parts by name
+    folded: tuple[Path | str, ...]  # committed files that a compacted file holds: an interrupted compaction's garbage
 
     @property
     def parts(self) -> list[Path]:
@@ -109,23 +121,38 @@ class ManifestFiles:
 def manifest_files(cache_root: str | Path) -> ManifestFiles:
     """The clips table's files as of now. Every compacted file on disk counts for what it folds, folded
     or not itself: the rows it holds are held by whatever folds it."""
-    directory = Path(cache_root) / CLIPS_DIR
-    try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not is_temporary(n))
-    except FileNotFoundError:
-        return ManifestFiles((), ())
-    compacted = sorted((directory / n for n in names if n.startswith(COMPACTED_PREFIX)), key=compacted_sequence)
-    folded = {name for path in compacted for name in folded_names(path)}
-    parts = [directory / n for n in names if n.startswith(PART_PREFIX)]
-    live = [p for p in [*compacted, *parts] if p.name not in folded]
-    return ManifestFiles(tuple(live), tuple(p for p in [*compacted, *parts] if p.name in folded))
+    store = Store(cache_root)
+    if store.is_local:
+        directory = store.path(CLIPS_DIR)
+        try:
+            listed = os.listdir(directory)
+        except FileNotFoundError:
+            return ManifestFiles((), ())
+    else:
+        listed = [_name(rel) for rel in store.children(CLIPS_DIR.as_posix())]
+    names = sorted(n for n in listed if n.endswith(".parquet") and not is_temporary(n))
+    path = {n: store.path(f"{CLIPS_DIR.as_posix()}/{n}") for n in names}
+    compacted = sorted((path[n] for n in names if n.startswith(COMPACTED_PREFIX)), key=compacted_sequence)
+    folded = {name for p in compacted for name in folded_names(p)}
+    parts = [path[n] for n in names if n.startswith(PART_PREFIX)]
+    live = [p for p in [*compacted, *parts] if _name(p) not in folded]
+    return ManifestFiles(tuple(live), tuple(p for p in [*compacted, *parts] if _name(p) in folded))
 
 
-def read_clips_file(path: Path, columns: tuple[str, ...] | None = None, convert: Convert | None = None) -> pa.Table:
-    """One file of the clips table (see read_clips_table)."""
+def read_clips_file(path: Path | str, columns: tuple[str, ...] | None = None,
+                    convert: Convert | None = None) -> pa.Table:
+    """One file of the clips table (see read_clips_table); a path or a URL."""
+    if is_url(path):
+        with open_for_read(path) as source:
+            return _read_clips_source(source, path, columns, convert)
+    # A path, not a Python file object: pyarrow then reads it natively, without the GIL.
+    return _read_clips_source(path, path, columns, convert)
+
+
+def _read_clips_source(source, path: Path | str, columns: tuple[str, ...] | None, convert: Convert | None) -> pa.Table:
     # One open per file: the footer gives the schema, then only the asked columns are read.
     # pre_buffer reads every asked column chunk of the file at once: batch by batch it must not.
-    with pq.ParquetFile(path, pre_buffer=convert is None) as f:
+    with pq.ParquetFile(source, pre_buffer=convert is None) as f:
         if not f.schema_arrow.equals(CLIPS_SCHEMA, check_metadata=False):
             raise ValueError(f"{path}: schema differs from the clips schema; got {f.schema_arrow}")
         names = None if columns is None else list(columns)
@@ -155,7 +182,7 @@ def read_clips_table(cache_root: str | Path, columns: tuple[str, ...] | None = N
                 return pa.concat_tables(list(pool.map(lambda p: read_clips_file(p, columns, convert), files)))
         except FileNotFoundError as e:
             log.info("a clips file was removed by a compaction while being read (%s); listing them again", e)
-    raise RuntimeError(f"{Path(cache_root) / CLIPS_DIR}: files kept vanishing while being read "
+    raise RuntimeError(f"{Store(cache_root).path(CLIPS_DIR)}: files kept vanishing while being read "
                        f"({_READ_ATTEMPTS} attempts); is something other than a compaction deleting them?")
 
 

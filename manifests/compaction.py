@@ -36,6 +36,7 @@ from manifests.clips_table import (CLIPS_DIR, COMPACTED_PREFIX, compacted_sequen
                                    manifest_files, read_clips_file)
 from manifests.schemas import CLIPS_SCHEMA
 from shards.atomic import commit_temporary, fsync_dir, remove_temporaries, temporary_path
+from shards.store import is_url
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ def compact_clips(cache_root: str | Path, min_parts: int = 1, drop_keys: Collect
     the compacted files the size rule picks. drop_keys: cache_keys whose rows are left out; then every
     file holding one is folded whatever min_parts says, and nothing is written when none holds one.
     The caller holds the cache lock."""
+    if is_url(cache_root):
+        raise ValueError(f"{cache_root}: compaction (and repair, which drops rows by compacting) is not supported on "
+                         "an object store: its commit renames the compacted file into place, and a store has no "
+                         "rename")
     start = time.perf_counter()
     directory = Path(cache_root) / CLIPS_DIR
     if not directory.is_dir():

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from manifests.cache_key import DIGEST, DIGEST_BYTES, digest_bytes, digests_of_hex, file_sha256, hex_digests
 from shards.atomic import commit_temporary, fsync_dir, is_temporary, temporary_path
+from shards.store import is_url
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,12 @@ class ContentHashes:
 
     @classmethod
     def of_cache(cls, cache_root: str | Path, hasher: Callable[[str | Path], str] = file_sha256) -> ContentHashes:
+        if is_url(cache_root):
+            # The entries file and its additions are committed by rename (shards.atomic), which an object
+            # store lacks: a cache there remembers no hashes, and each run re-reads every video.
+            log.info("%s: on an object store the videos' content hashes are not remembered; every video is "
+                     "re-read to hash it", cache_root)
+            return cls(None, hasher)
         return cls(Path(cache_root) / HASHES_FILE, hasher)
 
     @property

@@ -13,14 +13,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.schemas import SAMPLES_SCHEMA
-from shards.atomic import atomic_write_bytes
+from shards.store import Store, open_for_read, write_file
 
 SAMPLES_FILE = Path("manifests") / "samples.parquet"
 
 
 def read_samples(path: str | Path) -> pa.Table:
-    """A samples Parquet file, checked against the schema (column names and types)."""
-    table = pq.read_table(path)
+    """A samples Parquet file (a path or a URL), checked against the schema (column names and types)."""
+    with open_for_read(path) as source:
+        table = pq.read_table(source)
     missing = [f.name for f in SAMPLES_SCHEMA if f.name not in table.column_names]
     if missing:
         raise ValueError(f"{path}: samples table lacks column(s) {missing}")
@@ -37,17 +38,17 @@ def read_samples(path: str | Path) -> pa.Table:
     return table
 
 
-def write_samples(path: Path, table: pa.Table) -> None:
+def write_samples(path: str | Path, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table.cast(SAMPLES_SCHEMA), sink)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes(), replace=True)
+    write_file(path, sink.getvalue().to_pybytes(), replace=True)
 
 
 def merge_samples(cache_root: str | Path, new: pa.Table) -> pa.Table:
     """Merge `new` into the cache's samples table; returns the merged table written."""
-    path = Path(cache_root) / SAMPLES_FILE
-    if path.exists():
+    store = Store(cache_root)
+    path = store.path(SAMPLES_FILE)
+    if store.exists(SAMPLES_FILE):
         old = read_samples(path)
         keep = pc.invert(pc.is_in(old["sample_id"], value_set=new["sample_id"]))
         merged = pa.concat_tables([old.filter(keep), new.cast(SAMPLES_SCHEMA)])

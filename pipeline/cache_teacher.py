@@ -32,6 +32,7 @@ from pipeline.preflight import check_exit_code, format_check, run_check  # noqa:
 from pipeline.runner import run_job  # noqa: E402
 from pipeline.scheduler import TeachersLostError  # noqa: E402
 from pipeline.source_report import LOST_EXIT_CODE, lost_sources, report_line  # noqa: E402
+from shards.store import join  # noqa: E402
 
 log = logging.getLogger("p4d.cache_teacher")
 
@@ -65,7 +66,7 @@ def final_line(summary: dict) -> str:
     failed = f"{clips['failed']} failed ({reasons}): {kinds['input']} by their input, {kinds['transient']} " \
              "transient (retried by the next run)" if clips["failed"] else "0 failed"
     return (f"done: {clips['wanted']} clips wanted, {clips['already_cached']} already cached, "
-            f"{clips['ok']} ok, {failed}; {Path(summary['cache']) / 'summary.json'}")
+            f"{clips['ok']} ok, {failed}; {join(summary['cache'], 'summary.json')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 1
     print(format_summary(summary))
-    print(json.dumps({"summary": str(Path(summary["cache"]) / "summary.json")}))
+    print(json.dumps({"summary": str(join(summary["cache"], "summary.json"))}))
     for report in summary["sources"]:
         (log.error if report["lost"] else log.info)("%s", report_line(report))
     log.info("%s", final_line(summary))

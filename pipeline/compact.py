@@ -14,11 +14,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from manifests.compaction import MEMORY_BYTES, compact_clips
 from pipeline.cache_dir import CacheDir, CacheLockedError
 from pipeline.runner import WRITER_EXIT_TIMEOUT_S
+from shards.local_path import cache_location
 
 log = logging.getLogger("p4d.compact")
 
@@ -26,19 +26,19 @@ log = logging.getLogger("p4d.compact")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("cache", type=Path, help="cache directory (the --out of the caching job)")
+    parser.add_argument("cache", type=cache_location, help="cache directory (the --out of the caching job)")
     parser.add_argument("--memory-mb", type=int, default=MEMORY_BYTES >> 20,
                         help="rows held in memory while sorting and merging, in MB (a row is ~2.4 KB)")
     args = parser.parse_args(argv)
     cache = CacheDir(args.cache)
-    if not cache.clips_dir.is_dir():
+    if not cache.has_clips_table():
         log.error("%s: no clips table (%s): not a p4d cache", args.cache, cache.clips_dir)
         return 1
     try:
         with cache.lock():
             cache.wait_for_writers(WRITER_EXIT_TIMEOUT_S)
             result = compact_clips(cache.root, memory_bytes=args.memory_mb << 20)
-    except CacheLockedError as e:
+    except (CacheLockedError, ValueError) as e:  # ValueError: a cache on an object store
         log.error("%s", e)
         return 1
     print(json.dumps(result.summary()))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from configs.dataclass_io import Shorthand, add_config_arguments, config_from_args
 from pipeline.sampling import SamplingConfig
 from shards.formats import FORMATS
-from shards.local_path import local_path
+from shards.local_path import VIDEOS_STAY_LOCAL, cache_location, local_path
 from shards.schema import FieldStorage
 from shards.teacher_fields import TEACHER_FIELDS, default_storage
 
@@ -101,6 +101,9 @@ class JobConfig:
     retry_failed: bool = False
     max_inflight: int | None = None  # clips between decode and write; None = from batch size
     num_writers: int = 1
+    # A cache on an object store: how long the job's lease (its lock) outlives a killed job, seconds. It must
+    # exceed the time a killed job's writer actors live on (Ray reaps them within seconds to a minute).
+    lease_seconds: float = 600.0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -108,19 +111,21 @@ class JobConfig:
 
     def __post_init__(self):
         # 0 would crash mid-job (no writer) or silently mean the default (max_inflight).
+        if self.lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {self.lease_seconds}")
         if self.num_writers < 1 or (self.max_inflight is not None and self.max_inflight < 1):
             raise ValueError(f"num_writers and max_inflight must be >= 1, got {self.num_writers} and {self.max_inflight}")
         # Fewer clips in flight than a teacher batch would never fill a batch while videos remain.
         if self.max_inflight is not None and self.max_inflight < self.teacher.batch_size:
             raise ValueError(f"max_inflight ({self.max_inflight}) must be >= teacher.batch_size "
                              f"({self.teacher.batch_size})")
-        local_path(self.out, "out")
+        cache_location(self.out, "out")
         for name in ("videos", "samples"):
             if getattr(self, name) is not None:
-                local_path(getattr(self, name), name)
+                local_path(getattr(self, name), name, VIDEOS_STAY_LOCAL)
         for source in self.sources:
             name, _, root = source.partition("=")
-            local_path(root, f"source {name!r}")
+            local_path(root, f"source {name!r}", VIDEOS_STAY_LOCAL)
 
 
 # The command line's flags: each is a shorthand for `--set <dotted key>=VALUE`, and every key of the

@@ -38,6 +38,7 @@ from pipeline.teachers.l4p.model import window_flops
 from pipeline.teachers.registry import teacher_class
 from shards.codecs import stored_specs
 from shards.schema import specs_to_json
+from shards.store import Store, location
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def run_check(config: JobConfig) -> dict:
     specs = field_specs(config, identity.shapes, num_frames)
     clip_bytes = sum(s.nbytes for s in stored_specs(specs))
     tflop = teacher_tflop_per_clip(config.teacher, num_frames)
-    out = Path(config.out)
+    out = location(config.out)
     recorded, ok_keys = recorded_keys(out), recorded_keys(out, ok_only=True)
 
     sources = []
@@ -239,12 +240,13 @@ def clip_counts(clips: list[ClipCheck], costs: dict) -> dict:
     }
 
 
-def new_image_bytes(images: dict[str, int], out: Path) -> int:
+def new_image_bytes(images: dict[str, int], out: Path | str) -> int:
     """Bytes of the images not yet under the cache root (images are content-addressed)."""
-    return sum(n for path, n in images.items() if not (out / path).exists())
+    store = Store(out)
+    return sum(n for path, n in images.items() if not store.exists(path))
 
 
-def source_report(source: SourceCheck, costs: dict, out: Path) -> dict:
+def source_report(source: SourceCheck, costs: dict, out: Path | str) -> dict:
     counts = clip_counts(list(source.clips.values()), costs)
     counts["bytes"] += new_image_bytes(source.images, out)
     by_field = Counter(f"field {s['field']!r}" for s in source.skipped)

@@ -25,6 +25,7 @@ from pipeline.sources import attach_cache_keys, build_requests, clip_requests, c
 from pipeline.teachers import registry
 from pipeline.timing import CLIP_STAGES
 from shards.schema import FieldSpec, specs_to_json
+from shards.store import is_url
 from shards.teacher_fields import CLIP_FIELDS, clip_shapes
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def _check_paths_for_cluster(config: JobConfig) -> None:
     paths = [("--out", config.out, config.out), ("--videos", config.videos, config.videos),
              ("--samples", config.samples, config.samples),
              *(("--source", source, source.split("=", 1)[-1]) for source in config.sources)]
-    relative = [f"{flag} {value!r}" for flag, value, path in paths if path and not os.path.isabs(path)]
+    relative = [f"{flag} {value!r}" for flag, value, path in paths
+                if path and not os.path.isabs(path) and not is_url(path)]
     if relative:
         raise ValueError(f"on a Ray cluster, paths must be absolute and on a filesystem every node sees: "
                          f"{', '.join(relative)}")
@@ -71,8 +73,8 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
     address = resolve_ray_address(config.ray.address)
     if address != "local":
         _check_paths_for_cluster(config)
-    cache = CacheDir(Path(config.out).resolve())
-    with cache.lock():
+    cache = CacheDir(config.out if is_url(config.out) else Path(config.out).resolve())
+    with cache.lock(config.lease_seconds):
         cache.create()
         cache.wait_for_writers(WRITER_EXIT_TIMEOUT_S)
         cache.clean()
@@ -81,10 +83,10 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
         specs = field_specs(config, identity.shapes, config.sampling.num_frames)
         spec_json = specs_to_json(specs)
         sampling = asdict(config.sampling)
-        (cache.root / CONFIG_FILE).write_text(to_yaml(config))
-        (cache.root / TEACHER_DIR / "identity.json").write_text(
-            json.dumps({"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
-                        "preprocess_version": PREPROCESS_VERSION}, indent=2))
+        cache.store.write_bytes(CONFIG_FILE, to_yaml(config).encode(), replace=True)
+        cache.store.write_bytes(f"{TEACHER_DIR}/identity.json", json.dumps(
+            {"teacher_id": identity.teacher_id, "config": to_dict(config.teacher),
+             "preprocess_version": PREPROCESS_VERSION}, indent=2).encode(), replace=True)
 
         requests, mixture, stats, sources = CLIP_REQUESTS_SCHEMA.empty_table(), None, RunStats(), []
         # Unchanged videos (same path, size, mtime) are not re-read: their hashes are remembered.
@@ -115,12 +117,13 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
         writer_stats = []
         if todo:
             writer_stats = _compute(config, address, cache, identity, specs, todo, stats, teacher_class)
-        # The parts this run committed, folded with earlier ones once there are enough (see compaction.py).
-        compaction = compact_clips(cache.root, min_parts=JOB_MIN_PARTS)
+        # The parts this run committed, folded with earlier ones once there are enough (see compaction.py);
+        # not on an object store, where compaction is refused (a part per shard stays: more GETs to list).
+        compaction = compact_clips(cache.root, min_parts=JOB_MIN_PARTS) if cache.store.is_local else None
 
         core = stats.seconds.cpu()
         summary = {
-            "cache": str(cache.root.resolve()),
+            "cache": str(cache.root),
             "format": config.output.format,
             "teacher": config.teacher.name,
             "teacher_id": identity.teacher_id,
@@ -133,7 +136,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             "samples": skipped_summary(mixture),
             "sources": source_reports(sources, cache.root),
             "shards_written": [s for w in writer_stats for s in w["shards"]],
-            "manifest_compaction": compaction.summary(),
+            "manifest_compaction": compaction and compaction.summary(),  # None on an object store
             "bytes_written": sum(w["bytes"] for w in writer_stats),
             "bytes_on_disk": sum(w["bytes_on_disk"] for w in writer_stats),
             "seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.wall().items())},
@@ -144,7 +147,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             "wall_seconds": round(time.perf_counter() - wall, 3),
             "clips_per_second": round(stats.computed / max(stats.seconds["compute_wall"], 1e-9), 3),
         }
-        (cache.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        cache.store.write_bytes(SUMMARY_FILE, json.dumps(summary, indent=2).encode(), replace=True)
         return summary
 
 

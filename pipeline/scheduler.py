@@ -140,14 +140,14 @@ class Scheduler:
         # overlaps the writers' and decoders' start and the first decodes instead of preceding them.
         # An actor runs its calls in submission order, so the first predict queues behind it; its
         # result (its error ends the job) says when the teacher was ready.
-        self.exporting = self.teachers[0].export.remote(str(self.cache.root / TEACHER_DIR))
+        self.exporting = self.teachers[0].export.remote(str(self.cache.store.path(TEACHER_DIR)))
         self.waiting[self.exporting] = (self._exported, ())
         run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         row_defaults = {"teacher_id": self.identity.teacher_id, "fields": specs_to_json(self.specs),
                         "sampling": json.dumps(asdict(self.config.sampling), sort_keys=True)}
         output = self.config.output
         self.writers = [ShardWriterActor.remote(str(self.cache.root), output.format, self.specs, output.clips_per_shard,
-                                                f"{run_id}-w{i}", row_defaults)
+                                                f"{run_id}-w{i}", row_defaults, self.cache.lease_token)
                         for i in range(self.config.num_writers)]
         self.next_writer = itertools.cycle(self.writers)
         self.writer_ids = {w._actor_id.hex() for w in self.writers}

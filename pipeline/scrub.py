@@ -40,6 +40,8 @@ from pipeline.failures import describe
 from shards.cache_reader import ClipReader
 from shards.formats import shard_disk_bytes
 from shards.integrity import ShardCorruptError
+from shards.local_path import cache_location
+from shards.store import exists, is_url, join
 
 log = logging.getLogger("p4d.scrub")
 
@@ -78,8 +80,8 @@ def scrub_shard(cache_root: str, shard: str, rows: list[dict]) -> ShardScrub:
             damaged.append(Damage(shard, row["clip_id"], row["cache_key"], e.field, e.reason))
         except Exception as e:  # the shard does not open at all (missing, cut, not a shard): every clip in it
             damaged.append(Damage(shard, row["clip_id"], row["cache_key"], None, describe(e)))
-    path = Path(cache_root) / shard
-    size = shard_disk_bytes(path) if path.exists() else 0
+    path = join(cache_root, shard)
+    size = shard_disk_bytes(path) if exists(path) else 0
     return ShardScrub(shard, len(rows), size, tuple(damaged))
 
 
@@ -100,7 +102,7 @@ class Scrub:
 def scrub_cache(cache_root: str | Path, workers: int | None = None) -> Scrub:
     """Verify every ok clip of the cache, shards in parallel over `workers` processes (default: the CPUs)."""
     start = time.perf_counter()
-    root = str(Path(cache_root).resolve())
+    root = str(cache_root if is_url(cache_root) else Path(cache_root).resolve())
     by_shard = defaultdict(list)
     for row in current_clips(read_clips_table(root)).values():
         if row["status"] == CLIP_OK:
@@ -136,13 +138,13 @@ def repair(cache: CacheDir, damaged: tuple[Damage, ...]) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("cache", type=Path, help="cache directory (the --out of the caching job)")
+    parser.add_argument("cache", type=cache_location, help="cache directory or object-store URL (the --out of the caching job)")
     parser.add_argument("--repair", action="store_true",
                         help="mark the damaged clips missing in the manifests, for the next caching run to recompute")
     parser.add_argument("--workers", type=int, default=None, help="processes reading shards (default: the CPUs)")
     args = parser.parse_args(argv)
     cache = CacheDir(args.cache)
-    if not cache.clips_dir.is_dir():
+    if not cache.has_clips_table():
         log.error("%s: no clips table (%s): not a p4d cache", args.cache, cache.clips_dir)
         return 1
     if args.workers is not None and args.workers < 1:
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repair:
         try:
             repair(cache, result.damaged)
-        except CacheLockedError as e:
+        except (CacheLockedError, ValueError) as e:  # ValueError: no repair on an object store
             log.error("%s", e)
             return 1
     return DAMAGED_EXIT_CODE

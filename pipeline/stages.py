@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -29,6 +31,7 @@ from shards.base import PackedClip
 from shards.codecs import encode_arrays
 from shards.formats import open_writer, pack_clip, shard_disk_bytes, shard_filename
 from shards.schema import FieldSpec
+from shards.store import Store, is_url, join, location
 from shards.teacher_fields import CLIP_FIELDS, clip_window_starts
 from shards.torch_codecs import encode_outputs
 
@@ -101,7 +104,18 @@ class TeacherActor:
         self.teacher = (teacher_class or registered(config.name))(config)
 
     def export(self, directory: str) -> None:
-        self.teacher.export(directory)
+        if not is_url(directory):
+            self.teacher.export(directory)
+            return
+        # To an object store: exported locally, then each file uploaded whole unless already there
+        # (the heads are written once per weights).
+        store = Store(directory)
+        with tempfile.TemporaryDirectory(prefix="p4d-teacher-") as staging:
+            self.teacher.export(staging)
+            for path in sorted(Path(staging).rglob("*")):
+                rel = path.relative_to(staging).as_posix()
+                if path.is_file() and not store.exists(rel):
+                    store.upload(path, rel)
 
     def ready(self) -> None:
         """Answers once the actor is up (after a restart: with its model built again)."""
@@ -163,12 +177,12 @@ class ShardWriterActor:
     when full or at finish, and only then is its manifest part written, last."""
 
     def __init__(self, cache_root: str, fmt: str, specs: list[FieldSpec], clips_per_shard: int,
-                 shard_prefix: str, row_defaults: dict):
-        from pathlib import Path
-
-        self.root = Path(cache_root)
+                 shard_prefix: str, row_defaults: dict, lease_token: str | None = None):
+        self.root = location(cache_root)
         # Held until this process ends, however it ends: a rerun waits for it (CacheDir.wait_for_writers).
-        self.presence = CacheDir(self.root).hold_as_writer()
+        self.cache = CacheDir(self.root)
+        self.presence = self.cache.hold_as_writer()
+        self.lease_token = lease_token  # of a cache on an object store: checked before each manifest part
         self.fmt, self.specs, self.capacity = fmt, specs, clips_per_shard
         self.prefix, self.defaults = shard_prefix, row_defaults
         self.sequence = 0
@@ -193,7 +207,7 @@ class ShardWriterActor:
                 name = f"{self.prefix}-{self.sequence:05d}"
                 self.shard_name = name
                 self.shard_rel = f"shards/{self.fmt}/{shard_filename(self.fmt, name)}"
-                self.writer = open_writer(self.fmt, self.root / self.shard_rel, self.specs)
+                self.writer = open_writer(self.fmt, join(self.root, self.shard_rel), self.specs)
             stored = self.writer.add_packed(request.cache_key, result.packed)
             self.shard_rows.append(self._row(
                 request, status=CLIP_OK, format=self.fmt, shard=self.shard_rel, row=stored.row,
@@ -214,6 +228,7 @@ class ShardWriterActor:
         # Order matters: the shard becomes visible first, the manifest part (the proof) last.
         path = self.writer.commit()
         self.stats["bytes_on_disk"] += shard_disk_bytes(path)
+        self.cache.check_lease(self.lease_token)
         write_clips_part(self.root, self.shard_name, self.shard_rows + self.failed_rows)
         self.stats["shards"].append(self.shard_rel)
         self.writer, self.shard_rows, self.failed_rows = None, [], []
@@ -224,6 +239,7 @@ class ShardWriterActor:
             if self.writer is not None:
                 self._commit()
             if self.failed_rows:
+                self.cache.check_lease(self.lease_token)
                 write_clips_part(self.root, f"{self.prefix}-failed", self.failed_rows)
                 self.failed_rows = []
         return self.stats

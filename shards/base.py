@@ -15,10 +15,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from shards.atomic import commit_temporary
 from shards.codecs import Encoded, check_encoded, decode_field, stored_specs
 from shards.integrity import array_checksum
 from shards.schema import FieldSpec
+from shards.store import publish
 
 # A WebDataset key ends at the first dot of a member name and field names become member-name and
 # Zarr node-name parts, so both are restricted for both formats alike: a clip moves between formats
@@ -54,8 +54,8 @@ class ShardWriter(ABC):
 
     format: ClassVar[str]  # "zarr" | "wds"
     suffix: ClassVar[str]  # of the shard's file or directory name
-    path: Path  # the final path, which exists only after commit
-    _temp: Path  # the shard's temporary name (shards.atomic.temporary_path) until commit
+    path: Path | str  # the final path (or URL, shards.store), which exists only after commit
+    _temp: Path  # where the shard is built until commit (shards.store.staging_path)
     _specs: list[FieldSpec]
     _keys: list[str]
     _closed: bool  # committed or aborted
@@ -84,12 +84,13 @@ class ShardWriter(ABC):
     def add_packed(self, cache_key: str, packed: PackedClip) -> StoredClip:
         """Store one clip packed for this format and these specs as the next row."""
 
-    def commit(self) -> Path:
-        """Finish the shard and rename it to `path`; refuses if `path` exists. Returns `path`."""
+    def commit(self) -> Path | str:
+        """Finish the shard and publish it at `path` (renamed, or uploaded whole to a store); refuses if
+        `path` exists. Returns `path`."""
         check_committable(self.path, self._closed, self._keys)
         try:
             self._finish()
-            return commit_temporary(self._temp, self.path)
+            return publish(self._temp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -112,7 +113,7 @@ class ShardWriter(ABC):
 class ShardReader(ABC):
     """Reads clips of one committed shard by row; only the asked fields are read from disk."""
 
-    path: Path
+    path: Path | str
     _keys: list[str]
 
     @abstractmethod

@@ -14,6 +14,7 @@ from shards.codecs import Encoded
 from shards.formats import open_reader
 from shards.integrity import ShardCorruptError
 from shards.schema import specs_from_json
+from shards.store import join, location
 
 OPEN_SHARDS = 4  # readers kept open: a shard-grouped read order revisits few shards at a time
 
@@ -31,7 +32,7 @@ class ClipReader:
 
     def __init__(self, cache_root: str | Path, fields: Sequence[str] | None = None, open_shards: int = OPEN_SHARDS,
                  decode: bool = True, keep_clips: int = 0):
-        self.root = Path(cache_root)
+        self.root = location(cache_root)
         self.fields = None if fields is None else tuple(fields)
         self.decode, self.keep_clips = decode, keep_clips
         self._open_shards = open_shards
@@ -44,7 +45,7 @@ class ClipReader:
         if shard not in self._open:
             if len(self._open) >= self._open_shards:
                 self._open.popitem(last=False)
-            self._open[shard] = open_reader(row["format"], self.root / shard, specs)
+            self._open[shard] = open_reader(row["format"], join(self.root, shard), specs)
         self._open.move_to_end(shard)
         return self._open[shard]
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from shards.base import PackedClip, ShardReader, ShardWriter
 from shards.schema import FieldSpec
+from shards.store import Store, is_url
 from shards.wds_shard import WdsShardReader, WdsShardWriter
 from shards.zarr_shard import ZarrShardReader, ZarrShardWriter
 
@@ -51,7 +52,10 @@ def open_reader(format: str, path: str | os.PathLike, specs: list[FieldSpec]) ->
 
 
 def shard_disk_bytes(path: str | os.PathLike) -> int:
-    """Bytes a committed shard takes on disk (a Zarr directory tree or a tar file)."""
+    """Bytes a committed shard takes on disk or in its store (a Zarr directory tree or a tar file)."""
+    if is_url(path):
+        root, _, name = os.fspath(path).rpartition("/")
+        return Store(root).size(name)
     path = Path(path)
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -15,17 +15,16 @@ import os
 import tarfile
 import zlib
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import read_array, write_array
 
-from shards.atomic import remove_temporary, temporary_path
 from shards.base import (PackedClip, ShardReader, ShardWriter, StoredClip, check_addable, check_packed,
                          check_row, check_specs, read_fields, stored_clip)
 from shards.codecs import Encoded, stored_specs, wds_gzip_level
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec
+from shards.store import exists, location, open_for_read, read_range, remove_staging, staging_path
 
 _KEY_MEMBER = "cache_key.txt"
 # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError; a damaged .npy header ValueError.
@@ -55,12 +54,12 @@ class WdsShardWriter(ShardWriter):
         return packed
 
     def __init__(self, final_path: str | os.PathLike, specs: list[FieldSpec]):
-        self.path = Path(final_path)
+        self.path = location(final_path)
         self._specs = check_specs(specs)
         self._stored = stored_specs(self._specs)
-        if os.path.lexists(self.path):
+        if exists(self.path):
             raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
-        self._temp = temporary_path(self.path)
+        self._temp = staging_path(self.path)
         self._tar = tarfile.open(self._temp, mode="x", format=tarfile.PAX_FORMAT)
         self._keys: list[str] = []
         self._closed = False
@@ -92,13 +91,13 @@ class WdsShardWriter(ShardWriter):
     def abort(self) -> None:
         self._tar.close()
         if self._temp.exists():
-            remove_temporary(self._temp)
+            remove_staging(self._temp)
         self._closed = True
 
 
 class WdsShardReader(ShardReader):
     def __init__(self, path: str | os.PathLike, specs: list[FieldSpec]):
-        self.path = Path(path)
+        self.path = location(path)
         self._specs = check_specs(specs)
         self._stored = stored_specs(self._specs)
         self._keys: list[str] = []
@@ -108,7 +107,8 @@ class WdsShardReader(ShardReader):
     def _index(self) -> None:
         suffixes = {_member_suffix(s): s.name for s in self._stored}
         try:
-            with tarfile.open(self.path, mode="r:") as tar:
+            # From a store: the headers are read through a seekable object, member data is skipped.
+            with open_for_read(self.path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 for member in tar:
                     key, _, suffix = member.name.partition(".")
                     if not self._keys or key != self._keys[-1]:
@@ -127,9 +127,7 @@ class WdsShardReader(ShardReader):
             raise ShardCorruptError(self.path, None, None, f"tar does not parse: {e!r}") from e
         # tarfile takes a damaged header after the first one, or a cut, for the end of the archive:
         # only the end-of-archive zero blocks prove that no clip was lost.
-        with open(self.path, "rb") as f:
-            f.seek(end)
-            block = f.read(2 * tarfile.BLOCKSIZE)
+        block = read_range(self.path, end, 2 * tarfile.BLOCKSIZE)
         if len(block) < 2 * tarfile.BLOCKSIZE or any(block):
             raise ShardCorruptError(
                 self.path, None, None, f"neither a tar header nor the end of the archive at byte {end}"
@@ -160,19 +158,18 @@ class WdsShardReader(ShardReader):
         decode: bool = True,
     ) -> dict[str, np.ndarray | Encoded]:
         key = self._keys[check_row(row, len(self._keys))]
-        # Opened per read, not held: a handle shared by forked loader workers would share its offset.
-        with open(self.path, "rb") as f:
 
-            def read_stored(spec: FieldSpec) -> np.ndarray:
-                offset, size = self._members[row][spec.name]
-                f.seek(offset)
-                payload = f.read(size)
-                if len(payload) != size:
-                    reason = f"member expected {size} bytes, got {len(payload)} (truncated)"
-                    raise ShardCorruptError(self.path, key, spec.name, reason)
-                array = self._decode(key, spec, payload)
-                if checksums is not None:
-                    verify_checksum(self.path, key, spec.name, array, checksums)
-                return array
+        def read_stored(spec: FieldSpec) -> np.ndarray:
+            # By member offset: a ranged read of the member alone (a file is opened per read, not held:
+            # a handle shared by forked loader workers would share its offset).
+            offset, size = self._members[row][spec.name]
+            payload = read_range(self.path, offset, size)
+            if len(payload) != size:
+                reason = f"member expected {size} bytes, got {len(payload)} (truncated)"
+                raise ShardCorruptError(self.path, key, spec.name, reason)
+            array = self._decode(key, spec, payload)
+            if checksums is not None:
+                verify_checksum(self.path, key, spec.name, array, checksums)
+            return array
 
-            return read_fields(self._specs, fields, read_stored, decode)
+        return read_fields(self._specs, fields, read_stored, decode)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Mapping
-from pathlib import Path
 
 import google_crc32c  # zarr's own crc32c implementation (a dependency of zarr)
 import numpy as np
@@ -20,12 +19,12 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodecIndexLocation
 from zarr.storage import MemoryStore
 
-from shards.atomic import remove_temporary, temporary_path
 from shards.base import (PackedClip, ShardReader, ShardWriter, StoredClip, check_addable, check_packed,
                          check_row, check_specs, read_fields, stored_clip)
 from shards.codecs import Encoded, stored_specs, zarr_compressors
 from shards.integrity import ShardCorruptError, verify_checksum
 from shards.schema import FieldSpec, specs_from_json, specs_to_json
+from shards.store import exists, location, remove_staging, staging_path
 
 # What zarr's codecs raise on damaged bytes: zstd/blosc RuntimeError, gzip BadGzipFile (an OSError),
 # a shard index failing its crc32c or a chunk of the wrong size ValueError.
@@ -86,11 +85,11 @@ class ZarrShardWriter(ShardWriter):
         return packed
 
     def __init__(self, final_path: str | os.PathLike, specs: list[FieldSpec]):
-        self.path = Path(final_path)
+        self.path = location(final_path)
         self._specs = check_specs(specs)
-        if os.path.lexists(self.path):
+        if exists(self.path):
             raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
-        self._temp = temporary_path(self.path)
+        self._temp = staging_path(self.path)
         zarr.open_group(self._temp, mode="w-", zarr_format=3)
         self._stored = stored_specs(self._specs)
         self._keys: list[str] = []
@@ -106,7 +105,7 @@ class ZarrShardWriter(ShardWriter):
         return stored_clip(len(self._keys) - 1, packed)
 
     def _finish(self) -> None:
-        if os.path.lexists(self.path):  # before writing a shard's worth of bytes for nothing
+        if exists(self.path):  # before writing a shard's worth of bytes for nothing
             raise FileExistsError(f"{self.path} already exists; committed shards are never replaced")
         group = zarr.open_group(self._temp, mode="r+", zarr_format=3)
         for spec in self._stored:
@@ -134,16 +133,17 @@ class ZarrShardWriter(ShardWriter):
 
     def abort(self) -> None:
         if self._temp.exists():
-            remove_temporary(self._temp)
+            remove_staging(self._temp)
         self._chunks = {}
         self._closed = True
 
 
 class ZarrShardReader(ShardReader):
     def __init__(self, path: str | os.PathLike, specs: list[FieldSpec]):
-        self.path = Path(path)
+        self.path = location(path)
         self._specs = check_specs(specs)
-        group = zarr.open_group(self.path, mode="r", zarr_format=3)
+        # A URL opens zarr's fsspec store: a clip's read is a ranged GET of the shard index and its chunk.
+        group = zarr.open_group(os.fspath(self.path), mode="r", zarr_format=3)
         stored = {s.name: s for s in specs_from_json(group.attrs["fields"])}
         expected = {s.name: s for s in self._specs}
         if stored != expected:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from manifests.clips_table import current_clips, read_clips_table
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from shards.schema import FieldSpec, specs_from_json
+from shards.store import exists, join, location
 from shards.teacher_fields import CLIP_FIELDS, teacher_shapes
 
 
@@ -74,7 +75,7 @@ class Record:
 
 @dataclass
 class CacheIndex:
-    root: Path
+    root: Path | str  # a path, or an object-store URL
     records: list[Record]
     teacher_id: str | None
     specs: dict[str, FieldSpec]  # stored field -> spec (one spec per field across the cache)
@@ -98,9 +99,9 @@ def load_cache_index(
     expects per field (a run tuned for fp16 latents must not silently train on int8 ones); `training`:
     refuse a selection holding evaluation data (refuse_evaluation_data); `clip_columns`: manifest
     columns beyond INDEX_COLUMNS a tool needs in each record's clip (the probes: video_uri)."""
-    root = Path(cache)
-    samples_path = root / SAMPLES_FILE
-    if not samples_path.exists():
+    root = location(cache)
+    samples_path = join(root, SAMPLES_FILE.as_posix())
+    if not exists(samples_path):
         raise FileNotFoundError(f"{root} holds no samples table ({SAMPLES_FILE}): not a p4d cache, or nothing cached yet")
     samples = read_samples(samples_path).to_pylist()
     wanted = [s for s in samples if (split is None or s["split"] == split) and (not datasets or s["dataset"] in datasets)]

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 from tqdm import tqdm
 
 from shards.atomic import atomic_write_bytes
-from shards.local_path import local_path
+from shards.local_path import cache_location, local_path
 from shards.teacher_fields import CLIP_FIELDS
 from student.batch import collate
 from student.cache_index import Record, load_cache_index
@@ -197,7 +197,7 @@ def evaluate(model_dir: str | Path, cache: str | Path, bench: str, out: str | Pa
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=local_path, required=True, help="an exported student (RUN/export)")
-    p.add_argument("--cache", type=local_path, required=True, help="the cache holding the benchmark's clips and samples")
+    p.add_argument("--cache", type=cache_location, required=True, help="the cache holding the benchmark's clips and samples")
     p.add_argument("--bench", required=True, choices=sorted(BENCH_DATASETS))
     p.add_argument("--out", type=local_path, required=True, help="results directory (reruns resume from its predictions)")
     p.add_argument("--limit", type=int, default=None, help="first N questions only")

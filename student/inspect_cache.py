@@ -19,7 +19,8 @@ from manifests.regions import check_marks, parse_regions
 from manifests.samples_table import SAMPLES_FILE, read_samples
 from manifests.schemas import CLIP_OK
 from shards.cache_reader import read_cached_clip
-from shards.local_path import local_path
+from shards.local_path import cache_location, local_path
+from shards.store import exists, is_url, join
 from shards.teacher_fields import CLIP_FIELDS, MAP_TASKS
 from student.marks import MarkStyle, draw_clip_marks
 from student.visualize import render_clip_png
@@ -51,8 +52,8 @@ def camray_per_frame(camray: np.ndarray, starts: list[int], num_frames: int) -> 
 
 def find_marked_sample(cache_root: Path, row: dict, sample_id: str | None) -> dict:
     """The sample whose marks to draw: the one named, else the clip's first sample with regions."""
-    path = cache_root / SAMPLES_FILE
-    if not path.exists():
+    path = join(cache_root, SAMPLES_FILE.as_posix())
+    if not exists(path):
         raise SystemExit(f"{cache_root}: no samples table, hence no region marks")
     samples = [s for s in read_samples(path).to_pylist() if s["cache_key"] == row["cache_key"]]
     if sample_id is not None:
@@ -81,9 +82,10 @@ def render(cache_root: Path, row: dict, out: Path, marks: dict | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("cache", type=local_path, help="cache directory")
+    p.add_argument("cache", type=cache_location, help="cache directory or object-store URL (s3://bucket/cache)")
     p.add_argument("--clip", help="cache_key or clip_id (or a unique prefix) to render")
-    p.add_argument("--png", type=local_path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png)")
+    p.add_argument("--png", type=local_path, help="output PNG for --clip (default CACHE/pictures/<clip_id>.png; "
+                   "./pictures/ for a cache on an object store)")
     p.add_argument("--pictures", type=int, default=0, help="render this many ok clips into CACHE/pictures/")
     p.add_argument("--marks", action="store_true", help="with --clip: draw a sample's region marks on the frames")
     p.add_argument("--sample", help="with --marks: the sample_id (default: the clip's first sample with regions)")
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     clips = current_clips(read_clips_table(args.cache))
     if not clips:
         raise SystemExit(f"{args.cache}: no clips in the manifest")
-    pictures = args.cache / PICTURES_DIR
+    # Pictures are local files to look at, also of a cache on an object store.
+    pictures = Path(PICTURES_DIR) if is_url(args.cache) else args.cache / PICTURES_DIR
     if args.clip:
         row = find_clip(clips, args.clip)
         marks = find_marked_sample(args.cache, row, args.sample) if args.marks else None

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from manifests.regions import parse_regions
 from shards.cache_reader import ClipReader
 from shards.codecs import Encoded
+from shards.store import is_url, join, location, open_for_read
 from shards.teacher_fields import CLIP_FIELDS
 from student.augment import AugmentConfig, augment
 from student.batch import collate
@@ -45,7 +46,12 @@ from student.train_config import DataConfig
 SIDEDNESS = re.compile(r"\b(left|right)", re.IGNORECASE)
 
 
-def _inside(root: Path, relative: str) -> Path:
+def _inside(root: Path | str, relative: str) -> Path | str:
+    if is_url(root):
+        # An object key has no '..' resolution: refuse any such part rather than trust the store's.
+        if relative.startswith("/") or ".." in relative.split("/"):
+            raise ValueError(f"image path {relative!r} escapes the image root {root}")
+        return join(root, relative)
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()):
         raise ValueError(f"image path {relative!r} escapes the image root {root}")
@@ -79,7 +85,7 @@ def build_sample(record: Record, reader: ClipReader, image_root: Path, marks: Ma
         sample["window_starts"] = record.clip["window_starts"]
         sample["targets"] = arrays
     for rel in record.images:
-        with Image.open(_inside(image_root, rel)) as im:
+        with open_for_read(_inside(image_root, rel)) as f, Image.open(f) as im:
             sample["images"].append(np.asarray(im.convert("RGB")))
     return sample
 
@@ -114,7 +120,7 @@ class StudentLoader:
                  fields: tuple[str, ...], image_root: str | Path | None = None, accumulation: int = 1):
         self.index, self.cfg, self.rank, self.world = index, cfg, rank, world
         self.adapter, self.tokenizer, self.fields = adapter, tokenizer, fields
-        self.image_root = Path(image_root) if image_root else index.root
+        self.image_root = location(image_root) if image_root else index.root
         self.accumulation = accumulation
         self.epoch, self.position = 0, 0  # of the next pass: samples of the epoch taken by all ranks before it
         self.last_positions: list[int] = []  # in the epoch's order, of the batch handed out last

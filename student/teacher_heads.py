@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from shards.store import fetched_directory, is_url, join
 from shards.teacher_fields import HEAD_PROGRAM_FILE, L4P_HOOKS
 
 HEADS_META = "l4p_heads.json"  # written beside the heads' weights by the caching job (an l4p teacher)
@@ -27,29 +28,12 @@ class FrozenTeacherHeads:
     def __init__(self, directory: str | Path | None, tasks: tuple[str, ...], latent_dim: int):
         if directory is None:
             raise ValueError("branch.decoders='teacher' needs branch.teacher_heads (the trainer sets CACHE/teacher)")
-        directory = Path(directory)
-        meta = directory / HEADS_META
-        if not meta.exists():
-            raise FileNotFoundError(
-                f"{directory} holds no exported L4P heads ({HEADS_META}): only a cache made by an l4p teacher "
-                "has them (the oracle has none); use student.branch.decoders=light on this cache"
-            )
-        width = json.loads(meta.read_text())["config"]["embed_dim"]
-        if width != latent_dim:
-            raise ValueError(f"the teacher heads in {directory} take {width}-wide latents, "
-                             f"student.branch.latent_dim is {latent_dim}")
-        self.programs = {}
-        for task in tasks:
-            path = directory / HEAD_PROGRAM_FILE.format(field=task)
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"{path} is missing: a cache made by an l4p teacher has it (the caching job writes it); "
-                    f"to remake it from the exported weights: python -m pipeline.teachers.l4p.heads_export {directory}"
-                )
-            module = torch.export.load(str(path)).module()
-            for p in module.parameters():
-                p.requires_grad_(False)
-            self.programs[task] = module
+        if is_url(directory):
+            # torch.export.load takes a local file: the programs are fetched, loaded, then deleted.
+            with fetched_directory(directory, [HEADS_META, *(HEAD_PROGRAM_FILE.format(field=t) for t in tasks)]) as local:
+                self.programs = _load_programs(local, directory, tasks, latent_dim)
+        else:
+            self.programs = _load_programs(Path(directory), directory, tasks, latent_dim)
         self.device = torch.device("cpu")
 
     def __call__(self, task: str, latents: torch.Tensor, windows: int) -> torch.Tensor:
@@ -64,3 +48,31 @@ class FrozenTeacherHeads:
         taps = latents.reshape(b, hooks, windows, n // windows, c).transpose(0, 1).flatten(1, 2)
         out = program(*taps.float())
         return out.reshape(b, windows, *out.shape[1:])
+
+
+def _load_programs(local: Path, directory: str | Path, tasks: tuple[str, ...], latent_dim: int) -> dict:
+    """The heads' programs of `tasks` from `local` (`directory` itself, or a local copy of it)."""
+    meta = local / HEADS_META
+    if not meta.exists():
+        raise FileNotFoundError(
+            f"{directory} holds no exported L4P heads ({HEADS_META}): only a cache made by an l4p teacher "
+            "has them (the oracle has none); use student.branch.decoders=light on this cache"
+        )
+    width = json.loads(meta.read_text())["config"]["embed_dim"]
+    if width != latent_dim:
+        raise ValueError(f"the teacher heads in {directory} take {width}-wide latents, "
+                         f"student.branch.latent_dim is {latent_dim}")
+    programs = {}
+    for task in tasks:
+        path = local / HEAD_PROGRAM_FILE.format(field=task)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{join(directory, path.name)} is missing: a cache made by an l4p teacher has it (the caching job "
+                f"writes it); to remake it from the exported weights: python -m pipeline.teachers.l4p.heads_export "
+                f"{directory}"
+            )
+        module = torch.export.load(str(path)).module()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        programs[task] = module
+    return programs

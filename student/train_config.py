@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from configs.dataclass_io import load_config
-from shards.local_path import local_path
+from shards.local_path import cache_location, local_path
+from shards.store import join
 from student.augment import AugmentConfig
 from student.cache_index import CacheMismatchError
 from student.config import StudentConfig
@@ -39,7 +40,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # off by default (probabilities 0)
 
     def __post_init__(self):
-        local_path(self.cache, "data.cache")
+        cache_location(self.cache, "data.cache")
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0 or self.clip_cache < 0:
             raise ValueError("data.batch_size must be >= 1, data.num_workers, data.shuffle_buffer and "
                              "data.clip_cache >= 0")
@@ -116,7 +117,7 @@ class TrainConfig:
         branch = self.student.branch
         if branch.decoders != "teacher" or branch.teacher_heads:
             return self
-        heads = str(Path(self.data.cache) / "teacher")
+        heads = str(join(self.data.cache, "teacher"))
         return replace(self, student=replace(self.student, branch=replace(branch, teacher_heads=heads)))
 
 

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from manifests.regions import check_marks
 from pipeline.sources import Span
-from shards.atomic import atomic_write_bytes
+from shards.store import Store
 
 LETTERS = "ABCDEFGHIJ"
 IMAGES_DIR = Path("images")  # under the cache root: images/<dataset>/<sha256>.<ext>
@@ -380,11 +380,10 @@ def store_image(media_dir: Path | None, dataset: str, data: bytes, extension: st
     relative = IMAGES_DIR / dataset / f"{hashlib.sha256(data).hexdigest()}.{extension}"
     if media_dir is None:
         return relative.as_posix()
-    path = Path(media_dir) / relative
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(media_dir)  # the cache root: a directory or an object-store URL
+    if not store.exists(relative):
         try:
-            atomic_write_bytes(path, data)
+            store.write_bytes(relative, data)
         except FileExistsError:
             pass  # the same bytes, written meanwhile by another row
     return relative.as_posix()
