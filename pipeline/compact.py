@@ -14,11 +14,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from manifests.compaction import MEMORY_BYTES, compact_clips
 from pipeline.cache_dir import CacheDir, CacheLockedError
 from pipeline.runner import WRITER_EXIT_TIMEOUT_S
+from shards.local_path import local_path
 
 log = logging.getLogger("p4d.compact")
 
@@ -26,7 +26,7 @@ log = logging.getLogger("p4d.compact")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("cache", type=Path, help="cache directory (the --out of the caching job)")
+    parser.add_argument("cache", type=local_path, help="cache directory (the --out of the caching job)")
     parser.add_argument("--memory-mb", type=int, default=MEMORY_BYTES >> 20,
                         help="rows held in memory while sorting and merging, in MB (a row is ~2.4 KB)")
     args = parser.parse_args(argv)

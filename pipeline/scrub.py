@@ -40,6 +40,7 @@ from pipeline.failures import describe
 from shards.cache_reader import ClipReader
 from shards.formats import shard_disk_bytes
 from shards.integrity import ShardCorruptError
+from shards.local_path import local_path
 
 log = logging.getLogger("p4d.scrub")
 
@@ -136,7 +137,7 @@ def repair(cache: CacheDir, damaged: tuple[Damage, ...]) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("cache", type=Path, help="cache directory (the --out of the caching job)")
+    parser.add_argument("cache", type=local_path, help="cache directory (the --out of the caching job)")
     parser.add_argument("--repair", action="store_true",
                         help="mark the damaged clips missing in the manifests, for the next caching run to recompute")
     parser.add_argument("--workers", type=int, default=None, help="processes reading shards (default: the CPUs)")

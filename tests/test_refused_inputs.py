@@ -30,6 +30,7 @@ def in_empty_folder(tmp_path, monkeypatch):
     (["--out", "s3://bucket/cache"], "out 's3://bucket/cache': s3://"),
     (["--out", "file:///tmp/cache"], "out 'file:///tmp/cache': file://"),
     (["--out", "cache", "--videos", "gs://bucket/videos"], "videos 'gs://bucket/videos': gs://"),
+    (["--out", "cache", "--samples", "s3://bucket/samples.parquet"], "samples 's3://bucket/samples.parquet': s3://"),
     (["--out", "cache", "--source", "robofac=s3://bucket/robofac"], "source 'robofac' 's3://bucket/robofac': s3://"),
 ])
 def test_the_caching_job_refuses_a_url_and_writes_nothing(flags, named, in_empty_folder, caplog):
@@ -42,6 +43,8 @@ def test_the_caching_job_refuses_a_url_and_writes_nothing(flags, named, in_empty
 
 @pytest.mark.parametrize("module, argv, flag", [
     ("student.inspect_cache", ["s3://bucket/cache"], "argument cache"),
+    ("pipeline.compact", ["s3://bucket/cache"], "argument cache"),
+    ("pipeline.scrub", ["s3://bucket/cache", "--repair"], "argument cache"),
     ("pipeline.synthetic.dataset", ["--out", "s3://bucket/set", "--scenes", "1"], "argument --out"),
     ("pipeline.synthetic.benchmark", ["--out", "s3://bucket/bench", "--scenes", "1"], "argument --out"),
     ("pipeline.teachers.l4p.heads_export", ["s3://bucket/cache/teacher"], "argument directory"),
