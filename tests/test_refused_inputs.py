@@ -34,6 +34,8 @@ def in_empty_folder(tmp_path, monkeypatch):
     (["--out", "nosuch://bucket/cache"], f"out 'nosuch://bucket/cache': {NO_STORE}"),
     (["--out", "cache", "--videos", "gs://bucket/videos"],
      f"videos 'gs://bucket/videos': gs:// {URL_REFUSED} ({VIDEOS_STAY_LOCAL})"),
+    (["--out", "cache", "--samples", "s3://bucket/samples.parquet"],
+     f"samples 's3://bucket/samples.parquet': s3:// {URL_REFUSED} ({VIDEOS_STAY_LOCAL})"),
     (["--out", "cache", "--source", "robofac=s3://bucket/robofac"],
      f"source 'robofac' 's3://bucket/robofac': s3:// {URL_REFUSED} ({VIDEOS_STAY_LOCAL})"),
 ])
