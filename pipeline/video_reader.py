@@ -155,7 +155,7 @@ def _decode(reader: decord.VideoReader, path: str, indices: np.ndarray, num_vide
     try:
         return reader.get_batch(indices.tolist()).asnumpy()
     except decord.DECORDError as error:
-        failed = _first_undecodable(reader, indices)
+        failed = _first_undecodable(path, indices)
         where = f"at frame {failed}" if failed is not None else "(no single frame fails alone)"
         raise VideoReadError(
             f"decoding failed {where}: {path} has {num_video_frames} frames, {indices.size} were requested "
@@ -163,11 +163,13 @@ def _decode(reader: decord.VideoReader, path: str, indices: np.ndarray, num_vide
         ) from error
 
 
-def _first_undecodable(reader: decord.VideoReader, indices: np.ndarray) -> int | None:
-    """The first requested frame that fails alone: a batch error does not say which frame it was."""
+def _first_undecodable(path: str, indices: np.ndarray) -> int | None:
+    """The first requested frame that fails alone: a batch error does not say which frame it was. Each
+    frame is tried by a fresh reader, so the answer does not depend on where the failed batch left the
+    decoder (the same reader gave different frames from run to run)."""
     for index in indices.tolist():
         try:
-            reader.get_batch([index])
+            _open(path).get_batch([index])
         except decord.DECORDError:
             return index
     return None
