@@ -129,6 +129,41 @@ def test_merging_rejects_inconsistent_windows():
         windows.merge_flow([part[None]], [0, 8])
 
 
+def test_merging_refuses_bad_layouts_naming_what_is_wrong():
+    part = np.ones((16, 2, 2))
+    with pytest.raises(ValueError, match=r"expected windows of 4 dims \(time third from last\), got shape \(16, 2, 2\)"):
+        windows.merge_flow([part, part], [0, 8])
+    with pytest.raises(ValueError, match="the first window must start at frame 0, got 8"):
+        windows.merge_depth([part, part], [8, 16])
+    with pytest.raises(ValueError, match="must increase"):
+        windows.merge_dyn_mask([part[None], part[None]], [0, 0])
+
+
+def test_a_one_frame_overlap_is_enough_to_align_depth():
+    rng = np.random.default_rng(5)
+    parts = [rng.uniform(0.5, 9.0, (16, 5, 6)) for _ in range(2)]
+    np.testing.assert_allclose(windows.merge_depth(parts, [0, 15]), released_merge("depth", parts, [0, 15]), rtol=1e-9)
+
+
+def test_merged_depth_is_at_least_float32():
+    depth = np.random.default_rng(6).uniform(1.0, 10.0, (16, 3, 4)).astype(np.float16)
+    assert windows.merge_depth([depth, depth], [0, 8]).dtype == np.float32
+
+
+def test_safe_inverse_maps_zero_and_negative_to_zero():
+    np.testing.assert_array_equal(windows.safe_inverse(np.array([0.0, -2.0, 4.0])), [0.0, 0.0, 0.25])
+
+
+def test_crop_keeps_one_to_all_frames_of_any_leading_shape():
+    merged = np.arange(16 * 2 * 3, dtype=np.float32).reshape(16, 2, 3)  # [T, H, W]: depth's layout
+    np.testing.assert_array_equal(windows.crop(merged, 16), merged)
+    np.testing.assert_array_equal(windows.crop(merged, 1), merged[:1])
+    with pytest.raises(ValueError, match="cannot crop 16 merged frames to 0"):
+        windows.crop(merged, 0)
+    with pytest.raises(ValueError, match=r"expected \[\.\.\., T, H, W\], got shape \(2, 3\)"):
+        windows.crop(merged[0], 1)
+
+
 def _random_poses(rng: np.random.Generator, count: int) -> np.ndarray:
     poses = np.tile(np.eye(4), (count, 1, 1))
     for pose in poses:
