@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         with cache.lock():
             cache.wait_for_writers(WRITER_EXIT_TIMEOUT_S)
             result = compact_clips(cache.root, memory_bytes=args.memory_mb << 20)
-    except (CacheLockedError, ValueError) as e:  # ValueError: a cache on an object store
+    except CacheLockedError as e:
         log.error("%s", e)
         return 1
     print(json.dumps(result.summary()))
