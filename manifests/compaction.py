@@ -15,15 +15,15 @@ One compaction, under the cache lock with no shard writer alive:
    it folds (manifests/clips_table.py: folds_metadata);
 5. commit it by a rename (the one atomic step), then remove the files it folds.
 A kill before 5 leaves only temporaries, a kill after it leaves folded files that readers skip: either
-way every row is seen exactly once.
+way every row is seen exactly once. Rows are kept as they are (history included), in their table
+order among equal keys, except the rows of `drop_keys`: the way a repair marks clips missing.
 
 On an object store (shards/store.py) the runs and the merged file are built in a local temporary
 directory, and step 5's commit is the upload of the finished file under its final name, with a
 conditional create: an S3 PUT (or a completed multipart upload) is atomic, so readers see no object or
 the whole file, and what a kill leaves is the same as above, less the temporaries in the cache (a
 killed process's local temporary directory stays behind in the machine's temp folder; an interrupted
-multipart upload is invisible and billed until the bucket's lifecycle rule aborts it). Rows are kept as they are (history included), in their table
-order among equal keys, except the rows of `drop_keys`: the way a repair marks clips missing.
+multipart upload is invisible and billed until the bucket's lifecycle rule aborts it).
 """
 from __future__ import annotations
 

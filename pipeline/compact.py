@@ -26,7 +26,8 @@ log = logging.getLogger("p4d.compact")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("cache", type=cache_location, help="cache directory (the --out of the caching job)")
+    parser.add_argument("cache", type=cache_location,
+                        help="cache directory or object-store URL (the --out of the caching job)")
     parser.add_argument("--memory-mb", type=int, default=MEMORY_BYTES >> 20,
                         help="rows held in memory while sorting and merging, in MB (a row is ~2.4 KB)")
     args = parser.parse_args(argv)
