@@ -9,7 +9,8 @@ both, whatever point a crash stopped the compaction at. Folded files still on di
 next compaction removes. `read_clips_table` is the one reader of this rule.
 
 A cache on an object store (shards/store.py) is read the same way, its files named by URL; a part is
-written there with a conditional create. Compaction itself is refused there (manifests/compaction.py).
+written there with a conditional create, and a compacted file is uploaded whole under its final name
+(an S3 PUT is atomic: the object appears whole or not at all), which is its commit there.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 
 from manifests.schemas import CLIP_OK, CLIPS_SCHEMA
 from shards.atomic import is_temporary
-from shards.store import Store, is_url, open_for_read
+from shards.store import Store, arrow_source
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,18 @@ def write_clips_part(cache_root: str | Path, part_name: str, rows: list[dict]) -
     return Store(cache_root).write_bytes(CLIPS_DIR / f"{PART_PREFIX}{part_name}.parquet", sink.getvalue().to_pybytes())
 
 
-def _name(path: Path | str) -> str:
+def file_name(path: Path | str) -> str:
     """A file's name, of a path or a URL."""
     return os.fspath(path).rsplit("/", 1)[-1]
 
 
 def is_compacted(path: Path | str) -> bool:
-    return _name(path).startswith(COMPACTED_PREFIX)
+    return file_name(path).startswith(COMPACTED_PREFIX)
 
 
 def compacted_sequence(path: Path | str) -> int:
     """compacted-<sequence>.parquet: later compactions have larger numbers."""
-    return int(_name(path)[len(COMPACTED_PREFIX):-len(".parquet")])
+    return int(file_name(path)[len(COMPACTED_PREFIX):-len(".parquet")])
 
 
 def folds_metadata(names: list[str]) -> dict[bytes, bytes]:
@@ -91,13 +92,15 @@ def folds_metadata(names: list[str]) -> dict[bytes, bytes]:
     return {FOLDS_KEY: zlib.compress(json.dumps(names).encode())}
 
 
+def parquet_metadata(path: Path | str) -> pq.FileMetaData:
+    """A Parquet file's footer, of a path or a URL."""
+    with arrow_source(path) as source:
+        return pq.read_metadata(source)
+
+
 def folded_names(path: Path | str) -> list[str]:
     """The file names a compacted file holds the rows of (its footer says)."""
-    if is_url(path):
-        with open_for_read(path) as source:
-            metadata = pq.read_metadata(source).metadata or {}
-    else:
-        metadata = pq.read_metadata(path).metadata or {}
+    metadata = parquet_metadata(path).metadata or {}
     if FOLDS_KEY not in metadata:
         raise ValueError(f"{path}: a compacted clips file without its {FOLDS_KEY.decode()!r} footer entry")
     return json.loads(zlib.decompress(metadata[FOLDS_KEY]))
@@ -129,24 +132,21 @@ def manifest_files(cache_root: str | Path) -> ManifestFiles:
         except FileNotFoundError:
             return ManifestFiles((), ())
     else:
-        listed = [_name(rel) for rel in store.children(CLIPS_DIR.as_posix())]
+        listed = [file_name(rel) for rel in store.children(CLIPS_DIR.as_posix())]
     names = sorted(n for n in listed if n.endswith(".parquet") and not is_temporary(n))
     path = {n: store.path(f"{CLIPS_DIR.as_posix()}/{n}") for n in names}
     compacted = sorted((path[n] for n in names if n.startswith(COMPACTED_PREFIX)), key=compacted_sequence)
     folded = {name for p in compacted for name in folded_names(p)}
     parts = [path[n] for n in names if n.startswith(PART_PREFIX)]
-    live = [p for p in [*compacted, *parts] if _name(p) not in folded]
-    return ManifestFiles(tuple(live), tuple(p for p in [*compacted, *parts] if _name(p) in folded))
+    live = [p for p in [*compacted, *parts] if file_name(p) not in folded]
+    return ManifestFiles(tuple(live), tuple(p for p in [*compacted, *parts] if file_name(p) in folded))
 
 
 def read_clips_file(path: Path | str, columns: tuple[str, ...] | None = None,
                     convert: Convert | None = None) -> pa.Table:
     """One file of the clips table (see read_clips_table); a path or a URL."""
-    if is_url(path):
-        with open_for_read(path) as source:
-            return _read_clips_source(source, path, columns, convert)
-    # A path, not a Python file object: pyarrow then reads it natively, without the GIL.
-    return _read_clips_source(path, path, columns, convert)
+    with arrow_source(path) as source:
+        return _read_clips_source(source, path, columns, convert)
 
 
 def _read_clips_source(source, path: Path | str, columns: tuple[str, ...] | None, convert: Convert | None) -> pa.Table:

@@ -17,12 +17,20 @@ One compaction, under the cache lock with no shard writer alive:
 A kill before 5 leaves only temporaries, a kill after it leaves folded files that readers skip: either
 way every row is seen exactly once. Rows are kept as they are (history included), in their table
 order among equal keys, except the rows of `drop_keys`: the way a repair marks clips missing.
+
+On an object store (shards/store.py) the runs and the merged file are built in a local temporary
+directory, and step 5's commit is the upload of the finished file under its final name, with a
+conditional create: an S3 PUT (or a completed multipart upload) is atomic, so readers see no object or
+the whole file, and what a kill leaves is the same as above, less the temporaries in the cache (a
+killed process's local temporary directory stays behind in the machine's temp folder; an interrupted
+multipart upload is invisible and billed until the bucket's lifecycle rule aborts it).
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Collection, Iterator
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +40,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from manifests.clips_table import (CLIPS_DIR, COMPACTED_PREFIX, compacted_sequence, folds_metadata, is_compacted,
-                                   manifest_files, read_clips_file)
+from manifests.clips_table import (CLIPS_DIR, COMPACTED_PREFIX, compacted_sequence, file_name, folds_metadata,
+                                   is_compacted, manifest_files, parquet_metadata, read_clips_file)
 from manifests.schemas import CLIPS_SCHEMA
-from shards.atomic import commit_temporary, fsync_dir, remove_temporaries, temporary_path
-from shards.store import is_url
+from shards.atomic import remove_temporaries, temporary_path
+from shards.store import Store, arrow_source, publish, remove_files, remove_staging, staging_path
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,7 @@ _READ_AHEAD = 256  # parts read concurrently while sorting runs
 
 @dataclass(frozen=True)
 class Compaction:
-    path: Path | None  # the compacted file written; None when there was nothing to do
+    path: Path | str | None  # the compacted file written (a URL on a store); None when there was nothing to do
     folded: tuple[str, ...]  # names of the files whose rows it holds (removed)
     rows: int
     dropped: int  # rows of drop_keys left out
@@ -63,7 +71,7 @@ class Compaction:
     seconds: float
 
     def summary(self) -> dict:
-        return {"file": self.path.name if self.path else None, "files_folded": len(self.folded),
+        return {"file": file_name(self.path) if self.path else None, "files_folded": len(self.folded),
                 "rows": self.rows, "rows_dropped": self.dropped, "leftovers_removed": self.removed_leftovers,
                 "seconds": round(self.seconds, 3)}
 
@@ -74,20 +82,21 @@ def compact_clips(cache_root: str | Path, min_parts: int = 1, drop_keys: Collect
     the compacted files the size rule picks. drop_keys: cache_keys whose rows are left out; then every
     file holding one is folded whatever min_parts says, and nothing is written when none holds one.
     The caller holds the cache lock."""
-    if is_url(cache_root):
-        raise ValueError(f"{cache_root}: compaction (and repair, which drops rows by compacting) is not supported on "
-                         "an object store: its commit renames the compacted file into place, and a store has no "
-                         "rename")
     start = time.perf_counter()
-    directory = Path(cache_root) / CLIPS_DIR
-    if not directory.is_dir():
-        return Compaction(None, (), 0, 0, 0, time.perf_counter() - start)
-    leftovers = remove_temporaries(directory)
+    store = Store(cache_root)
+    leftovers: list[Path | str] = []
+    if store.is_local:
+        directory = store.path(CLIPS_DIR)
+        if not directory.is_dir():
+            return Compaction(None, (), 0, 0, 0, time.perf_counter() - start)
+        leftovers += remove_temporaries(directory)
+    # A store holds no temporaries (the compacted file is uploaded under its final name; its runs are
+    # local): only files that a compacted file folds.
     files = manifest_files(cache_root)
-    _remove(files.folded, directory)
-    leftovers += list(files.folded)
+    remove_files(files.folded)
+    leftovers += files.folded
     for path in leftovers:
-        log.info("removed what an interrupted compaction left: %s", path.name)
+        log.info("removed what an interrupted compaction left: %s", file_name(path))
     drop = pa.array(sorted(set(drop_keys)), pa.string())
     parts = files.parts
     holding = [p for p in files.live if len(drop) and _holds_any(p, drop)]
@@ -96,10 +105,13 @@ def compact_clips(cache_root: str | Path, min_parts: int = 1, drop_keys: Collect
         return Compaction(None, (), 0, 0, len(leftovers), time.perf_counter() - start)
     holding = [p for p in holding if is_compacted(p)]  # every part is folded anyway
 
+    sequence = 1 + max((compacted_sequence(p) for p in files.compacted), default=0)
+    final = store.path(f"{CLIPS_DIR.as_posix()}/{COMPACTED_PREFIX}{sequence:08d}.parquet")
+    # Beside `final` on a filesystem (the rename stays on it), in a local temporary directory for a store.
+    temp = staging_path(final)
     runs: list[Path] = []
-    temp = None
     try:
-        runs.extend(_sorted_runs(parts, directory, memory_bytes))
+        runs.extend(_sorted_runs(parts, temp.parent, memory_bytes))
         merged = sum(pq.read_metadata(r).num_rows for r in runs) + sum(_rows(p) for p in holding)
         picked = set(holding)
         for path in reversed(files.compacted):  # newest first
@@ -110,20 +122,19 @@ def compact_clips(cache_root: str | Path, min_parts: int = 1, drop_keys: Collect
             picked.add(path)
             merged += _rows(path)
         inputs = [p for p in files.compacted if p in picked]
-        folds = [p.name for p in [*inputs, *parts]]
-        sequence = 1 + max((compacted_sequence(p) for p in files.compacted), default=0)
-        final = directory / f"{COMPACTED_PREFIX}{sequence:08d}.parquet"
-        temp = temporary_path(final)
+        folds = [file_name(p) for p in [*inputs, *parts]]
         rows, dropped = _merge([*inputs, *runs], temp, folds, drop, memory_bytes)
-        commit_temporary(temp, final)
-        temp = None
-    finally:
-        for path in [*runs, *([temp] if temp else [])]:
-            path.unlink(missing_ok=True)
-    _remove([*inputs, *parts], directory)
+        remove_files(runs)
+        runs = []
+        publish(temp, final)  # the commit: a rename, or an upload (with a conditional create) to a store
+    except BaseException:
+        remove_files(runs)
+        remove_staging(temp)
+        raise
+    remove_files([*inputs, *parts])
     done = Compaction(final, tuple(folds), rows, dropped, len(leftovers), time.perf_counter() - start)
     log.info("compacted %d parts and %d compacted files (%d rows, %d dropped) into %s in %.1f s",
-             len(parts), len(inputs), rows, dropped, final.name, done.seconds)
+             len(parts), len(inputs), rows, dropped, file_name(final), done.seconds)
     return done
 
 
@@ -133,19 +144,12 @@ def drop_clips(cache_root: str | Path, cache_keys: Collection[str]) -> Compactio
     return compact_clips(cache_root, min_parts=1, drop_keys=cache_keys)
 
 
-def _rows(path: Path) -> int:
-    return pq.read_metadata(path).num_rows
+def _rows(path: Path | str) -> int:
+    return parquet_metadata(path).num_rows
 
 
 def _holds_any(path: Path, keys: pa.Array) -> bool:
     return pc.any(pc.is_in(read_clips_file(path, ("cache_key",))["cache_key"], value_set=keys)).as_py()
-
-
-def _remove(paths, directory: Path) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-    if paths:
-        fsync_dir(directory)
 
 
 def _sorted_runs(parts: list[Path], directory: Path, memory_bytes: int) -> Iterator[Path]:
@@ -174,8 +178,8 @@ def _sorted_runs(parts: list[Path], directory: Path, memory_bytes: int) -> Itera
 class _SortedInput:
     """One file sorted by cache_key, read a batch at a time; `table` holds the rows not yet merged."""
 
-    def __init__(self, path: Path, batch_rows: int):
-        file = pq.ParquetFile(path, pre_buffer=False)  # else the whole file is read ahead
+    def __init__(self, source, path: Path | str, batch_rows: int):
+        file = pq.ParquetFile(source, pre_buffer=False)  # else the whole file is read ahead
         if not file.schema_arrow.equals(CLIPS_SCHEMA, check_metadata=False):
             raise ValueError(f"{path}: schema differs from the clips schema; got {file.schema_arrow}")
         self.batches = file.iter_batches(batch_size=batch_rows, use_threads=False)
@@ -200,17 +204,18 @@ class _SortedInput:
         return taken
 
 
-def _merge(inputs: list[Path], out: Path, folds: list[str], drop: pa.Array, memory_bytes: int) -> tuple[int, int]:
+def _merge(inputs: list[Path | str], out: Path, folds: list[str], drop: pa.Array, memory_bytes: int) -> tuple[int, int]:
     """Merge files sorted by cache_key into `out`, stable (equal keys keep the inputs' order), leaving
     out rows of `drop`; returns (rows written, rows dropped)."""
     row_bytes = max((_row_bytes(p) for p in inputs), default=1)
     batch_rows = max(64, memory_bytes // (2 * row_bytes * max(len(inputs), 1)))
-    sources = [_SortedInput(p, batch_rows) for p in inputs]
     written = dropped = 0
     pending: list[pa.Table] = []
     total = sum(_rows(p) for p in inputs)
-    with pq.ParquetWriter(out, CLIPS_SCHEMA) as writer, tqdm(total=total, desc="compact: merge", unit="row",
-                                                       disable=total < 1_000_000) as bar:
+    with ExitStack() as opened, pq.ParquetWriter(out, CLIPS_SCHEMA) as writer, \
+            tqdm(total=total, desc="compact: merge", unit="row", disable=total < 1_000_000) as bar:
+        sources = [_SortedInput(opened.enter_context(arrow_source(p)), p, batch_rows) for p in inputs]
+
         def write(final: bool) -> None:
             nonlocal pending
             table = pa.concat_tables(pending) if pending else None
@@ -247,9 +252,9 @@ def _merge(inputs: list[Path], out: Path, folds: list[str], drop: pa.Array, memo
     return written, dropped
 
 
-def _row_bytes(path: Path) -> int:
+def _row_bytes(path: Path | str) -> int:
     """Bytes per row in memory of a file's first rows (the footer's sizes are of dictionary-encoded
     pages: the field specs, ~900 bytes a row in memory, are a few bytes a row there)."""
-    with pq.ParquetFile(path, pre_buffer=False) as f:
+    with arrow_source(path) as source, pq.ParquetFile(source, pre_buffer=False) as f:
         batch = next(f.iter_batches(batch_size=256), None)
     return max(1, batch.nbytes // batch.num_rows) if batch is not None and batch.num_rows else 1

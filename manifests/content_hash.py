@@ -14,7 +14,10 @@ every path) and reads only the misses.
 Stored as CACHE/manifests/content_hashes.parquet (path, size, mtime_ns, sha256 as hex) sorted by path,
 plus the entries hashed by later runs as additions, CACHE/manifests/content_hashes/part-*.parquet (the
 same columns), folded into the first file now and then; every file is written atomically
-(shards.atomic). A missing or unreadable file is rebuilt (it is derived data).
+(shards.atomic). A missing or unreadable file is rebuilt (it is derived data). On an object store
+(shards/store.py) the same files are objects: each is built locally and uploaded whole (an S3 PUT is
+atomic), an addition with a conditional create under its unique name, the entries file replacing the
+old one.
 """
 from __future__ import annotations
 
@@ -34,8 +37,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from manifests.cache_key import DIGEST, DIGEST_BYTES, digest_bytes, digests_of_hex, file_sha256, hex_digests
-from shards.atomic import commit_temporary, fsync_dir, is_temporary, temporary_path
-from shards.store import is_url
+from manifests.clips_table import parquet_metadata
+from shards.atomic import is_temporary
+from shards.store import (Store, arrow_source, exists, is_url, join, location, publish, remove_files, remove_staging,
+                          staging_path)
 
 log = logging.getLogger(__name__)
 
@@ -117,34 +122,31 @@ class ContentHashes:
     them a batch at a time.
     """
 
-    def __init__(self, path: Path | None = None, hasher: Callable[[str | Path], str] = file_sha256):
-        self.path = path  # the entries file; its additions live in the folder beside it, named like it
+    def __init__(self, path: str | Path | None = None, hasher: Callable[[str | Path], str] = file_sha256):
+        # The entries file (a path or a URL); its additions live in the folder beside it, named like it.
+        self.path = None if path is None else location(path)
         self._hasher = hasher
         self._new: dict[str, tuple[int, int, bytes]] = {}  # hashed since the last save, by path
 
     @classmethod
     def of_cache(cls, cache_root: str | Path, hasher: Callable[[str | Path], str] = file_sha256) -> ContentHashes:
-        if is_url(cache_root):
-            # The entries file and its additions are committed by rename (shards.atomic), which an object
-            # store lacks: a cache there remembers no hashes, and each run re-reads every video.
-            log.info("%s: on an object store the videos' content hashes are not remembered; every video is "
-                     "re-read to hash it", cache_root)
-            return cls(None, hasher)
-        return cls(Path(cache_root) / HASHES_FILE, hasher)
+        return cls(join(cache_root, HASHES_FILE.as_posix()), hasher)
 
     @property
-    def additions_dir(self) -> Path:
-        return self.path.with_suffix("")
+    def additions_dir(self) -> Path | str:
+        return location(os.fspath(self.path).removesuffix(HASHES_FILE.suffix))
 
-    def _addition_files(self) -> list[Path]:
-        if self.path is None or not self.additions_dir.is_dir():
+    def _addition_files(self) -> list[Path | str]:
+        if self.path is None:
             return []
-        return sorted(p for p in self.additions_dir.glob("part-*.parquet") if not is_temporary(p))
+        names = (n.rsplit("/", 1)[-1] for n in Store(self.additions_dir).children(""))
+        return sorted(join(self.additions_dir, n) for n in names
+                      if n.startswith("part-") and n.endswith(".parquet") and not is_temporary(n))
 
     def _known(self) -> Iterator[pa.Table]:
         """The remembered entries (_KNOWN_SCHEMA), each table sorted by path: the file's a batch at a
         time, then every addition's, then what was hashed since the last save."""
-        if self.path is not None and self.path.exists():
+        if self.path is not None and exists(self.path):
             yield from _batches(self.path)
         yield _newest_per_path([t for p in self._addition_files() for t in _batches(p)] + [self._new_table()])
 
@@ -228,29 +230,29 @@ class ContentHashes:
         additions = self._addition_files()
         added = sum(_rows(p) for p in additions) + len(self._new)
         if added * FOLD_EVERY > _rows(self.path) or len(additions) >= MAX_ADDITION_FILES:
-            _fold(self.path, _newest_per_path([t for p in additions for t in _batches(p)] + [self._new_table()]))
-            for path in additions:  # folded: a kill before this leaves entries twice, which is harmless
-                path.unlink()
-            if additions:
-                fsync_dir(self.additions_dir)
+            _fold(self.path, _newest_per_path([t for p in additions for t in _batches(p)] + [self._new_table()]),
+                  replace=True)
+            remove_files(additions)  # folded: a kill before this leaves entries twice, which is harmless
         else:
-            _fold(self.additions_dir / f"part-{time.time_ns()}-{secrets.token_hex(4)}.parquet", self._new_table())
+            name = f"part-{time.time_ns()}-{secrets.token_hex(4)}.parquet"
+            _fold(join(self.additions_dir, name), self._new_table(), replace=False)
         self._new = {}
 
 
-def _rows(path: Path) -> int:
+def _rows(path: Path | str) -> int:
     """Entries in a hashes file; 0 if there is none or it is unreadable."""
     try:
-        return pq.read_metadata(path).num_rows
+        return parquet_metadata(path).num_rows
     except (OSError, pa.ArrowException):
         return 0
 
 
-def _batches(path: Path) -> Iterator[pa.Table]:
+def _batches(path: Path | str) -> Iterator[pa.Table]:
     """A hashes file's entries (_KNOWN_SCHEMA), a batch at a time, each sorted by path. An unreadable
     file yields nothing (its videos are read again)."""
     try:
-        with pq.ParquetFile(path, pre_buffer=False) as file:  # else the whole file is read ahead
+        # pre_buffer=False: else the whole file is read ahead.
+        with arrow_source(path) as source, pq.ParquetFile(source, pre_buffer=False) as file:
             if not file.schema_arrow.equals(HASHES_SCHEMA, check_metadata=False):
                 raise ValueError(f"schema {file.schema_arrow} differs from {HASHES_SCHEMA}")
             offset = 0
@@ -275,13 +277,14 @@ def _newest_per_path(tables: list[pa.Table]) -> pa.Table:
     return rows.combine_chunks()
 
 
-def _fold(path: Path, extra: pa.Table) -> None:
+def _fold(path: Path | str, extra: pa.Table, *, replace: bool) -> None:
     """Rewrite the hashes file `path` (or write it) with the entries of `extra` (sorted, one per path)
-    in place of its own entries of those paths, sorted by path, atomically. Streams the file: its
-    entries are never all in memory."""
+    in place of its own entries of those paths, sorted by path, atomically (replace=False: a new file,
+    refused if it exists). Streams the file: its entries are never all in memory."""
     extra_paths = extra["path"].combine_chunks()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = temporary_path(path)
+    if not is_url(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    temp = staging_path(path)
 
     def write(writer, table: pa.Table) -> None:
         writer.write_table(table.set_column(3, HASHES_SCHEMA.field("sha256"), hex_digests(table["sha256"])))
@@ -289,16 +292,17 @@ def _fold(path: Path, extra: pa.Table) -> None:
     try:
         with pq.ParquetWriter(temp, HASHES_SCHEMA) as writer:
             placed = 0  # entries of extra written so far
-            for table in _batches(path) if path.exists() else ():
+            for table in _batches(path) if exists(path) else ():
                 kept = table.filter(pc.invert(pc.is_in(table["path"], value_set=extra_paths)))
                 # The extra entries up to this batch's last path go with it.
                 upto = max(placed, pc.search_sorted(extra_paths, table["path"][-1], side="right").as_py())
                 write(writer, pa.concat_tables([kept, extra.slice(placed, upto - placed)]).sort_by("path"))
                 placed = upto
             write(writer, extra.slice(placed))
-        commit_temporary(temp, path, replace=True)
-    finally:
-        temp.unlink(missing_ok=True)
+        publish(temp, path, replace=replace)
+    except BaseException:
+        remove_staging(temp)
+        raise
 
 
 def _positions(sorted_paths: pa.ChunkedArray, paths: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,8 @@ log = logging.getLogger("p4d.compact")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("cache", type=cache_location, help="cache directory (the --out of the caching job)")
+    parser.add_argument("cache", type=cache_location,
+                        help="cache directory or object-store URL (the --out of the caching job)")
     parser.add_argument("--memory-mb", type=int, default=MEMORY_BYTES >> 20,
                         help="rows held in memory while sorting and merging, in MB (a row is ~2.4 KB)")
     args = parser.parse_args(argv)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         with cache.lock():
             cache.wait_for_writers(WRITER_EXIT_TIMEOUT_S)
             result = compact_clips(cache.root, memory_bytes=args.memory_mb << 20)
-    except (CacheLockedError, ValueError) as e:  # ValueError: a cache on an object store
+    except CacheLockedError as e:
         log.error("%s", e)
         return 1
     print(json.dumps(result.summary()))

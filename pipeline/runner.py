@@ -117,9 +117,8 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
         writer_stats = []
         if todo:
             writer_stats = _compute(config, address, cache, identity, specs, todo, stats, teacher_class)
-        # The parts this run committed, folded with earlier ones once there are enough (see compaction.py);
-        # not on an object store, where compaction is refused (a part per shard stays: more GETs to list).
-        compaction = compact_clips(cache.root, min_parts=JOB_MIN_PARTS) if cache.store.is_local else None
+        # The parts this run committed, folded with earlier ones once there are enough (see compaction.py).
+        compaction = compact_clips(cache.root, min_parts=JOB_MIN_PARTS)
 
         core = stats.seconds.cpu()
         summary = {
@@ -136,7 +135,7 @@ def run_job(config: JobConfig, teacher_class: type | None = None) -> dict:
             "samples": skipped_summary(mixture),
             "sources": source_reports(sources, cache.root),
             "shards_written": [s for w in writer_stats for s in w["shards"]],
-            "manifest_compaction": compaction and compaction.summary(),  # None on an object store
+            "manifest_compaction": compaction.summary(),
             "bytes_written": sum(w["bytes"] for w in writer_stats),
             "bytes_on_disk": sum(w["bytes_on_disk"] for w in writer_stats),
             "seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.wall().items())},

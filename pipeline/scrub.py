@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repair:
         try:
             repair(cache, result.damaged)
-        except (CacheLockedError, ValueError) as e:  # ValueError: no repair on an object store
+        except CacheLockedError as e:
             log.error("%s", e)
             return 1
     return DAMAGED_EXIT_CODE

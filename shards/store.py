@@ -16,7 +16,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from shards.atomic import atomic_write_bytes, commit_temporary, remove_temporary, temporary_path
+from shards.atomic import atomic_write_bytes, commit_temporary, fsync_dir, remove_temporary, temporary_path
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # A URL of these is a local path in disguise: refused, so that one cache has one spelling.
@@ -106,14 +106,15 @@ class Store:
         self.fs.pipe_file(self._key(rel), data, mode="overwrite" if replace else "create")
         return self.path(rel)
 
-    def upload(self, local: str | os.PathLike, rel: str | os.PathLike) -> str:
+    def upload(self, local: str | os.PathLike, rel: str | os.PathLike, *, replace: bool = True) -> str:
         """Upload a finished local file, or a directory's files, to `rel` (a store only). Each object is
-        written whole; the result is meaningful once something written later references it."""
+        written whole; the result is meaningful once something written later references it.
+        replace=False: each object a conditional create (FileExistsError if it exists)."""
         local = Path(local)
         files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
         for path in files:
             target = rel if path == local else f"{os.fspath(rel)}/{path.relative_to(local).as_posix()}"
-            self.fs.put_file(os.fspath(path), self._key(target))
+            self.fs.put_file(os.fspath(path), self._key(target), mode="overwrite" if replace else "create")
         return self.path(rel)
 
     def children(self, rel: str) -> list[str]:
@@ -163,6 +164,32 @@ def open_for_read(shard: str | os.PathLike):
     return open(shard, "rb")
 
 
+@contextmanager
+def arrow_source(path: str | os.PathLike):
+    """What pyarrow reads a file or an object from: a filesystem path as it is (pyarrow then reads it
+    natively, without the GIL), an object as a seekable file object, closed on exit."""
+    if not is_url(path):
+        yield path
+        return
+    with open_for_read(path) as source:
+        yield source
+
+
+def remove_files(paths: list[str | os.PathLike]) -> None:
+    """Delete files given by path or URL (missing ones are no error): on a store in batched requests
+    (s3fs: one DeleteObjects per 1000 keys), on a filesystem durably (their directories fsync-ed)."""
+    urls = [os.fspath(p) for p in paths if is_url(p)]
+    if urls:
+        fs, _ = _filesystem(urls[0])
+        fs.rm([fs._strip_protocol(u) for u in urls])
+    directories = set()
+    for path in (Path(p) for p in paths if not is_url(p)):
+        path.unlink(missing_ok=True)
+        directories.add(path.parent)
+    for directory in directories:
+        fsync_dir(directory)
+
+
 def exists(shard: str | os.PathLike) -> bool:
     """Whether a file, directory or object (prefix) is at `shard`."""
     if is_url(shard):
@@ -181,15 +208,17 @@ def staging_path(final: str | os.PathLike) -> Path:
     return temporary_path(final)
 
 
-def publish(temp: Path, final: str | os.PathLike) -> Path | str:
-    """Make a finished temporary (file or directory) visible at `final`; refuses an existing `final`.
-    A filesystem renames it atomically; a store gets it uploaded whole (nothing references it yet)."""
+def publish(temp: Path, final: str | os.PathLike, *, replace: bool = False) -> Path | str:
+    """Make a finished temporary (file or directory, from staging_path) visible at `final`; refuses an
+    existing `final` unless replace=True. A filesystem renames it atomically; a store gets it uploaded
+    whole (an object appears whole or not at all, under its final name), with a conditional create
+    unless replace=True."""
     if not is_url(final):
-        return commit_temporary(temp, final)
-    if exists(final):
+        return commit_temporary(temp, final, replace=replace)
+    if not replace and exists(final):
         raise FileExistsError(f"{final} already exists; committed data is never replaced")
     root, _, name = os.fspath(final).rpartition("/")
-    Store(root).upload(temp, name)
+    Store(root).upload(temp, name, replace=replace)
     remove_staging(temp)
     return final
 

@@ -8,6 +8,7 @@ rerun once the lease expired; then the clips are read back with their checksums 
 run trains 2 steps from the bucket."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,14 +21,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, copy_scenes
-from manifests.clips_table import current_clips, duplicate_ok_keys, read_clips_table
+from manifests import compaction
+from manifests.clips_table import current_clips, duplicate_ok_keys, folded_names, read_clips_table, write_clips_part
+from manifests.compaction import compact_clips
+from manifests.content_hash import HASHES_FILE
 from pipeline.cache_dir import LEASE_FILE, CacheDir, CacheLease, CacheLockedError
+from pipeline.compact import main as compact_main
+from pipeline.scrub import DAMAGED_EXIT_CODE
+from pipeline.sources import find_videos
 from shards.cache_reader import ClipReader, read_cached_clip
 from shards.integrity import ShardCorruptError
-from shards.store import Store
+from shards.store import Store, staging_path
+from test_compaction import as_view, by_key, make_rows, view
+from test_planning import make_videos, requests_of
 from test_train import LATENT_DIM, finish, launch, steps_logged, write_config
 
 BUCKET = "bucket"
@@ -116,6 +126,118 @@ def test_a_running_job_renews_its_lease(s3):
         time.sleep(2.0)  # past the first expiry: renewed every 0.5 s meanwhile
         assert lease.current()["token"] == lease.token
         assert lease.current()["expires_at"] > first + 1.0
+
+
+# -- the clips table's compaction and the remembered content hashes ---------------------------------
+
+def _write_parts(url: str, rows: list[dict], per_part: int, prefix: str) -> list[str]:
+    return [write_clips_part(url, f"{prefix}{start:06d}", rows[start:start + per_part]).rsplit("/", 1)[-1]
+            for start in range(0, len(rows), per_part)]
+
+
+def _clips_objects(s3, prefix: str) -> list[str]:
+    return sorted(p.rsplit("/", 1)[-1] for p in s3.ls(f"{BUCKET}/{prefix}/manifests/clips", detail=False))
+
+
+def test_a_bucket_s_parts_are_compacted_by_the_command_and_read_back_each_row_once(s3):
+    url, prefix = f"s3://{BUCKET}/compacted", "compacted"
+    rows = make_rows(120, distinct=90)
+    parts = _write_parts(url, rows, per_part=20, prefix="s")
+    assert compact_main([url]) == 0  # python -m pipeline.compact URL: under the bucket's lease
+    assert _clips_objects(s3, prefix) == ["compacted-00000001.parquet"]
+    assert view(url) == as_view(by_key(rows))
+    compacted = f"{BUCKET}/{prefix}/manifests/clips/compacted-00000001.parquet"
+    assert folded_names(f"s3://{compacted}") == parts
+    with s3.open(compacted, "rb") as f:  # a stock reader: the rows, sorted by cache_key
+        assert pq.read_table(f)["clip_id"].to_pylist() == [r["clip_id"] for r in by_key(rows)]
+    # Parts written since, then a compaction that folds the first compacted file too (120 <= 150 rows).
+    more = make_rows(150, distinct=150, start=120)
+    _write_parts(url, more, per_part=50, prefix="t")
+    result = compact_clips(url)
+    assert result.folded == ("compacted-00000001.parquet", "part-t000000.parquet", "part-t000050.parquet",
+                             "part-t000100.parquet") and result.rows == 270
+    assert _clips_objects(s3, prefix) == ["compacted-00000002.parquet"]
+    assert view(url) == as_view(by_key(by_key(rows) + more))
+
+
+def test_a_compaction_killed_between_its_upload_and_its_deletes_is_finished_by_the_next(s3, monkeypatch):
+    url, prefix = f"s3://{BUCKET}/interrupted", "interrupted"
+    rows = make_rows(100, distinct=80)
+    parts = _write_parts(url, rows, per_part=25, prefix="s")
+    saved = {name: s3.cat_file(f"{BUCKET}/{prefix}/manifests/clips/{name}") for name in parts}
+    compact_clips(url)
+    for name, data in saved.items():  # as if killed after the upload, before deleting what it folds
+        s3.pipe_file(f"{BUCKET}/{prefix}/manifests/clips/{name}", data)
+    assert view(url) == as_view(by_key(rows)), "the readers skip what the compacted file folds"
+    more = make_rows(120, distinct=120, start=100)
+    _write_parts(url, more, per_part=60, prefix="t")
+    result = compact_clips(url)  # the next one deletes the folded parts, then folds the rest (100 <= 120 rows)
+    assert result.removed_leftovers == len(parts) and result.path == f"{url}/manifests/clips/compacted-00000002.parquet"
+    assert _clips_objects(s3, prefix) == ["compacted-00000002.parquet"]
+    expected = as_view(by_key(by_key(rows) + more))
+    assert view(url) == expected
+
+    # Killed before its upload: the bucket is as it was, and the local staging directory is gone.
+    last = make_rows(30, distinct=30, start=220)
+    _write_parts(url, last, per_part=15, prefix="u")
+
+    def killed(temp, final, **_):
+        raise KeyboardInterrupt(f"killed before uploading {final}")
+
+    staged = []
+    with monkeypatch.context() as patched:
+        patched.setattr(compaction, "publish", killed)
+        patched.setattr(compaction, "staging_path", lambda final: staged.append(staging_path(final)) or staged[-1])
+        with pytest.raises(KeyboardInterrupt):
+            compact_clips(url)
+    assert not staged[0].parent.exists(), "the runs and the merged file, staged locally, are removed"
+    assert _clips_objects(s3, prefix) == ["compacted-00000002.parquet", "part-u000000.parquet", "part-u000015.parquet"]
+    assert view(url) == expected + as_view(last)
+    assert compact_clips(url).removed_leftovers == 0
+    assert _clips_objects(s3, prefix) == ["compacted-00000002.parquet", "compacted-00000003.parquet"]  # 220 > 30 rows
+    assert view(url) == expected + as_view(by_key(last))
+
+
+def test_an_upload_without_replace_never_replaces_an_object(s3, tmp_path):
+    """The conditional create that commits a compacted file (and an additions file of the hashes)."""
+    store = Store(f"s3://{BUCKET}/created")
+    (tmp_path / "a").write_bytes(b"first")
+    (tmp_path / "b").write_bytes(b"second")
+    store.upload(tmp_path / "a", "x.parquet", replace=False)
+    with pytest.raises(FileExistsError):
+        store.upload(tmp_path / "b", "x.parquet", replace=False)
+    assert store.read_bytes("x.parquet") == b"first"
+
+
+def test_a_bucket_remembers_the_videos_content_hashes_and_folds_its_additions(s3, tmp_path):
+    videos, url, prefix = tmp_path / "videos", f"s3://{BUCKET}/hashed", "hashed"
+    make_videos(videos, 40)
+    entries, additions = f"{BUCKET}/{prefix}/{HASHES_FILE.as_posix()}", f"{BUCKET}/{prefix}/manifests/content_hashes"
+
+    def stored() -> dict[str, str]:
+        with s3.open(entries, "rb") as f:  # a stock reader
+            table = pq.read_table(f)
+        assert table["path"].to_pylist() == sorted(table["path"].to_pylist())
+        return dict(zip(table["path"].to_pylist(), table["sha256"].to_pylist()))
+
+    def added() -> list[int]:
+        return [pq.read_metadata(s3.open(p, "rb")).num_rows for p in sorted(s3.glob(f"{additions}/part-*.parquet"))]
+
+    assert len(requests_of(videos, url)[1]) == 40
+    expected = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in find_videos(videos)}
+    assert stored() == expected and added() == []
+    assert requests_of(videos, url)[1] == [], "a rerun reads no video it hashed before"
+    first = s3.cat_file(entries)
+    (videos / "new1.mp4").write_bytes(b"new 1")
+    (videos / "new2.mp4").write_bytes(b"new 2")
+    assert len(requests_of(videos, url)[1]) == 2 and added() == [2]
+    assert s3.cat_file(entries) == first, "a rerun uploads what it hashed, not every entry"
+    assert requests_of(videos, url)[1] == [], "entries and additions both serve"
+    for i in range(3, 7):  # 2 + 4 added > 40 / 8: folded into a new entries object
+        (videos / f"new{i}.mp4").write_bytes(f"new {i}".encode())
+    assert len(requests_of(videos, url)[1]) == 4 and added() == []
+    assert stored() == {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in find_videos(videos)}
+    assert requests_of(videos, url)[1] == []
 
 
 # -- the caching job: killed, refused while its lease lives, rerun -----------------------------------
@@ -207,7 +329,8 @@ def wds_cache(s3, synthetic_set, tmp_path_factory) -> str:
     return url
 
 
-def test_webdataset_clips_read_back_from_the_bucket_with_checksums(s3, wds_cache, tmp_path, capsys):
+def test_webdataset_clips_read_back_from_the_bucket_with_checksums_a_repair_drops_a_damaged_one_a_rerun_redoes_it(
+        s3, wds_cache, synthetic_set, tmp_path, capsys):
     ok = _assert_consistent(s3, "wds", "wds", expected_ok=4)
     # The same values as the same tar read from a local file (what the rest of the suite checks).
     row = next(iter(ok.values()))
@@ -237,19 +360,33 @@ def test_webdataset_clips_read_back_from_the_bucket_with_checksums(s3, wds_cache
     try:
         with pytest.raises(ShardCorruptError, match=f"{row['shard']}.*{row['clip_id']}.*timestamps"):
             read_cached_clip(wds_cache, row, ["timestamps"])
-        # The scrub finds it (a fresh process: its readers inherit the AWS environment); a repair, which
-        # compacts the clips table, is refused on a store.
+        # The scrub finds it (a fresh process: its readers inherit the AWS environment), and its repair
+        # drops exactly that clip's rows from the bucket's clips table (by a compaction).
         scrub = subprocess.run([sys.executable, "-m", "pipeline.scrub", wds_cache, "--repair", "--workers", "1"],
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert scrub.returncode == 1, scrub.stdout + scrub.stderr
+        assert scrub.returncode == DAMAGED_EXIT_CODE, scrub.stdout + scrub.stderr
         damaged = [line for line in scrub.stdout.splitlines() if line.startswith("damaged:")]
         assert len(damaged) == 1 and damaged[0].startswith(
             f"damaged: shard {row['shard']}, clip {row['clip_id']} (cache_key {row['cache_key']}), field timestamps: "
             f"checksum expected {dict(row['checksums'])['timestamps']}, got "), scrub.stdout
         assert "scrub: 4 clips in 4 shards" in scrub.stdout and "1 damaged" in scrub.stdout
-        assert "compaction (and repair" in scrub.stderr and "not supported on an object store" in scrub.stderr
+        left = current_clips(read_clips_table(wds_cache))
+        assert set(left) == set(ok) - {row["cache_key"]}
+        assert all(left[k] == ok[k] for k in left), "the other clips' rows are kept as they were"
+        assert [p.rsplit("/", 1)[-1] for p in s3.ls(f"{BUCKET}/wds/manifests/clips")] == ["compacted-00000001.parquet"]
+
+        # A rerun recomputes that clip alone, and hashes no video: the hashes the first run remembered
+        # in the bucket serve (any video hashed would be saved: an additions object or a new entries file).
+        hashes = f"{BUCKET}/wds/{HASHES_FILE.as_posix()}"
+        remembered = s3.info(hashes)["ETag"]
+        summary = _run(synthetic_set, wds_cache, "wds", tmp_path / "rerun.log")
+        assert summary["clips"]["computed"] == 1 and summary["clips"]["already_cached"] == 3
+        assert s3.info(hashes)["ETag"] == remembered and not s3.exists(hashes.removesuffix(".parquet"))
+        _assert_consistent(s3, "wds", "wds", expected_ok=4)
+        assert not s3.exists(key), "the damaged shard, unreferenced now, was removed by the rerun"
     finally:
-        s3.put_file(str(local / row["shard"]), key)
+        if s3.exists(key):
+            s3.put_file(str(local / row["shard"]), key)
 
 
 def test_the_rerun_clean_up_deletes_unreferenced_shards_only(s3, wds_cache):
