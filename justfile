@@ -59,6 +59,11 @@ mutants *modules: venv
     {{py}} -c "import mutmut" 2>/dev/null || {{py}} -m pip install -q -e '.[test,mutation]' 2>&1 | grep -v "is ignored" || true
     OMP_NUM_THREADS=1 {{py}} tests/mutants.py {{modules}}
 
+# Issue 21's planted bugs, each applied alone and run against the tests that name it (tests/planted_bugs.py);
+# minutes, not part of `just test` or CI.
+planted-bugs *words: venv
+    OMP_NUM_THREADS=1 {{py}} tests/planted_bugs.py {{words}}
+
 # Benchmarks (print figures; never part of the tests).
 bench: venv
     {{py}} bench/storage.py
