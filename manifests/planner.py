@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from manifests.cache_key import digest_bytes, digests_of_hex
 from manifests.clips_table import read_clips_table
-from manifests.schemas import CLIP_OK, CLIP_TRANSIENT
+from manifests.schemas import CLIP_FAILED, CLIP_OK
 
 _COMPARE_ROWS = 1 << 20  # whole-key comparisons a chunk at a time: bounded temporaries
 
@@ -54,16 +54,38 @@ def missing_clips(requests: pa.Table, cache_root: str | Path, retry_failed: bool
 
 
 def recorded_keys(cache_root: str | Path, ok_only: bool = False) -> pa.Array:
-    """The cache keys (binary(32)) of the clips table's rows that settle a clip (ok or failed: a transient
-    row does not, the next run retries it), or of its ok rows only; a key once per row."""
+    """The cache keys (binary(32)) that settle a clip: its ok rows, and (unless ok_only) a failed row
+    that is its key's latest row not ok (a transient row after it, the machine's fault on a retry,
+    leaves the clip to the next run); a key once per row."""
+    others = []  # the rows not ok, with their times: few, so kept whole to find each key's latest
+
     def keys_of(rows: pa.Table, where) -> pa.Table:
         # The keys as 32 bytes as they are read: as text they take twice that.
         keys = digests_of_hex(rows["cache_key"], lambda row: f"{where(row)}: field 'cache_key'")
-        settled = pc.equal(rows["status"], CLIP_OK) if ok_only else pc.not_equal(rows["status"], CLIP_TRANSIENT)
-        return pa.table({"cache_key": keys.filter(settled)})
+        ok = pc.equal(rows["status"], CLIP_OK)
+        if not ok_only:
+            other = pc.invert(ok)
+            others.append(pa.table({"cache_key": keys.filter(other),
+                                    "failed": pc.equal(rows["status"], CLIP_FAILED).filter(other),
+                                    "created_at": rows["created_at"].filter(other)}))
+        return pa.table({"cache_key": keys.filter(ok)})
 
-    columns = ("cache_key", "status")
-    return read_clips_table(cache_root, columns, convert=keys_of)["cache_key"].combine_chunks()
+    columns = ("cache_key", "status") if ok_only else ("cache_key", "status", "created_at")
+    done = read_clips_table(cache_root, columns, convert=keys_of)["cache_key"].combine_chunks()
+    if ok_only or not others:
+        return done
+    return pa.concat_arrays([done, _latest_failed(pa.concat_tables(others))])
+
+
+def _latest_failed(rows: pa.Table) -> pa.Array:
+    """Keys whose latest row (of `rows`) is failed."""
+    if not rows.num_rows:
+        return rows["cache_key"].combine_chunks()
+    rows = rows.sort_by([("cache_key", "ascending"), ("created_at", "ascending")])
+    keys = digest_bytes(rows["cache_key"].combine_chunks())
+    last = np.ones(len(keys), bool)
+    last[:-1] = (keys[1:] != keys[:-1]).any(axis=1)  # the row before another key's: its key's latest
+    return rows["cache_key"].combine_chunks().filter(pa.array(last & rows["failed"].to_numpy(zero_copy_only=False)))
 
 
 def contains(done: pa.Array, keys: pa.Array) -> np.ndarray:

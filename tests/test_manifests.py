@@ -81,17 +81,21 @@ def test_parts_are_never_overwritten_and_bad_rows_name_the_field(tmp_path):
 
 
 def test_planner_returns_only_missing_each_once(tmp_path):
-    """Done: an ok row, or a failed row unless retrying failures; a transient row never (e: the machine
-    failed it; f: transient, then ok)."""
-    key = {name: name * 64 for name in "abcdef"}  # cache keys are 64 hex characters
+    """Done: an ok row, or a failed row unless retrying failures, when no transient row came after it;
+    a transient row never (e: the machine failed it; f: transient, then ok; 1: failed, then transient
+    on a retry; 2: transient, then failed; written in a later part than its newer row: 3)."""
+    key = {name: name * 64 for name in "abcdef123"}  # cache keys are 64 hex characters
     write_clips_part(tmp_path, "s0", [row(key["a"], "ok", 0), row(key["b"], "failed", 1),
-                                      row(key["e"], "transient", 2), row(key["f"], "transient", 3)])
-    write_clips_part(tmp_path, "s1", [row(key["f"], "ok", 4)])
-    names = ["a", "b", "c", "c", "d", "e", "f"]
-    wanted = pa.table([[f"/v/{n}.mp4" for n in names], names, pa.nulls(7, pa.binary(32)), pa.nulls(7, pa.string()),
+                                      row(key["e"], "transient", 2), row(key["f"], "transient", 3),
+                                      row(key["1"], "failed", 5), row(key["2"], "transient", 5),
+                                      row(key["3"], "transient", 9)])
+    write_clips_part(tmp_path, "s1", [row(key["f"], "ok", 4), row(key["1"], "transient", 6), row(key["2"], "failed", 6),
+                                      row(key["3"], "failed", 8)])
+    names = ["a", "b", "c", "c", "d", "e", "f", "1", "2", "3"]
+    wanted = pa.table([[f"/v/{n}.mp4" for n in names], names, pa.nulls(10, pa.binary(32)), pa.nulls(10, pa.string()),
                        [bytes.fromhex(key[n]) for n in names]], schema=CLIP_REQUESTS_SCHEMA)
-    assert missing_clips(wanted, tmp_path)["clip_id"].to_pylist() == ["c", "d", "e"]
-    assert missing_clips(wanted, tmp_path, retry_failed=True)["clip_id"].to_pylist() == ["b", "c", "d", "e"]
+    assert missing_clips(wanted, tmp_path)["clip_id"].to_pylist() == ["c", "d", "e", "1", "3"]
+    assert missing_clips(wanted, tmp_path, retry_failed=True)["clip_id"].to_pylist() == ["b", "c", "d", "e", "1", "2", "3"]
 
 
 def sample(sample_id: str, content: str) -> dict:
