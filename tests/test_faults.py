@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pipeline.sampling import SamplingConfig
 from shards.atomic import is_temporary
 from shards.cache_reader import read_cached_clip
 from shards.integrity import ShardCorruptError
+from test_scrub import clip_byte_range, flip_byte
 
 SMALL = TeacherConfig(name="oracle", latent_dim=16)
 
@@ -197,24 +197,6 @@ def test_rerun_waits_for_the_writers_of_a_killed_job(tmp_path):
 
 # -- a flipped byte --------------------------------------------------------------------------------
 
-def _flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x40
-    path.write_bytes(bytes(data))
-
-
-def _field_bytes(cache: Path, row: dict, field: str) -> tuple[Path, int, int]:
-    """(file, offset, size) of the stored bytes of one clip's field."""
-    shard = cache / row["shard"]
-    if row["format"] == "wds":
-        with tarfile.open(shard) as tar:
-            member = next(m for m in tar if m.name.startswith(f"{row['cache_key']}.{field}.npy"))
-            return shard, member.offset_data, member.size
-    # Zarr with the sharding codec: one chunk file per field (beside its zarr.json) holding every clip.
-    (data,) = [p for p in (shard / field / "c").rglob("*") if p.is_file()]
-    return data, 0, data.stat().st_size
-
-
 @pytest.fixture(scope="module")
 def one_clip_caches(synthetic_set, ray_session, tmp_path_factory) -> dict[str, Path]:
     """A cache of one clip per format (never modify: copy)."""
@@ -231,9 +213,9 @@ def test_flipped_byte_is_reported_with_shard_and_clip(one_clip_caches, tmp_path,
     cache = tmp_path / "cache"
     shutil.copytree(one_clip_caches[fmt], cache)
     (row,) = current_clips(read_clips_table(cache)).values()
-    path, offset, size = _field_bytes(cache, row, "latents")
+    path, offset, size = clip_byte_range(cache, row, "latents")
     # The middle of the field's bytes: array data, past any header.
-    _flip(path, offset + size // 2)
+    flip_byte(path, offset + size // 2)
     with pytest.raises(ShardCorruptError) as error:
         read_cached_clip(cache, row)
     e = error.value
