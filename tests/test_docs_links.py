@@ -10,6 +10,7 @@ and `spans`) are text, not links, so they are not checked.
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,11 @@ def anchors(markdown: str) -> set[str]:
     return seen
 
 
+@cache
+def anchors_of(page: Path) -> frozenset[str]:
+    return frozenset(anchors(page.read_text()))
+
+
 def links(markdown: str) -> list[str]:
     text = CODE_SPAN.sub("", prose(markdown))
     return [m.group(1) for m in INLINE_LINK.finditer(text)] + REFERENCE_DEFINITION.findall(text)
@@ -73,7 +79,7 @@ def broken_links(page: Path) -> list[str]:
             problems.append(f"{where} leaves the repository")
         elif not resolved.exists():
             problems.append(f"{where}: no file {resolved.relative_to(ROOT)}")
-        elif fragment and (resolved.suffix != ".md" or fragment not in anchors(resolved.read_text())):
+        elif fragment and (resolved.suffix != ".md" or fragment not in anchors_of(resolved)):
             problems.append(f"{where}: no heading #{fragment} in {resolved.relative_to(ROOT)}")
     return problems
 
